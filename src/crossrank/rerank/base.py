@@ -1,0 +1,66 @@
+"""The reranking contract: score (query, text) pairs jointly; rerank candidates by those scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+
+@dataclass(slots=True)
+class RerankScores:
+    """Scores for a list of texts, in input order, plus what happened on the way.
+
+    Behaves like a sequence of floats (``len``, indexing, iteration), so ``list(scores)`` just works.
+    ``truncated[i]`` is True when pair ``i`` was cut to fit the model's maximum length (the query is never cut
+    away). ``cache_hits`` counts pairs answered from a score cache. ``tokens`` is the number of tokens run.
+    """
+
+    scores: list[float]
+    truncated: list[bool] = field(default_factory=list)
+    cache_hits: int = 0
+    tokens: int = 0
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, i: int) -> float:
+        return self.scores[i]
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.scores)
+
+    @property
+    def n_truncated(self) -> int:
+        return sum(self.truncated)
+
+
+@dataclass(slots=True)
+class RankedText:
+    """One reranked item: its position in the input, its score, and the text."""
+
+    index: int
+    score: float
+    text: str
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Anything that scores (query, text) pairs: the local cross-encoder, a remote service, a cache around either."""
+
+    name: str
+
+    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+        """Scores in input order; higher is more relevant."""
+        ...
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
+        """Texts sorted by score, best first, cut to ``top_n``."""
+        ...
+
+
+def rank_by_scores(texts: Sequence[str], scores: Sequence[float], top_n: int | None = None) -> list[RankedText]:
+    """Sort ``texts`` by ``scores`` (stable on ties: earlier input wins)."""
+    order = sorted(range(len(texts)), key=lambda i: -scores[i])
+    if top_n is not None:
+        order = order[: max(0, top_n)]
+    return [RankedText(index=i, score=float(scores[i]), text=texts[i]) for i in order]
