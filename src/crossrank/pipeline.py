@@ -1,0 +1,353 @@
+"""Retrieve K, rerank, return N: the pattern the whole package exists for.
+
+``Pipeline`` composes any ``Retriever`` with any ``Reranker`` (local engine, remote service, cache) and owns
+three promises:
+
+* every result carries per-stage timings (retrieve / rerank / total, in ms);
+* a search never fails because the reranker did: a reranker that raises, is unreachable or misses the
+  deadline yields the first-stage ranking, flagged ``reranked=False`` with the reason;
+* under a tight deadline it does better than all-or-nothing: it reranks the head of the candidate list that
+  fits the time left (estimated from the reranker's measured throughput) and keeps first-stage order for the
+  tail, reporting ``n_reranked``.
+
+The final order is the cross-encoder's (``fusion="none"``, the classic pattern) or a fusion of the
+cross-encoder with the first stage: reciprocal rank fusion (``"rrf"``) or an interpolation of z-normalised
+scores (``"interpolate"``, ``weight`` on the cross-encoder).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from crossrank.errors import InputError
+from crossrank.rerank.base import Reranker, RerankScores
+from crossrank.retrieve.base import Retriever
+from crossrank.types import Candidate, Hit, SearchResult, Timings
+
+FusionMethod = Literal["none", "rrf", "interpolate"]
+Unit = Literal["passage", "document"]
+
+RRF_K = 60
+# Share of the remaining time budget we plan to spend reranking; the rest absorbs estimation error.
+_DEADLINE_SAFETY = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Fusion:
+    """How the final order combines cross-encoder and first-stage scores.
+
+    ``method="none"``: cross-encoder order. ``"rrf"``: 1/(60+rank_ce) + 1/(60+rank_first). ``"interpolate"``:
+    ``weight * z(ce) + (1 - weight) * z(first)``, z-normalised over the reranked candidates of one query.
+    """
+
+    method: FusionMethod = "none"
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in ("none", "rrf", "interpolate"):
+            raise InputError(f"unknown fusion {self.method!r}: use none, rrf or interpolate")
+        if not 0.0 <= self.weight <= 1.0:
+            raise InputError(f"fusion weight must be in [0, 1], got {self.weight}")
+
+    @classmethod
+    def parse(cls, spec: "str | Fusion | dict | None") -> "Fusion":
+        """``None``/``"none"``, ``"rrf"``, ``"interpolate"``, ``"interpolate:0.7"``, a dict or a Fusion."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, Fusion):
+            return spec
+        if isinstance(spec, dict):
+            return cls(method=spec.get("method", spec.get("fusion", "none")), weight=float(spec.get("weight", 0.5)))
+        method, _, weight = str(spec).partition(":")
+        try:
+            return cls(method=method.strip().lower(), weight=float(weight) if weight else 0.5)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise InputError(f"bad fusion spec {spec!r}: expected e.g. 'rrf' or 'interpolate:0.6'") from exc
+
+
+def _zscore(values: Sequence[float]) -> list[float]:
+    n = len(values)
+    if n == 0:
+        return []
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    if std == 0.0:
+        return [0.0] * n
+    return [(v - mean) / std for v in values]
+
+
+def _ranks(values: Sequence[float]) -> list[int]:
+    """1-based ranks, higher value = better rank; ties keep input order."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0] * len(values)
+    for r, i in enumerate(order, start=1):
+        ranks[i] = r
+    return ranks
+
+
+def fuse(first_stage: Sequence[float], rerank: Sequence[float], fusion: "Fusion | str | None" = None) -> list[float]:
+    """Final scores for candidates given their first-stage and cross-encoder scores (same order, same length)."""
+    fusion = Fusion.parse(fusion)
+    if len(first_stage) != len(rerank):
+        raise InputError("fuse: first-stage and rerank score lists differ in length")
+    if fusion.method == "none":
+        return [float(s) for s in rerank]
+    if fusion.method == "rrf":
+        return [
+            1.0 / (RRF_K + a) + 1.0 / (RRF_K + b) for a, b in zip(_ranks(rerank), _ranks(first_stage), strict=True)
+        ]
+    w = fusion.weight
+    return [w * a + (1.0 - w) * b for a, b in zip(_zscore(rerank), _zscore(first_stage), strict=True)]
+
+
+class _Throughput:
+    """Exponentially weighted pairs/second of the reranker, to size the head under a deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pairs_per_s: float | None = None
+
+    def update(self, pairs: int, seconds: float) -> None:
+        if pairs <= 0 or seconds <= 0:
+            return
+        rate = pairs / seconds
+        with self._lock:
+            self.pairs_per_s = rate if self.pairs_per_s is None else 0.7 * self.pairs_per_s + 0.3 * rate
+
+    def cap(self, pairs_per_s_upper: float) -> None:
+        """After a timeout we only know an upper bound; never keep an estimate above it."""
+        with self._lock:
+            if self.pairs_per_s is None or self.pairs_per_s > pairs_per_s_upper:
+                self.pairs_per_s = pairs_per_s_upper
+
+
+class Pipeline:
+    """First stage -> cross-encoder -> top N, with timings, a deadline and fallback.
+
+    Args:
+        retriever: any ``Retriever`` (BM25, dense, hybrid, or a remote engine).
+        reranker: any ``Reranker``, or ``None`` for first-stage results only.
+        k: candidates fetched from the first stage and offered to the reranker.
+        n: results returned.
+        deadline_ms: default end-to-end time budget per search (``None``: no deadline).
+        fusion: final-order fusion (``Fusion``, ``"rrf"``, ``"interpolate:0.6"``...).
+        unit: ``"passage"`` returns passages; ``"document"`` returns one hit per document, scored by its best
+            passage (max-score aggregation).
+        workers: threads that run reranker calls under a deadline (a call that overruns keeps its thread
+            until it ends, so more than one lets the next search proceed).
+
+    Example::
+
+        index = crossrank.retrieve.load_index("my-index")
+        pipe = Pipeline(index.retriever("hybrid"), crossrank.load_reranker("default"), k=100, n=10)
+        result = pipe.search("what causes earthquakes", deadline_ms=500)
+        for hit in result.hits:
+            print(hit.rank, hit.score, hit.title)
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        reranker: Reranker | None = None,
+        *,
+        k: int = 100,
+        n: int = 10,
+        deadline_ms: float | None = None,
+        fusion: "Fusion | str | dict | None" = None,
+        unit: Unit = "passage",
+        workers: int = 4,
+    ) -> None:
+        _check_k_n(k, n)
+        if unit not in ("passage", "document"):
+            raise InputError(f"unit must be 'passage' or 'document', got {unit!r}")
+        self.retriever = retriever
+        self.reranker = reranker
+        self.k = k
+        self.n = n
+        self.deadline_ms = deadline_ms
+        self.fusion = Fusion.parse(fusion)
+        self.unit: Unit = unit
+        self.throughput = _Throughput()
+        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crossrank-rerank")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int | None = None,
+        n: int | None = None,
+        deadline_ms: float | None = None,
+        fusion: "Fusion | str | dict | None" = None,
+        rerank: bool = True,
+        unit: Unit | None = None,
+    ) -> SearchResult:
+        """Run one query through the pipeline. Raises ``InputError`` only for bad input (empty query, bad k/n)."""
+        start = time.perf_counter()
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("query is empty")
+        k = self.k if k is None else k
+        n = self.n if n is None else n
+        _check_k_n(k, n)
+        deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        if deadline_ms is not None and deadline_ms <= 0:
+            raise InputError(f"deadline_ms must be positive, got {deadline_ms}")
+        fusion_spec = self.fusion if fusion is None else Fusion.parse(fusion)
+        unit = self.unit if unit is None else unit
+
+        candidates = self.retriever.search(query, k)
+        retrieve_ms = (time.perf_counter() - start) * 1000.0
+
+        reranker = self.reranker if rerank else None
+        outcome = _RerankOutcome()
+        if reranker is None:
+            outcome.reason = "reranking disabled" if self.reranker is not None else "no reranker configured"
+        elif not candidates:
+            outcome.reason = "no candidates"
+        else:
+            outcome = self._rerank(reranker, query, candidates, start, deadline_ms)
+        rerank_done = time.perf_counter()
+
+        hits = _compose(candidates, outcome, fusion_spec)
+        if unit == "document":
+            hits = _best_per_document(hits)
+        hits = hits[:n]
+        for rank, hit in enumerate(hits, start=1):
+            hit.rank = rank
+        total_ms = (time.perf_counter() - start) * 1000.0
+        return SearchResult(
+            query=query,
+            hits=hits,
+            timings=Timings(
+                retrieve_ms=retrieve_ms,
+                rerank_ms=(rerank_done - start) * 1000.0 - retrieve_ms if reranker is not None else 0.0,
+                total_ms=total_ms,
+            ),
+            reranked=outcome.n_reranked > 0,
+            reason=outcome.reason,
+            n_candidates=len(candidates),
+            n_reranked=outcome.n_reranked,
+            retriever=getattr(self.retriever, "name", type(self.retriever).__name__),
+            reranker=getattr(reranker, "name", None) if reranker is not None else None,
+            truncated=outcome.truncated,
+            cache_hits=outcome.cache_hits,
+        )
+
+    def _rerank(
+        self, reranker: Reranker, query: str, candidates: list[Candidate], start: float, deadline_ms: float | None
+    ) -> "_RerankOutcome":
+        texts = [c.full_text for c in candidates]
+        head = len(texts)
+        timeout_s: float | None = None
+        if deadline_ms is not None:
+            remaining_s = deadline_ms / 1000.0 - (time.perf_counter() - start)
+            if remaining_s <= 0:
+                return _RerankOutcome(reason=f"deadline of {deadline_ms:g} ms spent before reranking")
+            rate = self.throughput.pairs_per_s
+            if rate is not None:
+                head = min(head, int(remaining_s * _DEADLINE_SAFETY * rate))
+                if head < 1:
+                    return _RerankOutcome(
+                        reason=f"deadline of {deadline_ms:g} ms leaves no time to rerank "
+                        f"({remaining_s * 1000:.0f} ms left at ~{rate:.0f} pairs/s)"
+                    )
+            timeout_s = remaining_s
+
+        call_start = time.perf_counter()
+        try:
+            if timeout_s is None:
+                scores = reranker.score(query, texts[:head])
+            else:
+                future = self._executor.submit(reranker.score, query, texts[:head])
+                try:
+                    scores = future.result(timeout=timeout_s)
+                except FutureTimeout:
+                    future.cancel()
+                    elapsed = time.perf_counter() - call_start
+                    self.throughput.cap(head / max(elapsed, 1e-6) * 0.5)
+                    return _RerankOutcome(
+                        reason=f"reranker timed out: deadline of {deadline_ms:g} ms reached while scoring "
+                        f"{head} candidates"
+                    )
+        except Exception as exc:  # noqa: BLE001 - the promise: a search never fails because the reranker did
+            return _RerankOutcome(reason=f"reranker failed: {type(exc).__name__}: {exc}")
+        self.throughput.update(head, time.perf_counter() - call_start)
+
+        values = [float(s) for s in scores]
+        if len(values) != head:
+            return _RerankOutcome(reason=f"reranker returned {len(values)} scores for {head} candidates")
+        outcome = _RerankOutcome(scores=values, n_reranked=head)
+        if isinstance(scores, RerankScores):
+            outcome.truncated = scores.n_truncated
+            outcome.cache_hits = scores.cache_hits
+        if head < len(texts):
+            outcome.reason = f"deadline: reranked the top {head} of {len(texts)} candidates"
+        return outcome
+
+
+@dataclass(slots=True)
+class _RerankOutcome:
+    scores: list[float] | None = None
+    n_reranked: int = 0
+    reason: str | None = None
+    truncated: int = 0
+    cache_hits: int = 0
+
+
+def _check_k_n(k: int, n: int) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if not isinstance(n, int) or n < 1:
+        raise InputError(f"n must be a positive integer, got {n!r}")
+
+
+def _compose(candidates: list[Candidate], outcome: _RerankOutcome, fusion: Fusion) -> list[Hit]:
+    """Reranked head sorted by final score, then the tail in first-stage order."""
+
+    def hit(c: Candidate, rerank_score: float | None, score: float) -> Hit:
+        return Hit(
+            id=c.id,
+            doc_id=c.doc_id,
+            text=c.text,
+            title=c.title,
+            rank=0,
+            first_stage_rank=c.rank,
+            first_stage_score=c.score,
+            rerank_score=rerank_score,
+            score=score,
+        )
+
+    if not outcome.scores:
+        return [hit(c, None, c.score) for c in candidates]
+    m = outcome.n_reranked
+    head = candidates[:m]
+    final = fuse([c.score for c in head], outcome.scores, fusion)
+    order = sorted(range(m), key=lambda i: -final[i])
+    hits = [hit(head[i], outcome.scores[i], final[i]) for i in order]
+    hits.extend(hit(c, None, c.score) for c in candidates[m:])
+    return hits
+
+
+def _best_per_document(hits: list[Hit]) -> list[Hit]:
+    """Keep each document's best passage (hits are already in final order, so the first seen is the max)."""
+    seen: set[str] = set()
+    out = []
+    for h in hits:
+        if h.doc_id not in seen:
+            seen.add(h.doc_id)
+            out.append(h)
+    return out
