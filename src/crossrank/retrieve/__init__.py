@@ -1,0 +1,40 @@
+"""First-stage retrieval: BM25, dense (bi-encoder) and hybrid fusion, plus atomic index persistence.
+
+The pipeline depends only on the ``Retriever`` protocol (``retrieve/base.py``): ``name``, ``search(query, k)`` and
+``search_batch(queries, k)`` returning ``Candidate`` lists (best first, ranks 1-based, text included). That is the
+seam for other backends: a distributed engine (e.g. Milvus Lite / Milvus) would be one more class implementing
+``Retriever`` that owns its own storage; nothing else needs to change. None is implemented here yet.
+
+Typical use::
+
+    from crossrank.corpus import load_corpus
+    from crossrank.retrieve import build_index, load_index
+
+    index = build_index(load_corpus("corpus.jsonl"), "my-index")   # chunk, BM25, encode, save atomically
+    retriever = load_index("my-index").retriever("hybrid")          # or "bm25" / "dense"
+    candidates = retriever.search("what do mitochondria do?", k=100)
+"""
+
+from crossrank.retrieve.base import Retriever
+from crossrank.retrieve.bm25 import BM25Retriever
+from crossrank.retrieve.dense import DEFAULT_MODEL, DenseRetriever, load_bi_encoder, resolve_model
+from crossrank.retrieve.hybrid import HybridRetriever, min_max, reciprocal_rank_fusion, weighted_fusion
+from crossrank.retrieve.index import FORMAT_VERSION, Index, build_index, load_index, read_manifest
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FORMAT_VERSION",
+    "BM25Retriever",
+    "DenseRetriever",
+    "HybridRetriever",
+    "Index",
+    "Retriever",
+    "build_index",
+    "load_bi_encoder",
+    "load_index",
+    "min_max",
+    "read_manifest",
+    "reciprocal_rank_fusion",
+    "resolve_model",
+    "weighted_fusion",
+]

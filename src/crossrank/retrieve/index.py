@@ -1,0 +1,441 @@
+"""A persisted first-stage index: passages + BM25 + dense vectors in one directory.
+
+Layout (``FORMAT_VERSION`` 1)::
+
+    <dir>/manifest.json     written last: format, versions, methods, model, chunking, counts, file sizes + sha256
+    <dir>/passages.jsonl    one {"id","doc_id","index","title","text"} per line, in index order
+    <dir>/bm25/             bm25s arrays (.npy, saved with allow_pickle=False) + JSON vocab/params + our analyzer
+    <dir>/dense.npy         (n_passages, dim) L2-normalised vectors, float32 (memory-mapped on load) or float16
+
+Saving is atomic: everything goes into a hidden sibling directory, each file is fsynced, the manifest is written
+last, then the directory is swapped into place (``renameat2(RENAME_EXCHANGE)`` where the kernel has it, else two
+renames) and the previous index deleted. A crash leaves the previous index intact and at most a hidden
+``.<name>.tmp-*`` directory behind (safe to delete). ``load_index`` refuses any directory without a valid manifest.
+Nothing is pickled: numpy files are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from crossrank.corpus.chunking import as_passages, chunk_documents
+from crossrank.corpus.loaders import load_corpus
+from crossrank.errors import IndexLoadError, InputError
+from crossrank.retrieve.base import Retriever
+from crossrank.retrieve.bm25 import BM25Retriever
+from crossrank.retrieve.dense import DEFAULT_MODEL, DEFAULT_MODEL_ID, DenseRetriever, encode_passages, load_bi_encoder
+from crossrank.retrieve.hybrid import HybridRetriever
+from crossrank.types import Document, Passage
+
+FORMAT = "crossrank-index"
+FORMAT_VERSION = 1
+METHODS = ("bm25", "dense")
+KINDS = ("hybrid", "bm25", "dense")
+
+
+def _crossrank_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("crossrank")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------- the index
+class Index:
+    """Passages plus the structures of each method. Get a searcher with ``index.retriever(kind)``."""
+
+    def __init__(
+        self,
+        passages: Sequence[Passage],
+        manifest: dict[str, Any],
+        *,
+        bm25: BM25Retriever | None = None,
+        embeddings: np.ndarray | None = None,
+        dense_model: Any = None,
+        path: Path | None = None,
+    ):
+        self.passages = list(passages)
+        self.manifest = manifest
+        self.path = path
+        self._bm25 = bm25
+        self._embeddings = embeddings
+        self._dense_model = dense_model  # a loaded model, or None: load the manifest's model lazily
+        self._dense: DenseRetriever | None = None
+
+    def __repr__(self) -> str:
+        return f"Index(passages={len(self.passages)}, methods={list(self.methods)}, path={self.path})"
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.manifest["methods"])
+
+    @property
+    def embeddings(self) -> np.ndarray | None:
+        return self._embeddings
+
+    # --------------------------------------------------------------------------------------------- retrievers
+    def bm25(self) -> BM25Retriever:
+        if self._bm25 is None:
+            raise InputError(f"this index has no BM25 part (methods: {', '.join(self.methods)}); rebuild with 'bm25'")
+        return self._bm25
+
+    def dense(self, device: str | None = None, batch_size: int = 64) -> DenseRetriever:
+        if self._embeddings is None:
+            raise InputError(f"this index has no dense part (methods: {', '.join(self.methods)}); rebuild with 'dense'")
+        if self._dense is None or (device is not None and device != self._dense.device):
+            model = self._dense_model if self._dense_model is not None else self.manifest["dense"]["model"]
+            self._dense = DenseRetriever(
+                self.passages, model, embeddings=self._embeddings, device=device, batch_size=batch_size
+            )
+        self._dense.batch_size = batch_size
+        return self._dense
+
+    def retriever(self, kind: str = "hybrid", fusion: str = "rrf", **opts: Any) -> Retriever:
+        """A ``Retriever`` over this index.
+
+        ``kind``: "hybrid" (BM25 + dense fused), "bm25" or "dense". Options: ``device``, ``batch_size`` (dense);
+        ``rrf_k``, ``weights``, ``depth`` (hybrid; see ``HybridRetriever``). The dense model named in the manifest is
+        loaded on the first dense search, once per process."""
+        dense_opts = {key: opts.pop(key) for key in ("device", "batch_size") if key in opts}
+        hybrid_opts = {key: opts.pop(key) for key in ("rrf_k", "weights", "depth") if key in opts}
+        if opts:
+            raise InputError(f"unknown retriever option(s): {', '.join(sorted(opts))}")
+        if kind == "bm25":
+            return self.bm25()
+        if kind == "dense":
+            return self.dense(**dense_opts)
+        if kind == "hybrid":
+            return HybridRetriever([self.bm25(), self.dense(**dense_opts)], fusion=fusion, **hybrid_opts)
+        raise InputError(f"unknown retriever kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+    # --------------------------------------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike, *, dense_dtype: str | None = None) -> Path:
+        """Write the index atomically to ``directory`` (see the module docstring); returns the path.
+        An existing crossrank index there is replaced only once the new one is complete."""
+        target = Path(directory).absolute()
+        _check_replaceable(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            manifest = dict(self.manifest)
+            _write_passages(tmp / "passages.jsonl", self.passages)
+            if self._bm25 is not None:
+                self._bm25.save(tmp / "bm25")
+            if self._embeddings is not None:
+                dtype = np.dtype(dense_dtype or manifest["dense"].get("dtype", "float32"))
+                if dtype not in (np.float32, np.float16):
+                    raise InputError(f"dense_dtype must be float32 or float16, got {dtype}")
+                _write_dense(tmp / "dense.npy", self._embeddings, dtype)
+                manifest["dense"] = {**manifest["dense"], "dtype": dtype.name}
+            manifest["files"] = _file_table(tmp)
+            _write_manifest(tmp, manifest)
+            _fsync_dir(tmp)
+            _swap_into_place(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.manifest = manifest
+        self.path = target
+        return target
+
+
+# ------------------------------------------------------------------------------------------------- build
+def build_index(
+    documents: Sequence[Document | Passage] | str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    methods: Sequence[str] = METHODS,
+    dense_model: Any = DEFAULT_MODEL,
+    chunk_tokens: int | None = 200,
+    chunk_overlap: int = 40,
+    progress: bool = True,
+    batch_size: int = 64,
+    device: str | None = None,
+    dense_dtype: str = "float32",
+    bm25_params: dict[str, Any] | None = None,
+) -> Index:
+    """Chunk ``documents`` (a list, or a corpus path for ``load_corpus``), build the requested ``methods`` and,
+    with ``out_dir``, save atomically there. Passages given as ``Passage`` objects are used as they are.
+
+    ``dense_model``: "default" (bundled all-MiniLM-L6-v2), a local folder, a hub id, or a loaded
+    SentenceTransformer. ``chunk_tokens=0``/None indexes whole documents. ``dense_dtype="float16"`` halves
+    ``dense.npy`` (vectors are widened to float32 on load, so it is then held in RAM, not memory-mapped)."""
+    t0 = time.perf_counter()
+    methods = tuple(dict.fromkeys(methods))
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise InputError(f"unknown or no index method(s) {bad or list(methods)}; choose from {', '.join(METHODS)}")
+    if isinstance(documents, (str, os.PathLike)):
+        documents = load_corpus(documents)
+    documents = list(documents)
+    if not documents:
+        raise InputError("cannot build an index over an empty corpus")
+    if all(isinstance(d, Passage) for d in documents):
+        passages = documents
+        n_docs = len({p.doc_id for p in passages})
+        chunk_tokens, chunk_overlap = None, 0
+    else:
+        passages = chunk_documents([d for d in documents if isinstance(d, Document)], chunk_tokens, chunk_overlap)
+        passages += as_passages([d for d in documents if isinstance(d, Passage)])
+        n_docs = len({p.doc_id for p in passages})
+    ids = set()
+    for p in passages:
+        if p.id in ids:
+            raise InputError(f"duplicate passage id {p.id!r}; document ids must be unique")
+        ids.add(p.id)
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "crossrank_version": _crossrank_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "methods": list(methods),
+        "counts": {"documents": n_docs, "passages": len(passages)},
+        "chunking": {
+            "max_tokens": chunk_tokens or 0,
+            "overlap": chunk_overlap if chunk_tokens else 0,
+            "tokenizer": "word-regex",
+        },
+        "text": "title + ' ' + text",
+    }
+    bm25 = None
+    if "bm25" in methods:
+        t = time.perf_counter()
+        bm25 = BM25Retriever(passages, show_progress=progress, **(bm25_params or {}))
+        manifest["bm25"] = {**bm25.params, "build_s": round(time.perf_counter() - t, 3)}
+    embeddings = model = None
+    if "dense" in methods:
+        t = time.perf_counter()
+        if isinstance(dense_model, (str, os.PathLike)) or dense_model is None:
+            name = str(dense_model) if dense_model is not None else DEFAULT_MODEL
+            model = load_bi_encoder(name, device)
+        else:
+            model = dense_model
+            name = getattr(model, "crossrank_model_name", None) or str(getattr(model, "name_or_path", "") or "custom")
+        if name != DEFAULT_MODEL and Path(name).expanduser().exists():
+            name = str(Path(name).expanduser().resolve())
+        embeddings = encode_passages(model, passages, batch_size=batch_size, show_progress=progress)
+        manifest["dense"] = {
+            "model": name,
+            "model_id": DEFAULT_MODEL_ID if name == DEFAULT_MODEL else name,
+            "dimension": int(embeddings.shape[1]),
+            "dtype": np.dtype(dense_dtype).name,
+            "normalized": True,
+            "similarity": "dot",
+            "max_seq_length": getattr(model, "max_seq_length", None),
+            "encode_s": round(time.perf_counter() - t, 3),
+        }
+    manifest["build_s"] = round(time.perf_counter() - t0, 3)
+    index = Index(passages, manifest, bm25=bm25, embeddings=embeddings, dense_model=model)
+    if out_dir is not None:
+        index.save(out_dir)
+    return index
+
+
+# ------------------------------------------------------------------------------------------------- load
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The validated manifest of an index directory, or ``IndexLoadError`` saying how to fix it."""
+    d = Path(directory)
+    if not d.exists():
+        raise IndexLoadError(f"no index at {d}: the directory does not exist; build one with build_index()")
+    if not d.is_dir():
+        raise IndexLoadError(f"{d} is a file, not an index directory")
+    mpath = d / "manifest.json"
+    if not mpath.is_file():
+        raise IndexLoadError(
+            f"{d} has no manifest.json: it is not a complete crossrank index (an interrupted build leaves none); "
+            "rebuild it with build_index()"
+        )
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexLoadError(f"{mpath} is unreadable or corrupt ({e}); rebuild the index") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexLoadError(f"{mpath} is not a crossrank index manifest; rebuild the index")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise IndexLoadError(
+            f"{d} has index format {version!r}, this crossrank reads format {FORMAT_VERSION}; "
+            "rebuild the index (or upgrade crossrank)"
+        )
+    for key in ("methods", "counts", "files"):
+        if key not in manifest:
+            raise IndexLoadError(f"{mpath} lacks {key!r}; rebuild the index")
+    return manifest
+
+
+def load_index(directory: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> Index:
+    """Open an index written by ``build_index``/``Index.save``. No re-encoding: ``dense.npy`` and the BM25 arrays
+    are memory-mapped (``mmap=True``). File sizes are always checked against the manifest; ``verify=True`` also
+    checks sha256 checksums. The dense model is loaded lazily, on the first dense search."""
+    d = Path(directory).absolute()
+    manifest = read_manifest(d)
+    for rel, info in manifest["files"].items():
+        f = d / rel
+        if not f.is_file():
+            raise IndexLoadError(f"index {d} is incomplete: {rel} is missing; rebuild the index")
+        if f.stat().st_size != info["bytes"]:
+            raise IndexLoadError(f"index {d} is damaged: {rel} has the wrong size; rebuild the index")
+        if verify and _sha256(f) != info["sha256"]:
+            raise IndexLoadError(f"index {d} is damaged: checksum mismatch for {rel}; rebuild the index")
+    passages = _read_passages(d / "passages.jsonl")
+    if len(passages) != manifest["counts"]["passages"]:
+        raise IndexLoadError(f"index {d}: passages.jsonl holds {len(passages)} passages, manifest says "
+                             f"{manifest['counts']['passages']}; rebuild the index")
+    bm25 = BM25Retriever.load(d / "bm25", passages, mmap=mmap) if "bm25" in manifest["methods"] else None
+    embeddings = None
+    if "dense" in manifest["methods"]:
+        try:
+            embeddings = np.load(d / "dense.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise IndexLoadError(f"cannot read {d / 'dense.npy'} ({e}); rebuild the index") from None
+        if embeddings.shape != (len(passages), manifest["dense"]["dimension"]):
+            raise IndexLoadError(f"{d / 'dense.npy'} has shape {embeddings.shape}, expected "
+                                 f"({len(passages)}, {manifest['dense']['dimension']}); rebuild the index")
+        if embeddings.dtype != np.float32:
+            embeddings = np.asarray(embeddings, dtype=np.float32)
+    return Index(passages, manifest, bm25=bm25, embeddings=embeddings, path=d)
+
+
+# ------------------------------------------------------------------------------------------------- file helpers
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_passages(path: Path, passages: Sequence[Passage]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for p in passages:
+            f.write(json.dumps({"id": p.id, "doc_id": p.doc_id, "index": p.index, "title": p.title, "text": p.text},
+                               ensure_ascii=False))
+            f.write("\n")
+
+
+def _read_passages(path: Path) -> list[Passage]:
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                o = json.loads(line)
+                out.append(Passage(id=o["id"], doc_id=o["doc_id"], text=o["text"], title=o.get("title", ""),
+                                   index=o.get("index", 0)))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise IndexLoadError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); rebuild the index") from None
+    return out
+
+
+def _write_dense(path: Path, embeddings: np.ndarray, dtype: np.dtype) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(embeddings, dtype=dtype), allow_pickle=False)
+
+
+def _file_table(root: Path) -> dict[str, dict[str, Any]]:
+    table = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        _fsync_file(f)
+        table[f.relative_to(root).as_posix()] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    for sub in sorted(p for p in root.rglob("*") if p.is_dir()):
+        _fsync_dir(sub)
+    return table
+
+
+def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    path = root / "manifest.json"
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_replaceable(target: Path) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise InputError(f"cannot write an index to {target}: it is a file")
+    if not any(target.iterdir()):
+        return
+    try:
+        ok = json.loads((target / "manifest.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise InputError(
+            f"refusing to overwrite {target}: it exists, is not empty and is not a crossrank index; "
+            "choose another directory or remove it"
+        )
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    parent = target.parent
+    if not target.exists():
+        os.rename(tmp, target)
+    elif _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous index
+    else:
+        old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(parent)
