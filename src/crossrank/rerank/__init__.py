@@ -1,0 +1,74 @@
+"""Reranking: the :class:`Reranker` protocol, the local cross-encoder engine, a score cache, the bundled model.
+
+``load_reranker(name_or_path)`` is the one entry point: ``"default"`` (the bundled model), an ``http(s)://`` URL
+(a remote rerank service), or a Hugging Face id / local directory of a cross-encoder. Importing this package is
+cheap: torch and transformers load only when an engine is built.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from crossrank.errors import InputError
+from crossrank.rerank.base import RankedText, Reranker, RerankScores, rank_by_scores
+from crossrank.rerank.cache import CachedReranker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crossrank.rerank.engine import CrossEncoderReranker
+
+__all__ = [
+    "CachedReranker",
+    "CrossEncoderReranker",
+    "RankedText",
+    "Reranker",
+    "RerankScores",
+    "load_reranker",
+    "rank_by_scores",
+]
+
+DEFAULT_CACHE_SIZE = 100_000
+
+
+def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_CACHE_SIZE, **options: Any) -> Reranker:
+    """Build a reranker from a name, path or URL.
+
+    - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
+    - ``http://...`` / ``https://...``: :class:`crossrank.rerank.remote.RemoteReranker` (``options`` go to it);
+    - a directory holding a crossrank bundle (``crossrank_bundle.json``): that bundle;
+    - anything else: :class:`CrossEncoderReranker` on a Hugging Face id or local checkpoint directory.
+
+    ``options`` are the engine's (``max_length``, ``batch_tokens``, ``dtype``, ``device``, ...). The result is
+    wrapped in a :class:`CachedReranker` of ``cache_size`` entries unless ``cache_size=0``.
+    ``"none"`` is not a reranker: callers that accept it (the CLI) handle it before calling this.
+    """
+    spec = os.fspath(name_or_path).strip() if name_or_path is not None else ""
+    if not spec:
+        raise InputError("no reranker given: pass 'default', a model id or path, or a URL")
+    if spec.lower() == "none":
+        raise InputError("'none' means no reranker; handle it before calling load_reranker")
+    if cache_size < 0:
+        raise InputError("cache_size must be >= 0")
+
+    inner: Reranker
+    if spec.lower().startswith(("http://", "https://")):
+        from crossrank.rerank.remote import RemoteReranker
+
+        inner = RemoteReranker(spec, **options)
+    elif spec == "default" or os.path.isfile(os.path.join(spec, "crossrank_bundle.json")):
+        from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, bundled_reranker
+
+        inner = bundled_reranker(DEFAULT_BUNDLE_DIR if spec == "default" else spec, **options)
+    else:
+        from crossrank.rerank.engine import CrossEncoderReranker
+
+        inner = CrossEncoderReranker(spec, **options)
+    return CachedReranker(inner, max_entries=cache_size) if cache_size else inner
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CrossEncoderReranker":
+        from crossrank.rerank.engine import CrossEncoderReranker
+
+        return CrossEncoderReranker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

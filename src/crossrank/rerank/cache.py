@@ -1,0 +1,168 @@
+"""A bounded LRU score cache in front of any reranker.
+
+Keys are 16-byte BLAKE2b digests of (model name, query, text), so 100k entries take a few tens of MB no matter
+how long the texts are. Thread-safe. No torch import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any, Sequence
+
+from crossrank.errors import InputError
+from crossrank.rerank.base import RankedText, Reranker, RerankScores, rank_by_scores
+
+
+class CachedReranker:
+    """Wraps a :class:`Reranker`; answers repeated (query, text) pairs from memory.
+
+    ``score`` returns :class:`RerankScores` with ``cache_hits`` set and ``tokens`` counting only what the inner
+    reranker ran. Duplicate texts within one call are scored once.
+    """
+
+    def __init__(self, inner: Reranker, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise InputError("max_entries must be at least 1 (use the inner reranker directly for no cache)")
+        self.inner = inner
+        self.max_entries = int(max_entries)
+        self._entries: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "entries": len(self._entries),
+            "max_entries": self.max_entries,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hit_rate, 6),
+        }
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
+
+    def info(self) -> dict[str, Any]:
+        inner_info = self.inner.info() if hasattr(self.inner, "info") else {"model": self.name}
+        return {**inner_info, "cache": self.stats()}
+
+    # ---------------------------------------------------------------- keys
+
+    def _query_hasher(self, query: str) -> "hashlib._Hash":
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.name.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+        h.update(query.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+        return h
+
+    @staticmethod
+    def _key(base: "hashlib._Hash", text: str) -> bytes:
+        h = base.copy()
+        h.update(text.encode("utf-8", "surrogatepass"))
+        return h.digest()
+
+    # ---------------------------------------------------------------- scoring
+
+    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+        texts = list(texts)
+        if not isinstance(query, str) or any(not isinstance(t, str) for t in texts):
+            raise InputError("query and texts must be strings")
+        base = self._query_hasher(query)
+        keys = [self._key(base, t) for t in texts]
+        return self._score_keys(keys, [(query, t) for t in texts], lambda todo: self.inner.score(query, [t for _, t in todo]))
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> RerankScores:
+        """Cached scores for pairs from many queries (the server's batcher calls this)."""
+        pairs = [tuple(p) for p in pairs]
+        bases: dict[str, Any] = {}
+        keys = []
+        for q, t in pairs:
+            if not isinstance(q, str) or not isinstance(t, str):
+                raise InputError("pairs must be (query, text) strings")
+            if q not in bases:
+                bases[q] = self._query_hasher(q)
+            keys.append(self._key(bases[q], t))
+        return self._score_keys(keys, pairs, self._inner_pairs)
+
+    def _inner_pairs(self, todo: list[tuple[str, str]]) -> RerankScores:
+        if hasattr(self.inner, "score_pairs"):
+            return self.inner.score_pairs(todo)
+        # A reranker without score_pairs: one call per query, results put back in order.
+        scores = [0.0] * len(todo)
+        truncated = [False] * len(todo)
+        tokens = 0
+        by_query: dict[str, list[int]] = {}
+        for i, (q, _) in enumerate(todo):
+            by_query.setdefault(q, []).append(i)
+        for q, idx in by_query.items():
+            res = self.inner.score(q, [todo[i][1] for i in idx])
+            tokens += res.tokens
+            for j, i in enumerate(idx):
+                scores[i] = res.scores[j]
+                truncated[i] = bool(res.truncated[j]) if res.truncated else False
+        return RerankScores(scores=scores, truncated=truncated, tokens=tokens)
+
+    def _score_keys(self, keys: list[bytes], pairs: list[tuple[str, str]], run) -> RerankScores:
+        n = len(keys)
+        scores: list[float] = [0.0] * n
+        truncated: list[bool] = [False] * n
+        todo_at: dict[bytes, list[int]] = {}
+        hits = 0
+        with self._lock:
+            for i, k in enumerate(keys):
+                got = self._entries.get(k)
+                if got is not None:
+                    self._entries.move_to_end(k)
+                    scores[i], truncated[i] = got
+                    hits += 1
+                else:
+                    todo_at.setdefault(k, []).append(i)
+        tokens = 0
+        if todo_at:
+            todo_keys = list(todo_at)
+            res = run([pairs[todo_at[k][0]] for k in todo_keys])
+            tokens = res.tokens
+            with self._lock:
+                for j, k in enumerate(todo_keys):
+                    s = float(res.scores[j])
+                    tr = bool(res.truncated[j]) if res.truncated else False
+                    for i in todo_at[k]:
+                        scores[i], truncated[i] = s, tr
+                    self._entries[k] = (s, tr)
+                    self._entries.move_to_end(k)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+        with self._lock:
+            self.hits += hits
+            self.misses += n - hits
+        return RerankScores(scores=scores, truncated=truncated, cache_hits=hits, tokens=tokens)
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
+        texts = list(texts)
+        return rank_by_scores(texts, self.score(query, texts).scores, top_n)
+
+    def __getattr__(self, item: str) -> Any:
+        # Anything else (max_length, device, close, ...) comes from the wrapped reranker.
+        if item in ("inner", "_entries", "_lock"):
+            raise AttributeError(item)
+        return getattr(self.inner, item)
+
+    def __repr__(self) -> str:
+        return f"CachedReranker({self.inner!r}, max_entries={self.max_entries})"

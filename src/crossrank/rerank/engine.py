@@ -1,0 +1,673 @@
+"""The local cross-encoder engine: any Hugging Face sequence-classification reranker, scored fast and safely.
+
+What it does on each call:
+
+1. tokenises the query once and all documents in one batch (no special tokens), then builds each pair from token
+   ids with the tokenizer's own pair template (special tokens and token types read from the tokenizer's
+   post-processor and checked against ``tokenizer(query, text)`` at load time), so the model sees exactly what
+   ``sentence_transformers.CrossEncoder`` would feed it;
+2. truncates the document first and never drops the query (a query longer than about half of ``max_length`` is
+   cut to that and reported); with ``long_documents="chunk"`` a long document is split into windows that each
+   carry the full query and its score is the best window's;
+3. sorts pairs by length and packs batches under a token budget (padded length x batch size), pads per batch,
+   runs under ``torch.inference_mode`` behind a lock, and puts scores back in input order.
+
+Loading accepts safetensors only and refuses anything that is not a sequence-classification model (including an
+encoder to which transformers would silently attach a random head) unless ``allow_new_head=True`` (training).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from crossrank.errors import InputError, ModelLoadError
+from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_ACTIVATIONS = ("auto", "sigmoid", "raw")
+_LONG_DOCUMENTS = ("truncate", "chunk")
+# A document longer than this many characters per token of budget is cut (at whitespace) before tokenising;
+# if the cut text turns out to have too few tokens it is re-tokenised whole, so the result is exact.
+_CHARS_PER_TOKEN = 12
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# --------------------------------------------------------------------------------------------------- hardware
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"unknown device {device!r}: use auto, cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX / AVX512-BF16), fp32 otherwise."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPE_NAMES:
+            raise InputError(f"unsupported dtype {dtype}: use fp32, bf16 or fp16")
+        return dtype
+    key = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}.get(str(dtype), str(dtype))
+    if key == "auto":
+        device = device or resolve_device("auto")
+        if device.type == "cuda":
+            return torch.float16
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if key not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use auto, fp32, bf16 or fp16")
+    return DTYPES[key]
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _is_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            return True
+    except Exception:  # pragma: no cover - huggingface_hub always comes with transformers
+        pass
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ).lower() in ("1", "true", "yes")
+
+
+def _cached_on_disk(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+        return isinstance(hit, str)
+    except Exception:
+        return False
+
+
+def _check_local_dir(path: Path) -> None:
+    """Refuse files, folders that are no model, and pickle-only checkpoints, each with a message to act on."""
+    if path.is_file():
+        raise ModelLoadError(
+            f"{path} is a file, not a model directory: pass a Hugging Face sequence-classification checkpoint "
+            "directory (config.json + model.safetensors) or a hub id"
+        )
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} does not exist")
+    has_safetensors = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
+    if not has_safetensors:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        if pickles:
+            raise ModelLoadError(
+                f"{path} holds only pickle weights ({', '.join(pickles)}); crossrank loads safetensors only, "
+                "because unpickling can run arbitrary code. If you trust this checkpoint, convert it once: "
+                "python -c \"from transformers import AutoModelForSequenceClassification as M; "
+                f"M.from_pretrained('{path}', use_safetensors=False).save_pretrained('{path}')\""
+            )
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a Hugging Face model directory (no config.json); pass a sequence-classification "
+            "checkpoint directory or a hub id such as cross-encoder/ms-marco-MiniLM-L6-v2"
+        )
+    if not has_safetensors:
+        raise ModelLoadError(f"{path} has a config.json but no *.safetensors weights")
+
+
+def _is_sequence_classifier(config: Any) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+# Keys transformers may legitimately report as missing without the model being incomplete.
+_BENIGN_MISSING = re.compile(r"(position_ids|token_type_ids|\.num_batches_tracked)$")
+
+
+def load_sequence_classifier(
+    name_or_path: str | os.PathLike,
+    *,
+    allow_new_head: bool = False,
+    num_labels: int | None = None,
+    local_files_only: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any, str]:
+    """Load ``(model, tokenizer, name)`` in fp32 on CPU, or raise :class:`ModelLoadError` saying why not.
+
+    ``allow_new_head=True`` lets an encoder without a classifier head (e.g. a bi-encoder) get a freshly initialised
+    one: what training starts from. Without it such a model is refused: its scores would be random.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    raw = os.fspath(name_or_path)
+    path = Path(raw).expanduser()
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if path.exists():
+        _check_local_dir(path)
+        source, name = str(path.resolve()), str(path.resolve())
+        kwargs["local_files_only"] = True
+    else:
+        looks_like_path = raw.startswith((".", "/", "~", "\\")) or "\\" in raw or raw.count("/") > 1
+        if looks_like_path or not _HUB_ID.match(raw):
+            raise ModelLoadError(f"{raw} does not exist (and is not a Hugging Face hub id)")
+        source, name = raw, raw
+        offline = local_files_only or _is_offline()
+        if _cached_on_disk(raw):
+            offline = True  # already downloaded: no network round trips (and no retries when offline)
+        kwargs["local_files_only"] = offline
+        if revision:
+            kwargs["revision"] = revision
+
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        where = "the local Hugging Face cache" if kwargs.get("local_files_only") else "the Hugging Face hub"
+        raise ModelLoadError(f"cannot load a model config for {raw!r} from {where}: {_first_line(e)}") from e
+
+    is_classifier = _is_sequence_classifier(config)
+    if not is_classifier and not allow_new_head:
+        archs = getattr(config, "architectures", None) or ["(none listed)"]
+        raise ModelLoadError(
+            f"{raw} is not a sequence-classification (cross-encoder) model: its config lists "
+            f"architectures {', '.join(archs)}. It looks like an encoder or bi-encoder without a trained "
+            "classifier head; its rerank scores would be random. Use a cross-encoder such as "
+            "cross-encoder/ms-marco-MiniLM-L6-v2 or BAAI/bge-reranker-base"
+        )
+    if num_labels is not None:
+        config.num_labels = num_labels
+    elif not is_classifier:
+        config.num_labels = 1  # a new reranking head: one relevance logit
+
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            config=config,
+            use_safetensors=True,
+            dtype=torch.float32,
+            output_loading_info=True,
+            **kwargs,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"cannot load {raw!r} as a sequence-classification model: {_first_line(e)}") from e
+
+    missing = sorted(k for k in (info.get("missing_keys") or []) if not _BENIGN_MISSING.search(k))
+    mismatched = list(info.get("mismatched_keys") or [])
+    if (missing or mismatched) and not allow_new_head:
+        what = ", ".join((missing + [str(m) for m in mismatched])[:6])
+        raise ModelLoadError(
+            f"{raw} lacks trained weights for {what}: transformers would initialise them at random, so its "
+            "scores would be meaningless. Pass a trained cross-encoder (or allow_new_head=True to train one)"
+        )
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {raw!r}: {_first_line(e)}") from e
+    return model, tokenizer, name
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+# --------------------------------------------------------------------------------------------------- pair template
+
+
+class PairTemplate:
+    """How the tokenizer joins a query and a document: ``prefix A mid B suffix`` with token types.
+
+    Read from the tokenizer's own pair-building (its post-processor, or ``build_inputs_with_special_tokens`` +
+    ``create_token_type_ids_from_sequences`` for Python tokenizers) and then checked against ``tokenizer(q, d)``.
+    """
+
+    def __init__(self, prefix, mid, suffix, prefix_t, mid_t, suffix_t, a_type: int, b_type: int):
+        self.prefix, self.mid, self.suffix = list(prefix), list(mid), list(suffix)
+        self.prefix_t, self.mid_t, self.suffix_t = list(prefix_t), list(mid_t), list(suffix_t)
+        self.a_type, self.b_type = a_type, b_type
+        self.n_special = len(self.prefix) + len(self.mid) + len(self.suffix)
+
+    def build(self, q: list[int], d: list[int]) -> tuple[list[int], list[int]]:
+        ids = self.prefix + q + self.mid + d + self.suffix
+        types = self.prefix_t + [self.a_type] * len(q) + self.mid_t + [self.b_type] * len(d) + self.suffix_t
+        return ids, types
+
+    @classmethod
+    def from_fast(cls, backend: Any) -> "PairTemplate":
+        enc = backend.encode("query words", "document words", add_special_tokens=True)
+        seq = enc.sequence_ids
+        ids, types = enc.ids, enc.type_ids
+        parts: dict[str, list[int]] = {"prefix": [], "mid": [], "suffix": []}
+        parts_t: dict[str, list[int]] = {"prefix": [], "mid": [], "suffix": []}
+        a_types, b_types = set(), set()
+        state = "prefix"
+        for s, i, t in zip(seq, ids, types):
+            if s == 0:
+                if state == "prefix":
+                    state = "a"
+                elif state != "a":
+                    raise ValueError("query tokens are not contiguous")
+                a_types.add(t)
+            elif s == 1:
+                if state in ("a", "mid"):
+                    state = "b"
+                elif state != "b":
+                    raise ValueError("document tokens are not contiguous")
+                b_types.add(t)
+            else:
+                key = {"prefix": "prefix", "a": "mid", "mid": "mid", "b": "suffix", "suffix": "suffix"}[state]
+                state = {"a": "mid", "b": "suffix"}.get(state, state)
+                parts[key].append(i)
+                parts_t[key].append(t)
+        if len(a_types) != 1 or len(b_types) != 1:
+            raise ValueError("token types vary inside a sequence")
+        return cls(
+            parts["prefix"], parts["mid"], parts["suffix"], parts_t["prefix"], parts_t["mid"], parts_t["suffix"],
+            a_types.pop(), b_types.pop(),
+        )
+
+    @classmethod
+    def from_python(cls, tokenizer: Any) -> "PairTemplate":
+        a, b = -1001, -1002  # sentinels that no vocabulary uses
+        ids = tokenizer.build_inputs_with_special_tokens([a], [b])
+        types = tokenizer.create_token_type_ids_from_sequences([a], [b])
+        ia, ib = ids.index(a), ids.index(b)
+        return cls(
+            ids[:ia], ids[ia + 1 : ib], ids[ib + 1 :], types[:ia], types[ia + 1 : ib], types[ib + 1 :],
+            types[ia], types[ib],
+        )
+
+
+# --------------------------------------------------------------------------------------------------- engine
+
+
+class CrossEncoderReranker:
+    """A local cross-encoder reranker. Thread-safe (one forward pass at a time).
+
+    >>> rr = CrossEncoderReranker("cross-encoder/ms-marco-MiniLM-L6-v2")   # doctest: +SKIP
+    >>> rr.rerank("what do plants make?", ["Plants make glucose.", "Volcanoes erupt."], top_n=1)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike,
+        *,
+        max_length: int | None = None,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        dtype: str = "auto",
+        device: str = "auto",
+        activation: str = "auto",
+        num_threads: int | None = None,
+        long_documents: str = "truncate",
+        chunk_overlap: int = 64,
+        max_chunks: int = 16,
+        allow_new_head: bool = False,
+        num_labels: int | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        name: str | None = None,
+    ) -> None:
+        model, tokenizer, loaded_name = load_sequence_classifier(
+            model_name_or_path,
+            allow_new_head=allow_new_head,
+            num_labels=num_labels,
+            local_files_only=local_files_only,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        self._setup(
+            model, tokenizer, name=name or loaded_name, max_length=max_length, batch_tokens=batch_tokens,
+            max_batch_size=max_batch_size, dtype=dtype, device=device, activation=activation,
+            num_threads=num_threads, long_documents=long_documents, chunk_overlap=chunk_overlap,
+            max_chunks=max_chunks,
+        )
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, *, name: str, **options: Any) -> "CrossEncoderReranker":
+        """Wrap an already loaded ``(model, tokenizer)`` (the bundled model, a model being trained)."""
+        self = cls.__new__(cls)
+        defaults = dict(
+            max_length=None, batch_tokens=16384, max_batch_size=128, dtype="auto", device="auto",
+            activation="auto", num_threads=None, long_documents="truncate", chunk_overlap=64, max_chunks=16,
+        )
+        unknown = set(options) - set(defaults)
+        if unknown:
+            raise InputError(f"unknown reranker option(s): {', '.join(sorted(unknown))}")
+        self._setup(model, tokenizer, name=name, **{**defaults, **options})
+        return self
+
+    # ---------------------------------------------------------------- setup
+
+    def _setup(
+        self, model, tokenizer, *, name, max_length, batch_tokens, max_batch_size, dtype, device, activation,
+        num_threads, long_documents, chunk_overlap, max_chunks,
+    ) -> None:
+        if activation not in _ACTIVATIONS:
+            raise InputError(f"activation must be one of {', '.join(_ACTIVATIONS)}, not {activation!r}")
+        if long_documents not in _LONG_DOCUMENTS:
+            raise InputError(f"long_documents must be truncate or chunk, not {long_documents!r}")
+        if int(batch_tokens) < 1 or int(max_batch_size) < 1:
+            raise InputError("batch_tokens and max_batch_size must be positive")
+        if num_threads is not None:
+            if int(num_threads) < 1:
+                raise InputError("num_threads must be positive")
+            torch.set_num_threads(int(num_threads))  # process-wide: torch has one intra-op pool
+
+        config = model.config
+        self.num_labels = int(getattr(config, "num_labels", 1))
+        if self.num_labels not in (1, 2):
+            raise ModelLoadError(
+                f"{name} has {self.num_labels} output labels; a reranker needs 1 (relevance logit) or 2 "
+                "(not relevant / relevant)"
+            )
+        self.name = str(name)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.tokenizer = tokenizer
+        self.activation = self._resolve_activation(activation, config)
+        self.long_documents = long_documents
+        self.batch_tokens = int(batch_tokens)
+        self.max_batch_size = int(max_batch_size)
+        self.max_chunks = max(1, int(max_chunks))
+        self._lock = threading.Lock()
+
+        # Tokenizer plumbing: a private copy of the fast backend without padding/truncation (tokenizer.json files
+        # often carry both), the pair template, and which inputs the model takes.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._backend = Tokenizer.from_str(backend.to_str())
+            self._backend.no_padding()
+            self._backend.no_truncation()
+        self.template = self._derive_template()
+        self._use_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self._pad_id = int(pad) if pad is not None else 0
+
+        limit = int(getattr(config, "max_position_embeddings", 512) or 512)
+        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") and limit > 512:
+            limit -= 2  # learned positions offset by padding_idx + 1
+        limit = min(limit, 512)
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 100_000:
+            limit = min(limit, tok_max)
+        self.max_length = int(max_length) if max_length else limit
+        if self.max_length <= self.template.n_special + 2:
+            raise InputError(f"max_length={self.max_length} leaves no room for a query and a document")
+        self._avail = self.max_length - self.template.n_special
+        self._query_max = self._avail // 2
+        self.chunk_overlap = max(0, min(int(chunk_overlap), self._avail // 4))
+        self._check_template()
+
+    def _resolve_activation(self, activation: str, config: Any) -> str:
+        if activation != "auto":
+            return activation
+        st = getattr(config, "sentence_transformers", None)
+        fn = st.get("activation_fn") if isinstance(st, dict) else None
+        fn = fn or getattr(config, "sbert_ce_default_activation_function", None)
+        if isinstance(fn, str) and fn.endswith("Identity"):
+            return "raw"
+        return "sigmoid"
+
+    def _derive_template(self) -> PairTemplate:
+        try:
+            if self._backend is not None:
+                return PairTemplate.from_fast(self._backend)
+            return PairTemplate.from_python(self.tokenizer)
+        except (ValueError, AttributeError, TypeError) as e:
+            raise ModelLoadError(f"cannot work out how the tokenizer of {self.name} joins a pair: {e}") from e
+
+    def _check_template(self) -> None:
+        """Our ids must equal what ``tokenizer(query, text)`` builds (what sentence-transformers feeds)."""
+        q, d = "What is the capital of France?", "Paris is the capital and largest city of France."
+        ref = self.tokenizer(q, d)
+        ids, types = self.template.build(self._encode([q])[0], self._encode([d])[0])
+        ok = list(ref["input_ids"]) == ids
+        if ok and self._use_token_types and "token_type_ids" in ref:
+            ok = list(ref["token_type_ids"]) == types
+        if not ok:
+            raise ModelLoadError(f"the pair template derived for {self.name}'s tokenizer does not match it")
+
+    # ---------------------------------------------------------------- tokenising
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        if self._backend is not None:
+            return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def _encode_docs(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of documents; very long texts are cut at whitespace first when that changes nothing we keep."""
+        if self.long_documents == "chunk":
+            need = self._avail + (self.max_chunks - 1) * max(1, self._avail - self.chunk_overlap)
+        else:
+            need = self._avail
+        limit = max(2048, need * _CHARS_PER_TOKEN)
+        clipped, cut = [], []
+        for t in texts:
+            c = _clip_at_whitespace(t, limit)
+            clipped.append(c)
+            cut.append(len(c) < len(t))
+        out = self._encode(clipped)
+        redo = [i for i, ids in enumerate(out) if cut[i] and len(ids) <= need]
+        if redo:
+            for i, ids in zip(redo, self._encode([texts[i] for i in redo])):
+                out[i] = ids
+        return out
+
+    def _prepare_query(self, query: str) -> tuple[list[int], bool]:
+        ids = self._encode([query])[0]
+        if len(ids) > self._query_max:
+            log.warning("query of %d tokens cut to %d (half of max_length=%d)", len(ids), self._query_max,
+                        self.max_length)
+            return ids[: self._query_max], True
+        return ids, False
+
+    # ---------------------------------------------------------------- public API
+
+    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+        """Scores in input order (higher is more relevant), with per-text truncation flags and tokens run."""
+        _check_query(query)
+        texts = _check_texts(texts)
+        if not texts:
+            return RerankScores(scores=[], truncated=[])
+        q_ids, q_cut = self._prepare_query(query)
+        docs = self._encode_docs(texts)
+        return self._score_ids([q_ids] * len(texts), [q_cut] * len(texts), docs)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> RerankScores:
+        """Scores for ``(query, text)`` pairs from any number of queries (each distinct query tokenised once)."""
+        pairs = list(pairs)
+        if not pairs:
+            return RerankScores(scores=[], truncated=[])
+        queries: dict[str, tuple[list[int], bool]] = {}
+        for p in pairs:
+            if not isinstance(p, (tuple, list)) or len(p) != 2:
+                raise InputError("score_pairs takes (query, text) pairs")
+            q = p[0]
+            if q not in queries:
+                _check_query(q)
+                queries[q] = self._prepare_query(q)
+        texts = _check_texts([p[1] for p in pairs])
+        docs = self._encode_docs(texts)
+        qs = [queries[p[0]] for p in pairs]
+        return self._score_ids([q for q, _ in qs], [c for _, c in qs], docs)
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
+        return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
+
+    def pair_inputs(self, query: str, text: str) -> list[dict[str, list[int]]]:
+        """What the model is fed for one pair: ``input_ids`` and ``token_type_ids`` per window (one unless
+        ``long_documents="chunk"`` splits the text). For debugging and tests."""
+        _check_query(query)
+        q, _ = self._prepare_query(query)
+        d = self._encode_docs(_check_texts([text]))[0]
+        windows, _ = self._windows(d, self._avail - len(q))
+        return [dict(zip(("input_ids", "token_type_ids"), self.template.build(q, w))) for w in windows]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "architecture": (getattr(self.model.config, "architectures", None) or [type(self.model).__name__])[0],
+            "dtype": _DTYPE_NAMES.get(self.dtype, str(self.dtype)),
+            "device": str(self.device),
+            "max_length": self.max_length,
+            "num_labels": self.num_labels,
+            "activation": self.activation,
+            "threads": torch.get_num_threads(),
+            "batch_tokens": self.batch_tokens,
+            "max_batch_size": self.max_batch_size,
+            "long_documents": self.long_documents,
+        }
+
+    def __repr__(self) -> str:
+        return f"CrossEncoderReranker({self.name!r}, dtype={self.info()['dtype']}, device={self.device})"
+
+    # ---------------------------------------------------------------- core
+
+    def _windows(self, d: list[int], budget: int) -> tuple[list[list[int]], bool]:
+        """The document pieces to score and whether any of the document was left out."""
+        if len(d) <= budget:
+            return [d], False
+        if self.long_documents == "truncate":
+            return [d[:budget]], True
+        stride = max(1, budget - min(self.chunk_overlap, budget // 2))
+        starts = list(range(0, len(d) - budget + 1, stride))
+        if starts[-1] + budget < len(d):
+            starts.append(len(d) - budget)
+        dropped = len(starts) > self.max_chunks
+        return [d[s : s + budget] for s in starts[: self.max_chunks]], dropped
+
+    def _score_ids(self, q_ids: list[list[int]], q_cut: list[bool], docs: list[list[int]]) -> RerankScores:
+        seqs: list[tuple[list[int], list[int]]] = []
+        owner: list[int] = []
+        truncated: list[bool] = []
+        for i, (q, cut, d) in enumerate(zip(q_ids, q_cut, docs)):
+            windows, dropped = self._windows(d, self._avail - len(q))
+            truncated.append(cut or dropped)
+            for w in windows:
+                seqs.append(self.template.build(q, w))
+                owner.append(i)
+        logits = self._forward_all(seqs)
+        best = [-math.inf] * len(docs)
+        for o, v in zip(owner, logits):
+            if v > best[o]:
+                best[o] = v
+        scores = [self._activate(v) for v in best]
+        tokens = sum(len(s[0]) for s in seqs)
+        return RerankScores(scores=scores, truncated=truncated, tokens=tokens)
+
+    def _activate(self, logit: float) -> float:
+        if self.activation == "raw":
+            return float(logit)
+        if logit >= 0:
+            return 1.0 / (1.0 + math.exp(-logit))
+        e = math.exp(logit)
+        return e / (1.0 + e)
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices grouped into batches, longest first, each within the token budget once padded."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        width = 0  # padded length of the current batch: its first (longest) member's length
+        for i in order:
+            if cur and (width * (len(cur) + 1) > self.batch_tokens or len(cur) >= self.max_batch_size):
+                batches.append(cur)
+                cur = []
+            if not cur:
+                width = lengths[i]
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _forward_all(self, seqs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """One relevance logit per sequence (label 1 minus label 0 for 2-label models), in input order."""
+        out = [0.0] * len(seqs)
+        for batch in self._batches([len(s[0]) for s in seqs]):
+            width = max(len(seqs[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+            types = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                s_ids, s_types = seqs[i]
+                n = len(s_ids)
+                ids[row, :n] = torch.tensor(s_ids, dtype=torch.long)
+                types[row, :n] = torch.tensor(s_types, dtype=torch.long)
+                mask[row, :n] = 1
+            inputs = {"input_ids": ids, "attention_mask": mask}
+            if self._use_token_types:
+                inputs["token_type_ids"] = types
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            with self._lock, torch.inference_mode():
+                logits = self.model(**inputs).logits.float()
+            if self.num_labels == 2:
+                rel = (logits[:, 1] - logits[:, 0]).tolist()
+            else:
+                rel = logits[:, 0].tolist()
+            for i, v in zip(batch, rel):
+                out[i] = v
+        return out
+
+
+def _clip_at_whitespace(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+    return text[:cut] if cut > limit // 2 else text
+
+
+def _check_query(query: Any) -> None:
+    if not isinstance(query, str):
+        raise InputError(f"query must be a string, not {type(query).__name__}")
+    if not query.strip():
+        raise InputError("query is empty")
+
+
+def _check_texts(texts: Iterable[Any]) -> list[str]:
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, not one string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InputError(f"text {i} must be a string, not {type(t).__name__}")
+    return out
+
