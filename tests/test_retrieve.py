@@ -189,6 +189,25 @@ def test_index_options_and_errors(built, tmp_path):
         bm25_only.retriever("hybrid")
 
 
+def test_incremental_rebuild_reuses_vectors(built, tmp_path):
+    index, path = built
+    extra = Document(id="d7", title="Comets", text="Comets are icy bodies that grow a glowing tail near the Sun.")
+    new = build_index(DOCS + [extra], tmp_path / "new", reuse=path, progress=False)
+    assert new.manifest["dense"]["reused_vectors"] == 6
+    assert np.array_equal(new.embeddings[:6], np.asarray(index.embeddings))
+    assert new.retriever("dense").search("frozen objects orbiting close to our star", k=1)[0].id == "d7"
+
+
+def test_float16_vectors_halve_the_file(built, tmp_path):
+    _, path = built
+    out = load_index(path).save(tmp_path / "f16", dense_dtype="float16")
+    loaded = load_index(out)
+    assert loaded.manifest["dense"]["dtype"] == "float16" and loaded.embeddings.dtype == np.float32
+    assert (out / "dense.npy").stat().st_size < 0.6 * (path / "dense.npy").stat().st_size
+    q = "what causes earthquakes"
+    assert ids(loaded.retriever("dense").search(q, k=3)) == ids(load_index(path).retriever("dense").search(q, k=3))
+
+
 def test_load_refuses_missing_or_half_built(tmp_path):
     with pytest.raises(IndexLoadError, match="does not exist"):
         load_index(tmp_path / "nothing")

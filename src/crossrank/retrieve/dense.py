@@ -142,7 +142,7 @@ class DenseRetriever:
         return np.asarray(emb, dtype=np.float32)
 
     def _search_vectors(self, qvecs: np.ndarray, k: int) -> list[list[Candidate]]:
-        matrix = self.embeddings
+        matrix = np.asarray(self.embeddings)  # a memmap stays file-backed; asarray drops the subclass
         if matrix.dtype != np.float32:
             matrix = matrix.astype(np.float32)
         scores = qvecs @ matrix.T  # (n_queries, n_passages)

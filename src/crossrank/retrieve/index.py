@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -75,6 +76,7 @@ class Index:
         self._embeddings = embeddings
         self._dense_model = dense_model  # a loaded model, or None: load the manifest's model lazily
         self._dense: DenseRetriever | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Index(passages={len(self.passages)}, methods={list(self.methods)}, path={self.path})"
@@ -99,13 +101,14 @@ class Index:
     def dense(self, device: str | None = None, batch_size: int = 64) -> DenseRetriever:
         if self._embeddings is None:
             raise InputError(f"this index has no dense part (methods: {', '.join(self.methods)}); rebuild with 'dense'")
-        if self._dense is None or (device is not None and device != self._dense.device):
-            model = self._dense_model if self._dense_model is not None else self.manifest["dense"]["model"]
-            self._dense = DenseRetriever(
-                self.passages, model, embeddings=self._embeddings, device=device, batch_size=batch_size
-            )
-        self._dense.batch_size = batch_size
-        return self._dense
+        with self._lock:
+            if self._dense is None or (device is not None and device != self._dense.device):
+                model = self._dense_model if self._dense_model is not None else self.manifest["dense"]["model"]
+                self._dense = DenseRetriever(
+                    self.passages, model, embeddings=self._embeddings, device=device, batch_size=batch_size
+                )
+            self._dense.batch_size = batch_size
+            return self._dense
 
     def retriever(self, kind: str = "hybrid", fusion: str = "rrf", **opts: Any) -> Retriever:
         """A ``Retriever`` over this index.
@@ -171,13 +174,16 @@ def build_index(
     device: str | None = None,
     dense_dtype: str = "float32",
     bm25_params: dict[str, Any] | None = None,
+    reuse: "Index | str | os.PathLike | None" = None,
 ) -> Index:
     """Chunk ``documents`` (a list, or a corpus path for ``load_corpus``), build the requested ``methods`` and,
     with ``out_dir``, save atomically there. Passages given as ``Passage`` objects are used as they are.
 
     ``dense_model``: "default" (bundled all-MiniLM-L6-v2), a local folder, a hub id, or a loaded
     SentenceTransformer. ``chunk_tokens=0``/None indexes whole documents. ``dense_dtype="float16"`` halves
-    ``dense.npy`` (vectors are widened to float32 on load, so it is then held in RAM, not memory-mapped)."""
+    ``dense.npy`` (vectors are widened to float32 on load, so it is then held in RAM, not memory-mapped).
+    ``reuse``: an earlier index (or its directory) built with the same dense model; passages whose title and
+    text are unchanged take its vectors instead of being re-encoded (incremental rebuilds)."""
     t0 = time.perf_counter()
     methods = tuple(dict.fromkeys(methods))
     bad = [m for m in methods if m not in METHODS]
@@ -232,7 +238,7 @@ def build_index(
             name = getattr(model, "crossrank_model_name", None) or str(getattr(model, "name_or_path", "") or "custom")
         if name != DEFAULT_MODEL and Path(name).expanduser().exists():
             name = str(Path(name).expanduser().resolve())
-        embeddings = encode_passages(model, passages, batch_size=batch_size, show_progress=progress)
+        embeddings, reused = _encode_reusing(model, name, passages, reuse, batch_size, progress)
         manifest["dense"] = {
             "model": name,
             "model_id": DEFAULT_MODEL_ID if name == DEFAULT_MODEL else name,
@@ -242,12 +248,39 @@ def build_index(
             "similarity": "dot",
             "max_seq_length": getattr(model, "max_seq_length", None),
             "encode_s": round(time.perf_counter() - t, 3),
+            "reused_vectors": reused,
         }
     manifest["build_s"] = round(time.perf_counter() - t0, 3)
     index = Index(passages, manifest, bm25=bm25, embeddings=embeddings, dense_model=model)
     if out_dir is not None:
         index.save(out_dir)
     return index
+
+
+def _encode_reusing(model, name: str, passages: list[Passage], reuse, batch_size: int, progress: bool):
+    """Embeddings for ``passages``, copying rows of ``reuse`` (an Index or path) for unchanged passages."""
+    if reuse is not None and not isinstance(reuse, Index):
+        reuse = load_index(reuse)
+    info = reuse.manifest.get("dense", {}) if reuse is not None else {}
+    if (
+        reuse is None
+        or reuse.embeddings is None
+        or info.get("model") != name
+        or info.get("max_seq_length") != getattr(model, "max_seq_length", None)
+    ):
+        return encode_passages(model, passages, batch_size=batch_size, show_progress=progress), 0
+    lookup = {(p.title, p.text): i for i, p in enumerate(reuse.passages)}
+    src = [lookup.get((p.title, p.text), -1) for p in passages]
+    have = [i for i, s in enumerate(src) if s >= 0]
+    missing = [i for i, s in enumerate(src) if s < 0]
+    out = np.empty((len(passages), reuse.embeddings.shape[1]), dtype=np.float32)
+    if have:
+        out[have] = reuse.embeddings[[src[i] for i in have]]
+    if missing:
+        out[missing] = encode_passages(
+            model, [passages[i] for i in missing], batch_size=batch_size, show_progress=progress
+        )
+    return out, len(have)
 
 
 # ------------------------------------------------------------------------------------------------- load
