@@ -1,0 +1,349 @@
+"""A ``Reranker`` that calls a rerank service over HTTP: TEI ``/rerank``, Cohere ``/v2/rerank`` or Jina
+``/v1/rerank`` (Voyage-style ``data`` answers are read too), including a crossrank server.
+
+Resilience, so the pipeline can fall back instead of hanging:
+
+* retries with jittered exponential backoff on 429, 502, 503, 504 and connection errors, honouring
+  ``Retry-After`` (capped at ``timeout``);
+* a circuit breaker: after ``circuit_breaker_failures`` consecutive failed calls it fails fast for
+  ``circuit_reset_s`` seconds, then lets one trial call through (half-open); success closes it again;
+* every failure raises :class:`crossrank.errors.RerankerUnavailable` naming the URL, the status and the body.
+
+Scores are the service's [0, 1] relevance scores (TEI is asked for ``raw_scores=false``), in input order.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import threading
+import time
+from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from crossrank.errors import InputError, RerankerUnavailable
+from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
+
+APIS = ("auto", "tei", "cohere", "jina")
+_PATHS = {"tei": "/rerank", "cohere": "/v2/rerank", "jina": "/v1/rerank"}
+# TEI's default --max-client-batch-size is 32; Cohere recommends at most 1000 documents per call.
+_DEFAULT_BATCH = {"tei": 32, "cohere": 1000, "jina": 1000}
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_BODY_SNIPPET = 300
+
+
+class CircuitBreaker:
+    """Closed -> (N consecutive failures) -> open -> (reset_s later) half-open: one trial call -> closed or open."""
+
+    def __init__(self, failures: int = 5, reset_s: float = 10.0, clock=time.monotonic) -> None:
+        if failures < 1:
+            raise InputError("circuit_breaker_failures must be at least 1")
+        if reset_s < 0:
+            raise InputError("circuit_reset_s must be >= 0")
+        self.failures = failures
+        self.reset_s = reset_s
+        self.clock = clock
+        self.state = "closed"
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.last_error = ""
+        self._trial = False
+        self._lock = threading.Lock()
+
+    def before_call(self) -> bool:
+        """Raise if calls must fail fast; True when this call is the half-open trial."""
+        with self._lock:
+            if self.state == "open":
+                left = self.opened_at + self.reset_s - self.clock()
+                if left > 0:
+                    raise RerankerUnavailable(
+                        f"circuit open after {self.consecutive} consecutive failures (last: {self.last_error}); "
+                        f"next try in {left:.1f} s"
+                    )
+                self.state = "half-open"
+                self._trial = False
+            if self.state == "half-open":
+                if self._trial:
+                    raise RerankerUnavailable(f"circuit half-open: a trial call is in flight (last: {self.last_error})")
+                self._trial = True
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            self.state = "closed"
+            self.consecutive = 0
+            self._trial = False
+
+    def failure(self, message: str) -> None:
+        with self._lock:
+            self.consecutive += 1
+            self.last_error = message
+            if self.state == "half-open" or self.consecutive >= self.failures:
+                self.state = "open"
+                self.opened_at = self.clock()
+            self._trial = False
+
+
+def _resolve(url: str, api: str) -> tuple[str, str]:
+    """(endpoint URL, api) from a base URL or a full endpoint URL."""
+    if api not in APIS:
+        raise InputError(f"api must be one of {', '.join(APIS)}, not {api!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError(f"remote reranker URL must be http(s)://host[:port][/path], got {url!r}")
+    path = parts.path.rstrip("/")
+    detected = None
+    for name in ("cohere", "jina", "tei"):  # longest suffixes first: /v2/rerank also ends with /rerank
+        if path.endswith(_PATHS[name]):
+            detected = name
+            break
+    if api == "auto":
+        api = detected or "tei"
+    if detected is None:
+        path = path + _PATHS[api]
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")), api
+
+
+class RemoteReranker:
+    """Rerank through an HTTP service.
+
+    Args:
+        url: the service's base URL (``http://host:port``: the dialect's path is added) or its endpoint URL.
+        api: "tei", "cohere", "jina", or "auto" (from the URL's path; a bare base URL means TEI).
+        model: sent as ``model`` (Cohere and Jina require one; default "crossrank").
+        api_key: sent as ``Authorization: Bearer <key>``.
+        timeout: seconds per HTTP attempt.
+        retries: extra attempts after the first on 429/502/503/504 and connection errors.
+        backoff: first retry delay in seconds; doubles per attempt, with jitter (x0.5-1.5).
+        circuit_breaker_failures / circuit_reset_s: see :class:`CircuitBreaker`.
+        max_documents_per_request: texts per HTTP call (default: 32 for TEI, 1000 otherwise); more are split.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api: str = "auto",
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 2,
+        backoff: float = 0.2,
+        circuit_breaker_failures: int = 5,
+        circuit_reset_s: float = 10.0,
+        max_documents_per_request: int | None = None,
+        name: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise InputError(f"unknown option(s) for a remote reranker: {', '.join(sorted(unknown))}")
+        if timeout <= 0:
+            raise InputError("timeout must be positive")
+        if retries < 0 or backoff < 0:
+            raise InputError("retries and backoff must be >= 0")
+        self.endpoint, self.api = _resolve(url, api)
+        self.url = url
+        self.model = model or "crossrank"
+        self.name = name or (f"{model}@{self.endpoint}" if model else self.endpoint)
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.batch = int(max_documents_per_request or _DEFAULT_BATCH[self.api])
+        if self.batch < 1:
+            raise InputError("max_documents_per_request must be positive")
+        self.breaker = CircuitBreaker(circuit_breaker_failures, circuit_reset_s)
+        headers = {"User-Agent": "crossrank-remote", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0)),
+            headers=headers,
+            transport=transport,
+            follow_redirects=False,
+        )
+        self.calls = 0
+        self.attempts = 0
+
+    # ---------------------------------------------------------------- Reranker protocol
+    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+        if not isinstance(query, str):
+            raise InputError(f"query must be a string, not {type(query).__name__}")
+        if not query.strip():
+            raise InputError("query is empty")
+        if isinstance(texts, str):
+            raise InputError("texts must be a list of strings, not one string")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"text {i} must be a string, not {type(t).__name__}")
+        scores: list[float] = []
+        truncated = 0
+        tokens = 0
+        for start in range(0, len(texts), self.batch):
+            part, cut, used = self._call(query, texts[start : start + self.batch])
+            scores.extend(part)
+            truncated += cut
+            tokens += used
+        # The services report how many inputs were cut, not which; flags stay False, the count is kept here.
+        self.last_truncated = truncated
+        return RerankScores(scores=scores, truncated=[False] * len(scores), tokens=tokens)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> RerankScores:
+        groups: dict[str, list[int]] = {}
+        pairs = list(pairs)
+        for i, p in enumerate(pairs):
+            if not isinstance(p, (tuple, list)) or len(p) != 2:
+                raise InputError("score_pairs takes (query, text) pairs")
+            groups.setdefault(p[0], []).append(i)
+        scores = [0.0] * len(pairs)
+        tokens = 0
+        for q, idx in groups.items():
+            res = self.score(q, [pairs[i][1] for i in idx])
+            tokens += res.tokens
+            for j, i in enumerate(idx):
+                scores[i] = res.scores[j]
+        return RerankScores(scores=scores, truncated=[False] * len(pairs), tokens=tokens)
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
+        return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "remote": self.endpoint,
+            "api": self.api,
+            "activation": "sigmoid",
+            "circuit": self.breaker.state,
+            "timeout_s": self.timeout,
+            "retries": self.retries,
+            "max_documents_per_request": self.batch,
+        }
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "RemoteReranker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteReranker({self.endpoint!r}, api={self.api!r}, circuit={self.breaker.state})"
+
+    # ---------------------------------------------------------------- wire
+    def _payload(self, query: str, texts: list[str]) -> dict[str, Any]:
+        if self.api == "tei":
+            return {"query": query, "texts": texts, "truncate": True, "raw_scores": False, "return_text": False}
+        if self.api == "cohere":
+            return {"model": self.model, "query": query, "documents": texts, "top_n": len(texts)}
+        return {"model": self.model, "query": query, "documents": texts, "top_n": len(texts),
+                "return_documents": False}
+
+    def _parse(self, body: Any, n: int) -> list[float]:
+        if self.api == "tei":
+            items, key = body, "score"
+        else:
+            items = body.get("results", body.get("data")) if isinstance(body, dict) else None
+            key = "relevance_score"
+        if not isinstance(items, list):
+            raise ValueError("no list of results")
+        scores: list[float | None] = [None] * n
+        for item in items:
+            i, s = item["index"], item[key]
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n:
+                raise ValueError(f"index {i!r} out of range")
+            if not isinstance(s, (int, float)) or isinstance(s, bool):
+                raise ValueError(f"score {s!r} is not a number")
+            scores[i] = float(s)
+        missing = [i for i, s in enumerate(scores) if s is None]
+        if missing:
+            raise ValueError(f"no score for {len(missing)} of {n} inputs (first: {missing[0]})")
+        return scores  # type: ignore[return-value]
+
+    def _call(self, query: str, texts: list[str]) -> tuple[list[float], int, int]:
+        if not texts:
+            return [], 0, 0
+        trial = self.breaker.before_call()
+        self.calls += 1
+        payload = self._payload(query, texts)
+        attempts = 1 if trial else self.retries + 1
+        last = ""
+        for attempt in range(attempts):
+            delay = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+            self.attempts += 1
+            try:
+                resp = self._client.post(self.endpoint, json=payload)
+            except httpx.TransportError as exc:
+                last = f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    try:
+                        scores = self._parse(resp.json(), len(texts))
+                    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+                        message = f"{self.endpoint} answered 200 with an unreadable body ({exc}): {_snippet(resp)}"
+                        self.breaker.failure(message)
+                        raise RerankerUnavailable(message) from None
+                    self.breaker.success()
+                    return scores, _int_header(resp, "x-crossrank-truncated"), _tokens(resp)
+                last = f"{self.endpoint} answered {resp.status_code}: {_snippet(resp)}"
+                if resp.status_code not in RETRY_STATUSES:
+                    if resp.status_code >= 500:
+                        self.breaker.failure(last)
+                    else:
+                        self.breaker.success()  # reachable and answering: the circuit is fine, the request is not
+                    raise RerankerUnavailable(last)
+                after = _retry_after(resp)
+                if after is not None:
+                    delay = min(after, self.timeout)
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+        self.breaker.failure(last)
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        raise RerankerUnavailable(f"{last}{tries}")
+
+
+def _snippet(resp: httpx.Response) -> str:
+    text = resp.text.strip().replace("\n", " ")
+    return text[:_BODY_SNIPPET] + ("..." if len(text) > _BODY_SNIPPET else "") if text else "(empty body)"
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    raw = resp.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _int_header(resp: httpx.Response, name: str) -> int:
+    try:
+        return int(resp.headers.get(name, "0"))
+    except ValueError:
+        return 0
+
+
+def _tokens(resp: httpx.Response) -> int:
+    used = _int_header(resp, "x-compute-tokens")
+    if used:
+        return used
+    try:
+        body = resp.json()
+        if isinstance(body, dict):
+            usage = body.get("usage") or {}
+            return int(usage.get("total_tokens") or 0)
+    except Exception:
+        pass
+    return 0

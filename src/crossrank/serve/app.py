@@ -1,0 +1,746 @@
+"""The ASGI app: routes, dialect responses, auth / body-limit / metrics gate, error handlers.
+
+Scores on the wire: the engine reports scores after its activation (``info()["activation"]``: "sigmoid" gives
+[0, 1], "raw" gives logits). TEI's ``raw_scores=true`` answers logits, everything else answers [0, 1]
+(``relevance_score`` in Cohere and Jina is a probability-like score); the server converts between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Callable, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from crossrank.errors import CrossrankError, IndexLoadError, InputError, ModelLoadError, RerankerUnavailable
+from crossrank.rerank.base import RerankScores
+from crossrank.serve import dialects as d
+from crossrank.serve.batcher import BatchedReranker, Cancelled, DeadlineExceeded, DynamicBatcher, JobResult, Overloaded
+from crossrank.serve.config import ServeConfig
+from crossrank.serve.metrics import Metrics
+from crossrank.serve.page import PAGE_HTML
+
+log = logging.getLogger("crossrank.serve")
+
+DEADLINE_HEADER = "x-crossrank-deadline-ms"
+TRUNCATED_HEADER = "X-Crossrank-Truncated"
+OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/favicon.ico"})
+# Client went away: nginx's convention; nobody reads it, but metrics count it.
+CLIENT_CLOSED = 499
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("crossrank")
+    except Exception:
+        return "0.0.0"
+
+
+class ApiError(Exception):
+    """An answer other than 200, rendered in the dialect of the route it happened on."""
+
+    def __init__(self, status: int, message: str, error_type: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.headers = headers or {}
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1.0 - 1e-7)
+    return math.log(p / (1.0 - p))
+
+
+# --------------------------------------------------------------------------------------------------- engine side
+
+
+class _Engines:
+    """The reranker plus per-request variants (long-document mode), and text cutting with its tokenizer."""
+
+    def __init__(self, reranker: Any, default_mode: str | None) -> None:
+        self.base = reranker
+        self.info = _engine_info(reranker)
+        self.activation = self.info.get("activation", "sigmoid")
+        self.max_length = int(self.info.get("max_length") or 512)
+        self.base_mode = getattr(reranker, "long_documents", self.info.get("long_documents"))
+        self.default_mode = default_mode or self.base_mode or "truncate"
+        self._variants: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.tokenizer = getattr(reranker, "tokenizer", None)
+        template = getattr(reranker, "template", None)
+        self.n_special = int(getattr(template, "n_special", 3))
+        self.inner = _innermost(reranker)
+        if self.default_mode != (self.base_mode or "truncate"):
+            self.get(self.default_mode)  # fail at start, not on the first request
+
+    def supports(self, mode: str) -> bool:
+        return mode == (self.base_mode or "truncate") or hasattr(type(self.inner), "from_model")
+
+    def get(self, mode: str | None) -> Any:
+        mode = mode or self.default_mode
+        if mode == (self.base_mode or "truncate"):
+            return self.base
+        with self._lock:
+            if mode not in self._variants:
+                inner = self.inner
+                cls = type(inner)
+                if not hasattr(cls, "from_model"):
+                    raise InputError(f"this reranker cannot switch long_documents to {mode!r}")
+                info = self.info
+                # Same weights and settings, other long-document handling (from_model shares the module). No score
+                # cache in front: a cache keys on (model, query, text), not on how long documents were handled.
+                extra = {key: getattr(inner, key) for key in ("chunk_overlap", "max_chunks") if hasattr(inner, key)}
+                self._variants[mode] = cls.from_model(
+                    inner.model, inner.tokenizer, name=inner.name, long_documents=mode,
+                    max_length=self.max_length, batch_tokens=info.get("batch_tokens", 16384),
+                    max_batch_size=info.get("max_batch_size", 128), dtype=info.get("dtype", "auto"),
+                    device=info.get("device", "auto"), activation=self.activation, **extra,
+                )
+            return self._variants[mode]
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: dict[str, Any]) -> RerankScores:
+        engine = self.get(options.get("long_documents"))
+        pairs = list(pairs)
+        cut = [False] * len(pairs)
+        max_doc = options.get("max_tokens_per_doc")
+        if max_doc is not None and max_doc < self.max_length:
+            pairs, cut = self._cut(pairs, lambda q: max_doc, keep_end=False)
+        if options.get("truncation_direction") == "left" and (options.get("long_documents") or self.default_mode) == "truncate":
+            pairs, cut2 = self._cut(pairs, self._doc_budget, keep_end=True)
+            cut = [a or b for a, b in zip(cut, cut2)]
+        if hasattr(engine, "score_pairs"):
+            result = engine.score_pairs(pairs)
+        else:
+            result = _score_grouped(engine, pairs)
+        if any(cut):
+            flags = result.truncated if len(result.truncated) == len(pairs) else [False] * len(pairs)
+            result.truncated = [a or b for a, b in zip(flags, cut)]
+        return result
+
+    def _doc_budget(self, query: str) -> int:
+        avail = self.max_length - self.n_special
+        q = len(self._token_offsets([query])[0])
+        return max(1, avail - min(q, avail // 2))
+
+    def _token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        tok = self.tokenizer
+        if tok is not None and getattr(tok, "is_fast", False):
+            enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+            return [list(map(tuple, o)) for o in enc["offset_mapping"]]
+        # No fast tokenizer (e.g. a remote reranker): whitespace words stand in for tokens.
+        out = []
+        for t in texts:
+            spans, pos = [], 0
+            for w in t.split():
+                start = t.index(w, pos)
+                spans.append((start, start + len(w)))
+                pos = start + len(w)
+            out.append(spans)
+        return out
+
+    def _cut(self, pairs: list[tuple[str, str]], budget: Callable[[str], int], keep_end: bool):
+        budgets = [budget(q) for q, _ in pairs]
+        # Only texts that could exceed their budget need tokenising (a token covers at least one character).
+        idx = [i for i, (q, t) in enumerate(pairs) if len(t) > budgets[i]]
+        cut = [False] * len(pairs)
+        if not idx:
+            return pairs, cut
+        offsets = self._token_offsets([pairs[i][1] for i in idx])
+        out = list(pairs)
+        for i, offs in zip(idx, offsets):
+            n = budgets[i]
+            if len(offs) <= n:
+                continue
+            q, t = pairs[i]
+            out[i] = (q, t[offs[-n][0]:] if keep_end else t[: offs[n - 1][1]])
+            cut[i] = True
+        return out, cut
+
+
+def _innermost(reranker: Any) -> Any:
+    """The engine under wrappers such as ``CachedReranker`` (which keep it in ``inner``)."""
+    for _ in range(8):
+        inner = vars(reranker).get("inner") if hasattr(reranker, "__dict__") else None
+        if inner is None:
+            return reranker
+        reranker = inner
+    return reranker
+
+
+def _score_grouped(reranker: Any, pairs: list[tuple[str, str]]) -> RerankScores:
+    """``score_pairs`` for rerankers that only have ``score(query, texts)``: one call per distinct query."""
+    groups: dict[str, list[int]] = {}
+    for i, (q, _) in enumerate(pairs):
+        groups.setdefault(q, []).append(i)
+    scores = [0.0] * len(pairs)
+    truncated = [False] * len(pairs)
+    tokens = hits = 0
+    for q, idx in groups.items():
+        res = reranker.score(q, [pairs[i][1] for i in idx])
+        flags = list(getattr(res, "truncated", []) or [])
+        for j, i in enumerate(idx):
+            scores[i] = float(res[j])
+            truncated[i] = bool(flags[j]) if j < len(flags) else False
+        tokens += int(getattr(res, "tokens", 0) or 0)
+        hits += int(getattr(res, "cache_hits", 0) or 0)
+    return RerankScores(scores=scores, truncated=truncated, cache_hits=hits, tokens=tokens)
+
+
+def _engine_info(reranker: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    fn = getattr(reranker, "info", None)
+    if callable(fn):
+        try:
+            info = dict(fn())
+        except Exception:  # info is decoration; never fail start-up over it
+            log.warning("reranker.info() failed", exc_info=True)
+    info.setdefault("model", getattr(reranker, "name", type(reranker).__name__))
+    return info
+
+
+# --------------------------------------------------------------------------------------------------- search side
+
+
+class _Search:
+    """``/search``: a given pipeline, a factory taking the batched reranker, or pipelines built per retriever
+    kind over an index (each sharing the batcher)."""
+
+    def __init__(self, pipeline: Any, index: Any, reranker: Any, *, default_retriever: str, k: int, n: int,
+                 deadline_ms: float | None) -> None:
+        self.index = index
+        self.reranker = reranker
+        self.default_retriever = default_retriever
+        self.k, self.n, self.deadline_ms = k, n, deadline_ms
+        self._pipelines: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.fixed = None
+        if pipeline is not None:
+            self.fixed = pipeline if hasattr(pipeline, "search") else pipeline(reranker)
+
+    @property
+    def retrievers(self) -> list[str]:
+        if self.fixed is not None:
+            return [str(getattr(self.fixed.retriever, "name", "default"))]
+        methods = set(getattr(self.index, "methods", ()))
+        kinds = [k for k in ("bm25", "dense") if k in methods]
+        if len(kinds) == 2:
+            kinds.append("hybrid")
+        return kinds
+
+    def get(self, kind: str | None) -> Any:
+        if self.fixed is not None:
+            name = str(getattr(self.fixed.retriever, "name", ""))
+            if kind is not None and name and kind != name:
+                raise InputError(f"this server searches with the {name!r} retriever only, not {kind!r}")
+            return self.fixed
+        kind = kind or self.default_retriever
+        with self._lock:
+            if kind not in self._pipelines:
+                from crossrank.pipeline import Pipeline
+
+                self._pipelines[kind] = Pipeline(self.index.retriever(kind), self.reranker, k=self.k, n=self.n,
+                                                 deadline_ms=self.deadline_ms)
+            return self._pipelines[kind]
+
+    def close(self) -> None:
+        for p in list(self._pipelines.values()) + ([self.fixed] if self.fixed is not None else []):
+            close = getattr(p, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    pass
+
+
+# --------------------------------------------------------------------------------------------------- gate
+
+
+class _Gate:
+    """Pure ASGI middleware: per-route metrics, bearer auth, request body limit (before any parsing)."""
+
+    def __init__(self, app: Any, state: "_State") -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.state.metrics.observe_request(label, status[0], time.perf_counter() - start)
+
+    async def _handle(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "")
+        dialect = d.dialect_of(path)
+        config = self.state.config
+        if config.api_key and path not in OPEN_PATHS:
+            headers = dict(scope.get("headers") or [])
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+                message = "missing API key" if not auth else "invalid API key"
+                await _json(scope, receive, send, 401, d.error_body(dialect, f"{message}: send 'Authorization: "
+                            "Bearer <key>'", "unauthorized"), {"WWW-Authenticate": "Bearer"})
+                return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            limit = config.max_body_bytes
+            headers = dict(scope.get("headers") or [])
+            declared = headers.get(b"content-length")
+            too_big = d.error_body(dialect, f"request body is larger than the limit of {limit} bytes",
+                                   "payload_too_large")
+            if declared is not None:
+                try:
+                    if int(declared) > limit:
+                        await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
+                        return
+                except ValueError:
+                    await _json(scope, receive, send, 400, d.error_body(dialect, "bad Content-Length", "validation"))
+                    return
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body = message.get("body", b"")
+                size += len(body)
+                if size > limit:
+                    await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
+                    return
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    break
+            replayed = False
+            full = b"".join(chunks)
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": full, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _json(scope, receive, send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+
+
+# --------------------------------------------------------------------------------------------------- state
+
+
+class _State:
+    def __init__(self, reranker: Any, config: ServeConfig, engines: _Engines, metrics: Metrics,
+                 batcher: DynamicBatcher) -> None:
+        self.reranker = reranker
+        self.config = config
+        self.engines = engines
+        self.metrics = metrics
+        self.batcher = batcher
+        self.search: _Search | None = None
+        self.model_name = str(engines.info.get("model") or getattr(reranker, "name", "crossrank"))
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _deadline_ms(request: Request, body_value: float | None, default: float) -> float:
+    if body_value is not None:
+        return float(body_value)
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is not None:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ApiError(400, f"{DEADLINE_HEADER} must be a number of milliseconds, got {raw!r}", "validation")
+        if not (0 < value <= 3_600_000) or math.isnan(value):
+            raise ApiError(400, f"{DEADLINE_HEADER} must be in (0, 3600000], got {raw!r}", "validation")
+        return value
+    return default
+
+
+# --------------------------------------------------------------------------------------------------- app
+
+
+def create_app(
+    reranker: Any,
+    *,
+    pipeline: Any = None,
+    config: ServeConfig | None = None,
+    index: Any = None,
+    retriever: str = "hybrid",
+    k: int = 100,
+    n: int = 10,
+    search_deadline_ms: float | None = None,
+) -> FastAPI:
+    """The crossrank HTTP service around ``reranker`` (anything with the ``Reranker`` protocol; ``score_pairs``
+    is used for cross-request batching when present).
+
+    ``/search`` is served when ``pipeline`` is given (a ``Pipeline``, or a callable that takes the server's
+    batched reranker and returns one, so search traffic shares the batcher) or ``index`` is (an ``Index``:
+    pipelines per retriever kind, ``retriever`` the default, K ``k``, N ``n``).
+    """
+    config = config or ServeConfig()
+    metrics = Metrics()
+    engines = _Engines(reranker, config.long_documents)
+    batcher = DynamicBatcher(
+        engines.score_pairs,
+        batching=config.batching,
+        batch_tokens=config.batch_tokens,
+        max_batch_pairs=config.max_batch_pairs,
+        max_queue_pairs=config.max_queue_pairs,
+        max_queue_requests=config.max_queue_requests,
+        batch_wait_ms=config.batch_wait_ms,
+        max_length=engines.max_length,
+        observer=metrics,
+    )
+    state = _State(reranker, config, engines, metrics, batcher)
+    if pipeline is not None or index is not None:
+        batched = BatchedReranker(batcher, state.model_name, timeout_s=config.default_deadline_ms / 1000.0)
+        state.search = _Search(pipeline, index, batched, default_retriever=retriever, k=k, n=n,
+                               deadline_ms=search_deadline_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+            if state.search is not None:
+                state.search.close()
+
+    app = FastAPI(
+        title="crossrank",
+        version=_version(),
+        description=(
+            "Cross-encoder reranking over HTTP. Dialects: Hugging Face TEI (`POST /rerank`), Cohere v2 "
+            "(`POST /v2/rerank`), Jina (`POST /v1/rerank`; Voyage's `top_k` accepted). Optional `POST /search` "
+            "over an index. Time budget per request: `X-Crossrank-Deadline-Ms` header or `deadline_ms` field. "
+            "Pairs cut to the model's maximum length are counted in the `X-Crossrank-Truncated` header."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.crossrank = state
+    app.add_middleware(_Gate, state=state)
+    _install_handlers(app)
+
+    # ------------------------------------------------------------------ shared rerank path
+    async def run_job(request: Request, query: str, texts: list[str], *, deadline_ms: float | None,
+                      options: dict[str, Any], too_long: str | None = None) -> JobResult:
+        dialect = d.dialect_of(request.url.path)
+        if not texts:
+            raise ApiError(400, "`texts` cannot be empty" if dialect == d.TEI else "`documents` cannot be empty",
+                           "empty")
+        if len(texts) > config.max_documents:
+            raise ApiError(d.status_for("too_many_documents", dialect),
+                           f"batch size {len(texts)} > maximum allowed batch size {config.max_documents}",
+                           "validation")
+        if not query.strip():
+            raise ApiError(400, "`query` cannot be empty", "empty")
+        if len(query) > config.max_query_chars:
+            raise ApiError(d.status_for("too_long", dialect),
+                           f"query is {len(query)} characters; the limit is {config.max_query_chars}", "validation")
+        mode = options.get("long_documents")
+        if mode is not None and not engines.supports(mode):
+            raise ApiError(400, f"this reranker cannot switch long_documents to {mode!r}", "validation")
+        options = {key: v for key, v in options.items() if v is not None}
+        budget_ms = _deadline_ms(request, deadline_ms, config.default_deadline_ms)
+        try:
+            job = batcher.submit(query, texts, deadline_s=budget_ms / 1000.0, options=options)
+        except Overloaded as exc:
+            raise ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": "1"})
+        except RerankerUnavailable as exc:
+            raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"})
+        future = asyncio.wrap_future(job.future)
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({future, gone}, timeout=budget_ms / 1000.0 + 0.25,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if future not in done:
+            job.cancel()
+            future.cancel()
+            if gone in done:
+                raise ApiError(CLIENT_CLOSED, "client closed the request", "cancelled")
+            raise ApiError(504, f"deadline of {budget_ms:g} ms exceeded", "timeout")
+        try:
+            result = future.result()
+        except DeadlineExceeded as exc:
+            raise ApiError(504, f"{exc} (budget {budget_ms:g} ms)", "timeout")
+        except Cancelled:
+            raise ApiError(CLIENT_CLOSED, "client closed the request", "cancelled")
+        except InputError as exc:
+            raise ApiError(400, str(exc), "validation")
+        except RerankerUnavailable as exc:
+            raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"})
+        except Exception as exc:
+            log.error("inference failed: %s: %s", type(exc).__name__, exc)
+            raise ApiError(500, "Inference failed", "backend")
+        scores = result.scores
+        if any(not math.isfinite(s) for s in scores.scores):
+            log.error("the model returned a non-finite score")
+            raise ApiError(500, "Inference failed: the model returned a non-finite score", "backend")
+        n_cut = scores.n_truncated
+        if n_cut:
+            metrics.truncations.inc(n_cut)
+        if scores.cache_hits:
+            metrics.cache_hits.inc(scores.cache_hits)
+        if too_long is not None and n_cut:
+            first = next(i for i, f in enumerate(scores.truncated) if f)
+            more = f" (and {n_cut - 1} more)" if n_cut > 1 else ""
+            raise ApiError(d.status_for("too_long", dialect),
+                           f"Input validation error: input {first}{more} is longer than the model's maximum of "
+                           f"{engines.max_length} tokens; {too_long}", "tokenizer")
+        return result
+
+    def timing_headers(result: JobResult, started: float) -> dict[str, str]:
+        return {
+            TRUNCATED_HEADER: str(result.scores.n_truncated),
+            "x-compute-type": str(engines.info.get("device", "cpu")),
+            "x-compute-tokens": str(result.scores.tokens),
+            "x-total-time": str(int((time.perf_counter() - started) * 1000)),
+            "x-queue-time": str(int(result.queue_ms)),
+            "x-inference-time": str(int(result.inference_ms)),
+        }
+
+    def to_prob(s: float) -> float:
+        return s if engines.activation == "sigmoid" else _sigmoid(s)
+
+    def to_raw(s: float) -> float:
+        return _logit(s) if engines.activation == "sigmoid" else s
+
+    def order(scores: Sequence[float], top: int | None) -> list[int]:
+        idx = sorted(range(len(scores)), key=lambda i: -scores[i])
+        return idx[:top] if top is not None else idx
+
+    # ------------------------------------------------------------------ routes
+    @app.post("/rerank", tags=["rerank"], summary="Hugging Face TEI rerank",
+              responses={400: {"description": "Batch is empty"}, 413: {"description": "Batch size error"},
+                         422: {"description": "Tokenization error (input too long with truncate=false)"},
+                         429: {"description": "Model is overloaded"}, 504: {"description": "Deadline exceeded"}})
+    async def rerank_tei(body: d.TEIRerankRequest, request: Request) -> Response:
+        """TEI's wire format: a bare array of ``{index, score, text?}``, best first."""
+        started = time.perf_counter()
+        truncate = config.auto_truncate if body.truncate is None else body.truncate
+        result = await run_job(
+            request, body.query, body.texts, deadline_ms=body.deadline_ms,
+            options={"long_documents": body.long_documents, "truncation_direction": body.truncation_direction
+                     if body.truncation_direction == "left" else None},
+            too_long=None if truncate else "set truncate=true to cut it",
+        )
+        scores = result.scores.scores
+        ranks = []
+        for i in order(scores, None):
+            item: dict[str, Any] = {"index": i, "score": to_raw(scores[i]) if body.raw_scores else to_prob(scores[i])}
+            if body.return_text:
+                item["text"] = body.texts[i]
+            ranks.append(item)
+        return JSONResponse(ranks, headers=timing_headers(result, started))
+
+    @app.post("/v2/rerank", tags=["rerank"], summary="Cohere v2 rerank")
+    async def rerank_cohere(body: d.CohereRerankRequest, request: Request) -> Response:
+        """Cohere's wire format: ``{id, results: [{index, relevance_score}], meta}``."""
+        started = time.perf_counter()
+        texts = [d.text_of(doc) for doc in body.documents]
+        result = await run_job(request, body.query, texts, deadline_ms=body.deadline_ms,
+                               options={"long_documents": body.long_documents,
+                                        "max_tokens_per_doc": body.max_tokens_per_doc})
+        scores = result.scores.scores
+        return JSONResponse(
+            {
+                "id": str(uuid.uuid4()),
+                "results": [{"index": i, "relevance_score": to_prob(scores[i])} for i in order(scores, body.top_n)],
+                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+            },
+            headers=timing_headers(result, started),
+        )
+
+    @app.post("/v1/rerank", tags=["rerank"], summary="Jina rerank (Voyage/infinity requests accepted)")
+    async def rerank_jina(body: d.JinaRerankRequest, request: Request) -> Response:
+        """Jina's wire format: ``{model, usage: {total_tokens, prompt_tokens}, results: [{index,
+        relevance_score, document: {text}}]}`` (``document`` only with ``return_documents``, default true)."""
+        started = time.perf_counter()
+        texts = [d.text_of(doc) for doc in body.documents]
+        query = d.text_of(body.query)
+        result = await run_job(request, query, texts, deadline_ms=body.deadline_ms,
+                               options={"long_documents": body.long_documents},
+                               too_long="set truncation=true to cut it" if body.truncation is False else None)
+        scores = result.scores.scores
+        top = body.top_n if body.top_n is not None else body.top_k
+        results = []
+        for i in order(scores, top):
+            item: dict[str, Any] = {"index": i, "relevance_score": to_prob(scores[i])}
+            if body.return_documents:
+                item["document"] = {"text": texts[i]}
+            results.append(item)
+        tokens = result.scores.tokens
+        return JSONResponse(
+            {"model": body.model or state.model_name, "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
+             "results": results},
+            headers=timing_headers(result, started),
+        )
+
+    if state.search is not None:
+        search = state.search
+
+        @app.post("/search", tags=["search"], summary="Retrieve K, rerank, return N")
+        async def search_route(body: d.SearchRequest, request: Request) -> Response:
+            """``SearchResult.to_dict()``: hits with first-stage and rerank scores, timings, fallback reason."""
+            if not body.query.strip():
+                raise ApiError(400, "`query` cannot be empty", "empty")
+            if body.k is not None and body.k > config.max_search_k:
+                raise ApiError(422, f"k={body.k} is above the limit of {config.max_search_k}", "validation")
+            deadline = body.deadline_ms
+            if deadline is None and request.headers.get(DEADLINE_HEADER) is not None:
+                deadline = _deadline_ms(request, None, config.default_deadline_ms)
+            try:
+                pipe = await run_in_threadpool(search.get, body.retriever)
+                result = await run_in_threadpool(
+                    lambda: pipe.search(body.query, k=body.k, n=body.n, deadline_ms=deadline, rerank=body.rerank)
+                )
+            except InputError as exc:
+                raise ApiError(400, str(exc), "validation")
+            except (IndexLoadError, ModelLoadError, RerankerUnavailable) as exc:
+                raise ApiError(503, str(exc), "unavailable")
+            except CrossrankError as exc:
+                raise ApiError(400, str(exc), "validation")
+            except Exception as exc:
+                log.error("search failed: %s: %s", type(exc).__name__, exc)
+                raise ApiError(500, "search failed", "backend")
+            if body.rerank and not result.reranked:
+                metrics.fallbacks.inc()
+            if result.truncated:
+                metrics.truncations.inc(result.truncated)
+            if result.cache_hits:
+                metrics.cache_hits.inc(result.cache_hits)
+            return JSONResponse(result.to_dict(), headers={TRUNCATED_HEADER: str(result.truncated)})
+
+    @app.get("/health", tags=["service"])
+    async def health() -> Response:
+        if not batcher.alive:
+            return JSONResponse({"error": "unhealthy: the inference worker is not running",
+                                 "error_type": "unhealthy"}, status_code=503)
+        pairs, requests = batcher.depth()
+        return JSONResponse({"status": "ok", "queue_pairs": pairs, "queue_requests": requests})
+
+    @app.get("/info", tags=["service"])
+    async def info() -> Response:
+        einfo = _engine_info(reranker)
+        return JSONResponse({
+            "model": state.model_name,
+            "model_id": state.model_name,
+            "dtype": einfo.get("dtype"),
+            "model_dtype": einfo.get("dtype"),
+            "device": einfo.get("device"),
+            "max_length": engines.max_length,
+            "max_input_length": engines.max_length,
+            "activation": engines.activation,
+            "long_documents": engines.default_mode,
+            "version": _version(),
+            "batching": "dynamic" if config.batching else "off",
+            "limits": {
+                "max_documents": config.max_documents,
+                "max_client_batch_size": config.max_documents,
+                "max_body_bytes": config.max_body_bytes,
+                "max_query_chars": config.max_query_chars,
+                "max_queue_pairs": config.max_queue_pairs,
+                "max_queue_requests": config.max_queue_requests,
+                "batch_tokens": config.batch_tokens,
+                "max_batch_pairs": config.max_batch_pairs,
+                "default_deadline_ms": config.default_deadline_ms,
+            },
+            "auth": bool(config.api_key),
+            "search": state.search is not None,
+            "retrievers": state.search.retrievers if state.search is not None else [],
+            "engine": einfo,
+        })
+
+    @app.get("/metrics", tags=["service"])
+    async def metrics_route() -> Response:
+        pairs, requests = batcher.depth()
+        metrics.on_depth(pairs, requests)
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return HTMLResponse(PAGE_HTML)
+
+    return app
+
+
+def _install_handlers(app: FastAPI) -> None:
+    def render(request: Request, status: int, message: str, error_type: str,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+        dialect = d.dialect_of(request.url.path)
+        return JSONResponse(d.error_body(dialect, message, error_type), status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return render(request, exc.status, exc.message, exc.error_type, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        dialect = d.dialect_of(request.url.path)
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return render(request, 400, "invalid JSON body", "validation")
+        parts = []
+        for e in errors[:5]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+        message = "invalid request: " + "; ".join(parts)
+        return render(request, d.status_for("schema", dialect), message, "validation")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        error_type = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        return render(request, exc.status_code, message, error_type, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return render(request, 500, "internal server error", "backend")

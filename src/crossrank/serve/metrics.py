@@ -1,0 +1,69 @@
+"""Prometheus metrics, one registry per app (so several apps in one process, as in tests, do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKEN_BUCKETS = (64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    """Request counts/latency by route and status, and the batcher's queue/inference/batch-shape numbers."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("crossrank_requests", "HTTP requests by route and status code",
+                                ["route", "status"], registry=r)
+        self.duration = Histogram("crossrank_request_duration_seconds", "HTTP request duration by route",
+                                  ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("crossrank_queue_seconds", "Time a request waited before its first forward pass",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.inference_time = Histogram("crossrank_inference_seconds", "Duration of one batched forward pass",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_pairs = Histogram("crossrank_batch_pairs", "Pairs per forward pass", buckets=_PAIR_BUCKETS,
+                                     registry=r)
+        self.batch_requests = Histogram("crossrank_batch_requests", "Requests sharing one forward pass",
+                                        buckets=_PAIR_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("crossrank_batch_tokens", "Tokens per forward pass", buckets=_TOKEN_BUCKETS,
+                                      registry=r)
+        self.queue_depth = Gauge("crossrank_queue_depth_pairs", "Pairs waiting in the batcher queue", registry=r)
+        self.queue_requests = Gauge("crossrank_queue_depth_requests", "Requests waiting in the batcher queue",
+                                    registry=r)
+        self.truncations = Counter("crossrank_truncated_pairs", "Pairs cut to the model's maximum length",
+                                   registry=r)
+        self.cache_hits = Counter("crossrank_cache_hits", "Pairs answered from the score cache", registry=r)
+        self.fallbacks = Counter("crossrank_fallbacks", "Searches answered with first-stage order (rerank skipped)",
+                                 registry=r)
+        self.dropped = Counter("crossrank_dropped_requests", "Requests dropped before inference, by reason",
+                               ["reason"], registry=r)
+        self.pairs = Counter("crossrank_scored_pairs", "Pairs scored", registry=r)
+
+    # BatchObserver
+    def on_pass(self, n_pairs: int, n_requests: int, tokens: int, seconds: float) -> None:
+        self.batch_pairs.observe(n_pairs)
+        self.batch_requests.observe(n_requests)
+        self.batch_tokens.observe(tokens)
+        self.inference_time.observe(seconds)
+        self.pairs.inc(n_pairs)
+
+    def on_queue_time(self, seconds: float) -> None:
+        self.queue_time.observe(seconds)
+
+    def on_depth(self, pairs: int, requests: int) -> None:
+        self.queue_depth.set(pairs)
+        self.queue_requests.set(requests)
+
+    def on_drop(self, reason: str) -> None:
+        self.dropped.labels(reason).inc()
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.duration.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
