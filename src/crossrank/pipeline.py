@@ -34,6 +34,7 @@ FusionMethod = Literal["none", "rrf", "interpolate"]
 Unit = Literal["passage", "document"]
 
 RRF_K = 60
+DOC_OVERSAMPLE = 4
 # Share of the remaining time budget we plan to spend reranking; the rest absorbs estimation error.
 _DEADLINE_SAFETY = 0.8
 
@@ -138,7 +139,9 @@ class Pipeline:
         deadline_ms: default end-to-end time budget per search (``None``: no deadline).
         fusion: final-order fusion (``Fusion``, ``"rrf"``, ``"interpolate:0.6"``...).
         unit: ``"passage"`` returns passages; ``"document"`` returns one hit per document, scored by its best
-            passage (max-score aggregation).
+            passage (max-score aggregation). In document mode K counts documents: the first stage is read
+            ``DOC_OVERSAMPLE`` times deeper and up to ``passages_per_doc`` passages of each of the first K
+            documents are reranked.
         workers: threads that run reranker calls under a deadline (a call that overruns keeps its thread
             until it ends, so more than one lets the next search proceed).
 
@@ -162,6 +165,7 @@ class Pipeline:
         fusion: "Fusion | str | dict | None" = None,
         unit: Unit = "passage",
         workers: int = 4,
+        passages_per_doc: int = 3,
     ) -> None:
         _check_k_n(k, n)
         if unit not in ("passage", "document"):
@@ -173,6 +177,7 @@ class Pipeline:
         self.deadline_ms = deadline_ms
         self.fusion = Fusion.parse(fusion)
         self.unit: Unit = unit
+        self.passages_per_doc = max(1, passages_per_doc)
         self.throughput = _Throughput()
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crossrank-rerank")
 
@@ -209,7 +214,12 @@ class Pipeline:
         fusion_spec = self.fusion if fusion is None else Fusion.parse(fusion)
         unit = self.unit if unit is None else unit
 
-        candidates = self.retriever.search(query, k)
+        if unit == "document":
+            candidates = _document_candidates(
+                self.retriever.search(query, k * DOC_OVERSAMPLE), k, self.passages_per_doc
+            )
+        else:
+            candidates = self.retriever.search(query, k)
         retrieve_ms = (time.perf_counter() - start) * 1000.0
 
         reranker = self.reranker if rerank else None
@@ -340,6 +350,22 @@ def _compose(candidates: list[Candidate], outcome: _RerankOutcome, fusion: Fusio
     hits = [hit(head[i], outcome.scores[i], final[i]) for i in order]
     hits.extend(hit(c, None, c.score) for c in candidates[m:])
     return hits
+
+
+def _document_candidates(passages: list[Candidate], k: int, per_doc: int) -> list[Candidate]:
+    """Passages of the first ``k`` documents, at most ``per_doc`` each, in first-stage order."""
+    kept: dict[str, int] = {}
+    out = []
+    for c in passages:
+        count = kept.get(c.doc_id)
+        if count is None:
+            if len(kept) == k:
+                continue
+            count = 0
+        if count < per_doc:
+            kept[c.doc_id] = count + 1
+            out.append(c)
+    return out
 
 
 def _best_per_document(hits: list[Hit]) -> list[Hit]:

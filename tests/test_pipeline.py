@@ -1,0 +1,164 @@
+"""The pipeline's promises: timings on every result, fallback with a reason, partial rerank under a deadline."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from crossrank.corpus import chunk_documents, load_corpus
+from crossrank.errors import InputError
+from crossrank.pipeline import Fusion, Pipeline, fuse
+from crossrank.rerank import CachedReranker, CrossEncoderReranker
+from crossrank.retrieve import BM25Retriever
+from crossrank.types import Document
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return CrossEncoderReranker(str(tiny_model_dir))
+
+
+@pytest.fixture()
+def bm25(small_corpus):
+    return BM25Retriever(chunk_documents(load_corpus(small_corpus), max_tokens=0))
+
+
+# Touches all six sample documents, so BM25 returns six candidates (it drops zero-score documents).
+BROAD = "plants glucose mitochondria volcano black hole insulin earthquakes plates"
+
+
+class SlowReranker:
+    """The real engine behind an injected delay: stands in for a reranker that is overloaded."""
+
+    def __init__(self, inner, delay_s: float = 0.0, per_pair_s: float = 0.0):
+        self.inner, self.delay_s, self.per_pair_s = inner, delay_s, per_pair_s
+        self.name = "slow-" + inner.name
+
+    def score(self, query, texts):
+        time.sleep(self.delay_s + self.per_pair_s * len(texts))
+        return self.inner.score(query, texts)
+
+    def rerank(self, query, texts, top_n=None):
+        return self.inner.rerank(query, texts, top_n)
+
+
+class BrokenReranker:
+    """A reranker whose backend dies: every call raises, as a crashed model server would."""
+
+    name = "broken"
+
+    def score(self, query, texts):
+        raise ConnectionError("connection refused")
+
+    def rerank(self, query, texts, top_n=None):
+        raise ConnectionError("connection refused")
+
+
+def test_reranked_result_has_timings_and_first_stage_fields(bm25, engine):
+    with Pipeline(bm25, engine, k=6, n=3) as pipe:
+        result = pipe.search(BROAD)
+    assert result.reranked is True and result.reason is None
+    assert result.n_candidates == 6 and result.n_reranked == 6
+    assert [h.rank for h in result.hits] == [1, 2, 3]
+    assert all(h.rerank_score is not None for h in result.hits)
+    scores = [h.rerank_score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    t = result.timings
+    assert t.retrieve_ms > 0 and t.rerank_ms > 0 and t.total_ms >= t.retrieve_ms + t.rerank_ms - 1e-6
+    d = result.to_dict()
+    assert set(d["hits"][0]) == {
+        "id", "doc_id", "text", "title", "rank", "first_stage_rank", "first_stage_score", "rerank_score", "score"
+    }
+
+
+def test_reranker_exception_falls_back_to_first_stage(bm25):
+    with Pipeline(bm25, BrokenReranker(), k=6, n=6) as pipe:
+        result = pipe.search(BROAD)
+    first = bm25.search(BROAD, 6)
+    assert result.reranked is False
+    assert "reranker failed" in result.reason and "connection refused" in result.reason
+    assert [h.id for h in result.hits] == [c.id for c in first]
+    assert all(h.rerank_score is None for h in result.hits)
+
+
+def test_reranker_timeout_falls_back_within_deadline(bm25, engine):
+    slow = SlowReranker(engine, delay_s=2.0)
+    with Pipeline(bm25, slow, k=6, n=6) as pipe:
+        start = time.perf_counter()
+        result = pipe.search(BROAD, deadline_ms=150)
+        elapsed = time.perf_counter() - start
+    assert result.reranked is False
+    assert "timed out" in result.reason
+    assert elapsed < 1.0, "the pipeline must answer at its deadline, not when the reranker finishes"
+    assert [h.first_stage_rank for h in result.hits] == list(range(1, 7))
+
+
+def test_tight_deadline_reranks_the_head_and_keeps_the_tail(bm25, engine):
+    slow = SlowReranker(engine, per_pair_s=0.05)  # ~20 pairs/s
+    with Pipeline(bm25, slow, k=6, n=6) as pipe:
+        warm = pipe.search(BROAD)  # measures throughput
+        assert warm.n_reranked == 6
+        result = pipe.search(BROAD, deadline_ms=200)
+    assert result.reranked is True
+    assert 1 <= result.n_reranked < 6
+    assert "reranked the top" in result.reason
+    head, tail = result.hits[: result.n_reranked], result.hits[result.n_reranked :]
+    assert all(h.rerank_score is not None for h in head)
+    assert all(h.rerank_score is None for h in tail)
+    assert [h.first_stage_rank for h in tail] == sorted(h.first_stage_rank for h in tail)
+    assert sorted(h.first_stage_rank for h in head) == list(range(1, result.n_reranked + 1))
+
+
+def test_score_cache_hits_are_reported(bm25, engine):
+    cached = CachedReranker(engine, max_entries=100)
+    with Pipeline(bm25, cached, k=5, n=5) as pipe:
+        first = pipe.search(BROAD)
+        second = pipe.search(BROAD)
+    assert first.cache_hits == 0
+    assert second.cache_hits == 5 == second.n_reranked
+    assert [h.id for h in first.hits] == [h.id for h in second.hits]
+
+
+def test_no_reranker_returns_first_stage(bm25):
+    with Pipeline(bm25, None, k=4, n=2) as pipe:
+        result = pipe.search("black hole gravity light")
+    assert result.reranked is False and result.reason == "no reranker configured"
+    assert result.hits[0].doc_id == "d4"
+
+
+def test_document_unit_keeps_best_passage_per_document(engine):
+    long_doc = Document("long", " ".join(f"volcano lava magma sentence {i}." for i in range(200)), "Volcano notes")
+    docs = [long_doc, Document("short", "Magma rises and a volcano erupts.", "Eruptions"), Document("x", "Bread and yeast.")]
+    passages = chunk_documents(docs, max_tokens=60, overlap=10)
+    assert sum(p.doc_id == "long" for p in passages) > 3
+    retriever = BM25Retriever(passages)
+    with Pipeline(retriever, engine, k=20, n=5, unit="document") as pipe:
+        result = pipe.search("volcano magma")
+    doc_ids = [h.doc_id for h in result.hits]
+    assert len(doc_ids) == len(set(doc_ids))
+    assert {"long", "short"} <= set(doc_ids)
+
+
+def test_bad_input_is_an_input_error(bm25):
+    with Pipeline(bm25, None) as pipe:
+        with pytest.raises(InputError, match="empty"):
+            pipe.search("   ")
+        with pytest.raises(InputError, match="k must be"):
+            pipe.search("x", k=0)
+        with pytest.raises(InputError, match="deadline"):
+            pipe.search("x", deadline_ms=-5)
+    with pytest.raises(InputError, match="fusion"):
+        Fusion.parse("borda")
+
+
+def test_fusion_math():
+    first, ce = [3.0, 2.0, 1.0], [0.1, 0.9, 0.5]
+    assert fuse(first, ce, "none") == ce
+    rrf = fuse(first, ce, "rrf")
+    # ranks: ce (3,1,2), first (1,2,3)
+    assert rrf == pytest.approx([1 / 63 + 1 / 61, 1 / 61 + 1 / 62, 1 / 62 + 1 / 63])
+    only_ce = fuse(first, ce, Fusion("interpolate", 1.0))
+    assert sorted(range(3), key=lambda i: -only_ce[i]) == [1, 2, 0]
+    only_first = fuse(first, ce, "interpolate:0")
+    assert sorted(range(3), key=lambda i: -only_first[i]) == [0, 1, 2]
