@@ -184,6 +184,8 @@ def test_info_and_dtypes(tiny_model_dir, raw):
     assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
     with pytest.raises(InputError):
         resolve_dtype("int8")
+    with pytest.raises(InputError, match="positions"):
+        CrossEncoderReranker(tiny_model_dir, max_length=1024)
     bf16 = CrossEncoderReranker(tiny_model_dir, max_length=64, activation="raw", dtype="bf16")
     assert bf16.info()["dtype"] == "bf16"
     assert bf16.score(QUERY, DOCS[:2]).scores == pytest.approx(raw.score(QUERY, DOCS[:2]).scores, abs=0.05)

