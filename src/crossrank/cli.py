@@ -140,7 +140,7 @@ def search(
         k=k,
         n=n,
         deadline_ms=deadline_ms,
-        fusion=_resolve_fusion(fusion, rr),
+        fusion=_resolve_fusion(fusion, reranker),
         unit=unit,  # type: ignore[arg-type]
     )
     result = pipe.search(query)
@@ -151,11 +151,15 @@ def search(
         _print_result_table(result, f"{retriever} top-{k} -> {reranker} -> top-{n}")
 
 
-def _resolve_fusion(fusion: str, reranker) -> str | dict | None:
+def _resolve_fusion(fusion: str, reranker_name: str) -> str | dict | None:
     """``auto``: the reranker's recommended setting if it ships one (the bundled default does), else none."""
     if fusion != "auto":
         return fusion
-    return getattr(reranker, "recommended_fusion", None) or "none"
+    if reranker_name.lower() == "none" or reranker_name.startswith(("http://", "https://")):
+        return "none"
+    from crossrank.rerank import recommended_fusion
+
+    return recommended_fusion(reranker_name) or "none"
 
 
 @app.command()
@@ -176,7 +180,7 @@ def quickstart(
     idx = build_index(docs, None, progress=True)
     err.print(f"indexed {len(docs)} sample documents ({len(idx.passages)} passages) in {time.perf_counter() - start:.1f} s")
     rr = _load_reranker_option(reranker)
-    with Pipeline(idx.retriever("hybrid"), rr, k=k, n=n, fusion=_resolve_fusion("auto", rr), unit="document") as pipe:
+    with Pipeline(idx.retriever("hybrid"), rr, k=k, n=n, fusion=_resolve_fusion("auto", reranker), unit="document") as pipe:
         first = pipe.search(query, rerank=False)
         final = pipe.search(query)
     out.print(f"\n[bold]query:[/bold] {query}\n")
@@ -287,8 +291,16 @@ def model_export(
     err.print(f"exported the default reranker to {out_dir}")
 
 
+def _quiet_libraries() -> None:
+    """transformers 5 prints a progress bar and a load report for every model load; the CLI shows its own."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning expected errors into one line and exit code 2."""
+    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except CrossrankError as exc:

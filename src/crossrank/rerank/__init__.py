@@ -66,6 +66,20 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     return CachedReranker(inner, max_entries=cache_size) if cache_size else inner
 
 
+def recommended_fusion(name_or_path: str | os.PathLike) -> Any:
+    """The final-ranking fusion a bundled model recommends (``settings.fusion`` of its bundle), else None.
+
+    The bundled default ships the setting chosen on held-out training queries, e.g.
+    ``{"method": "interpolate", "weight": 0.6}``; ``crossrank.pipeline.Fusion.parse`` accepts it as is."""
+    spec = os.fspath(name_or_path).strip()
+    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, read_manifest
+
+    bundle_dir = DEFAULT_BUNDLE_DIR if spec == "default" else spec
+    if not os.path.isfile(os.path.join(bundle_dir, "crossrank_bundle.json")):
+        return None
+    return read_manifest(bundle_dir).get("settings", {}).get("fusion")
+
+
 def __getattr__(name: str) -> Any:
     if name == "CrossEncoderReranker":
         from crossrank.rerank.engine import CrossEncoderReranker
