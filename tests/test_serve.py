@@ -141,18 +141,22 @@ def test_tei_return_text_and_raw_scores(client):
         assert 1.0 / (1.0 + math.exp(-item["score"])) == pytest.approx(probs[item["index"]], abs=1e-6)
 
 
-def test_tei_truncation(client):
+def test_tei_truncation(client, server):
     body = {"query": QUERY, "texts": [DOCS[0], LONG]}
     r = client.post("/rerank", json=body)  # truncate unset: the server's auto_truncate (on)
     assert r.status_code == 200 and r.headers["x-crossrank-truncated"] == "1"
-    r = client.post("/rerank", json={**body, "truncate": True, "truncation_direction": "Left"})
-    assert r.status_code == 200 and r.headers["x-crossrank-truncated"] == "1"
+    two_halves = "apple " * 600 + "volcano lava magma " * 200
+    right = client.post("/rerank", json={"query": QUERY, "texts": [two_halves], "raw_scores": True})
+    left = client.post("/rerank", json={"query": QUERY, "texts": [two_halves], "raw_scores": True,
+                                        "truncate": True, "truncation_direction": "Left"})
+    assert right.headers["x-crossrank-truncated"] == left.headers["x-crossrank-truncated"] == "1"
+    assert left.json()[0]["score"] != pytest.approx(right.json()[0]["score"], abs=1e-7)  # kept the other end
     r = client.post("/rerank", json={**body, "truncate": False})
     assert r.status_code == 422
     assert r.json()["error_type"] == "tokenizer" and "input 1" in r.json()["error"]
     r = client.post("/rerank", json={**body, "long_documents": "chunk"})  # windows, max score: nothing cut
     assert r.status_code == 200 and r.headers["x-crossrank-truncated"] == "0"
-    assert _metric(client.base_url.__str__().rstrip("/"), "crossrank_truncated_pairs_total") >= 2
+    assert _metric(server.url, "crossrank_truncated_pairs_total") >= 2
 
 
 @pytest.mark.parametrize(
@@ -304,6 +308,7 @@ def test_api_key(secured):
     assert r.status_code == 401 and set(r.json()) == {"detail"}
     r = _post(url, "/rerank", {"query": QUERY, "texts": DOCS}, headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200
+    assert 'route="/rerank",status="401"' in httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     assert httpx.get(url + "/health").status_code == 200  # open
     assert httpx.get(url + "/info").status_code == 401
     assert httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
@@ -445,7 +450,8 @@ def test_search_route(engine, small_corpus):
         assert {"id", "doc_id", "rank", "first_stage_rank", "rerank_score", "score"} <= set(body["hits"][0])
         first = _post(s.url, "/search", {"query": "how do cells get energy", "rerank": False}).json()
         assert first["reranked"] is False and first["hits"][0]["rerank_score"] is None
-        assert _post(s.url, "/search", {"query": " "}).status_code == 400
+        r = _post(s.url, "/search", {"query": " "})
+        assert r.status_code == 400 and set(r.json()) == {"error", "error_type"}
         assert _post(s.url, "/search", {"query": "x", "k": 51}).status_code == 422
         assert _post(s.url, "/search", {"query": "x", "retriever": "dense"}).status_code == 400  # no dense part
         assert _post(s.url, "/search", {"query": "x", "retriever": "magic"}).status_code == 422

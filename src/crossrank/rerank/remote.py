@@ -168,6 +168,7 @@ class RemoteReranker:
         )
         self.calls = 0
         self.attempts = 0
+        self.last_truncated = 0  # inputs the service reported cut in the last score() (it does not say which)
 
     # ---------------------------------------------------------------- Reranker protocol
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:

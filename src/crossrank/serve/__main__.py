@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cache-size", type=int, default=None, help="score cache entries (0: no cache)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     from crossrank.serve.server import run
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         options["dtype"] = a.dtype
     if a.threads:
         options["num_threads"] = a.threads
+    if a.cache_size is not None:
+        options["cache_size"] = a.cache_size
     try:
         run(a.model, host=a.host, port=a.port, index=a.index, retriever=a.retriever, api_key=a.api_key,
             max_documents=a.max_documents, max_body_bytes=a.max_body_bytes, max_queue_pairs=a.max_queue_pairs,

@@ -110,7 +110,8 @@ class _Engines:
                 info = self.info
                 # Same weights and settings, other long-document handling (from_model shares the module). No score
                 # cache in front: a cache keys on (model, query, text), not on how long documents were handled.
-                extra = {key: getattr(inner, key) for key in ("chunk_overlap", "max_chunks") if hasattr(inner, key)}
+                extra = {key: getattr(inner, key) for key in ("chunk_overlap", "max_chunks", "backend")
+                         if hasattr(inner, key)}
                 self._variants[mode] = cls.from_model(
                     inner.model, inner.tokenizer, name=inner.name, long_documents=mode,
                     max_length=self.max_length, batch_tokens=info.get("batch_tokens", 16384),
@@ -127,7 +128,14 @@ class _Engines:
         if max_doc is not None and max_doc < self.max_length:
             pairs, cut = self._cut(pairs, lambda q: max_doc, keep_end=False)
         if options.get("truncation_direction") == "left" and (options.get("long_documents") or self.default_mode) == "truncate":
-            pairs, cut2 = self._cut(pairs, self._doc_budget, keep_end=True)
+            budgets: dict[str, int] = {}
+
+            def budget(query: str) -> int:
+                if query not in budgets:
+                    budgets[query] = self._doc_budget(query)
+                return budgets[query]
+
+            pairs, cut2 = self._cut(pairs, budget, keep_end=True)
             cut = [a or b for a, b in zip(cut, cut2)]
         if hasattr(engine, "score_pairs"):
             result = engine.score_pairs(pairs)
@@ -161,8 +169,8 @@ class _Engines:
 
     def _cut(self, pairs: list[tuple[str, str]], budget: Callable[[str], int], keep_end: bool):
         budgets = [budget(q) for q, _ in pairs]
-        # Only texts that could exceed their budget need tokenising (a token covers at least one character).
-        idx = [i for i, (q, t) in enumerate(pairs) if len(t) > budgets[i]]
+        # Only texts that could exceed their budget need tokenising (every token covers at least one UTF-8 byte).
+        idx = [i for i, (q, t) in enumerate(pairs) if len(t) > budgets[i] and len(t.encode("utf-8")) > budgets[i]]
         cut = [False] * len(pairs)
         if not idx:
             return pairs, cut
@@ -299,7 +307,10 @@ class _Gate:
             await self._handle(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            label = getattr(route, "path", None)
+            if label is None:  # answered by the gate (401, 413) before routing, or no such route
+                path = scope.get("path", "")
+                label = path if path in self.state.route_paths else "unmatched"
             self.state.metrics.observe_request(label, status[0], time.perf_counter() - start)
 
     async def _handle(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -374,6 +385,7 @@ class _State:
         self.metrics = metrics
         self.batcher = batcher
         self.search: _Search | None = None
+        self.route_paths: frozenset[str] = frozenset()
         self.model_name = str(engines.info.get("model") or getattr(reranker, "name", "crossrank"))
 
 
@@ -429,6 +441,7 @@ def create_app(
         batching=config.batching,
         batch_tokens=config.batch_tokens,
         max_batch_pairs=config.max_batch_pairs,
+        step_passes=config.step_passes,
         max_queue_pairs=config.max_queue_pairs,
         max_queue_requests=config.max_queue_requests,
         batch_wait_ms=config.batch_wait_ms,
@@ -516,8 +529,7 @@ def create_app(
             raise ApiError(400, str(exc), "validation")
         except RerankerUnavailable as exc:
             raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"})
-        except Exception as exc:
-            log.error("inference failed: %s: %s", type(exc).__name__, exc)
+        except Exception:  # the batcher logged it with its traceback
             raise ApiError(500, "Inference failed", "backend")
         scores = result.scores
         if any(not math.isfinite(s) for s in scores.scores):
@@ -690,6 +702,7 @@ def create_app(
                 "max_queue_requests": config.max_queue_requests,
                 "batch_tokens": config.batch_tokens,
                 "max_batch_pairs": config.max_batch_pairs,
+                "step_passes": config.step_passes,
                 "default_deadline_ms": config.default_deadline_ms,
             },
             "auth": bool(config.api_key),
@@ -708,6 +721,7 @@ def create_app(
     async def page() -> Response:
         return HTMLResponse(PAGE_HTML)
 
+    state.route_paths = frozenset(getattr(r, "path", "") for r in app.routes)
     return app
 
 

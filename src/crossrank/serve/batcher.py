@@ -102,9 +102,12 @@ def estimate_tokens(query: str, text: str, max_length: int = 512) -> int:
 class DynamicBatcher:
     """Bounded queue + one inference worker.
 
-    ``batching=True``: each forward pass takes pairs first-come first-served from every waiting request until
-    ``pairs * longest_pair_tokens`` would pass ``batch_tokens`` (or ``max_batch_pairs``); pairs inside a pass are
-    sorted by length. A large request may span several passes, and a small one arriving meanwhile rides along.
+    ``batching=True``: each step takes pairs first-come first-served (oldest request first) from every waiting
+    request until their estimated tokens would pass ``batch_tokens * step_passes`` (or ``max_batch_pairs``), and
+    hands them, sorted by length, to one ``score_pairs`` call; the engine packs them into forward passes of
+    ``batch_tokens`` padded tokens each. Several passes' worth per step lets the engine group similar lengths
+    (less padding on CPU) while a request arriving meanwhile still waits at most one step. A large request may
+    span several steps, and small ones arriving meanwhile ride along in the same forward passes.
     ``batching=False``: the oldest request runs alone, all its pairs in one engine call, in arrival order.
     """
 
@@ -115,6 +118,7 @@ class DynamicBatcher:
         batching: bool = True,
         batch_tokens: int = 16384,
         max_batch_pairs: int = 256,
+        step_passes: int = 4,
         max_queue_pairs: int = 8192,
         max_queue_requests: int = 512,
         batch_wait_ms: float = 0.0,
@@ -127,6 +131,7 @@ class DynamicBatcher:
         self.batching = batching
         self.batch_tokens = batch_tokens
         self.max_batch_pairs = max_batch_pairs
+        self.step_tokens = batch_tokens * max(1, step_passes)
         self.max_queue_pairs = max_queue_pairs
         self.max_queue_requests = max_queue_requests
         self.batch_wait_s = batch_wait_ms / 1000.0
@@ -280,23 +285,22 @@ class DynamicBatcher:
             self._pending_pairs -= job.remaining
             job.next = len(job.texts)
         else:
-            longest = 0
+            tokens = 0
             options = self._queue[0].options
             while self._queue:
                 job = self._queue[0]
                 if job.options != options:
-                    break  # a pass shares one set of engine options; the next job waits for the next pass
+                    break  # a step shares one set of engine options; the next job waits for the next step
                 while job.next < len(job.texts):
                     est = job.est_tokens[job.next]
-                    cost = (len(taken) + 1) * max(longest, est)
-                    if taken and (cost > self.batch_tokens or len(taken) >= self.max_batch_pairs):
+                    if taken and (tokens + est > self.step_tokens or len(taken) >= self.max_batch_pairs):
                         break
                     taken.append((job, job.next))
-                    longest = max(longest, est)
+                    tokens += est
                     job.next += 1
                     self._pending_pairs -= 1
                 if job.next < len(job.texts):
-                    break  # the pass is full
+                    break  # the step is full
                 self._queue.popleft()
         self._report_depth()
         return taken

@@ -22,8 +22,9 @@ class ServeConfig:
     Batching
       ``batching``: True packs (query, document) pairs from all waiting requests into shared forward passes
       (TEI-style continuous batching); False runs each request alone, in arrival order (for comparison).
-      ``batch_tokens``: padded-token budget per forward pass the batcher assembles (``pairs * longest``).
-      ``max_batch_pairs``: hard cap on pairs per forward pass.
+      ``batch_tokens``: padded-token budget per forward pass (``run`` gives the engine the same number).
+      ``step_passes``: forward passes' worth of pairs (by estimated tokens) the worker hands the engine per step;
+      the engine sorts them by length and packs the passes. ``max_batch_pairs``: hard cap on pairs per step.
       ``batch_wait_ms``: how long the worker lingers for more requests before a pass (0: never waits; requests
       that arrive while a pass runs are packed into the next one anyway).
     Deadlines
@@ -48,6 +49,7 @@ class ServeConfig:
     batching: bool = True
     batch_tokens: int = 16384
     max_batch_pairs: int = 256
+    step_passes: int = 4
     batch_wait_ms: float = 0.0
     default_deadline_ms: float = 30_000.0
     long_documents: str | None = None
@@ -57,7 +59,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_documents", "max_body_bytes", "max_query_chars", "max_queue_pairs", "max_queue_requests",
-                    "batch_tokens", "max_batch_pairs", "max_search_k")
+                    "batch_tokens", "max_batch_pairs", "step_passes", "max_search_k")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -23,13 +23,13 @@ class Metrics:
                                   ["route"], buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_time = Histogram("crossrank_queue_seconds", "Time a request waited before its first forward pass",
                                     buckets=_LATENCY_BUCKETS, registry=r)
-        self.inference_time = Histogram("crossrank_inference_seconds", "Duration of one batched forward pass",
+        self.inference_time = Histogram("crossrank_inference_seconds", "Duration of one engine call (batching step)",
                                         buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_pairs = Histogram("crossrank_batch_pairs", "Pairs per forward pass", buckets=_PAIR_BUCKETS,
+        self.batch_pairs = Histogram("crossrank_batch_pairs", "Pairs per engine call (one batching step: one or more forward passes)", buckets=_PAIR_BUCKETS,
                                      registry=r)
-        self.batch_requests = Histogram("crossrank_batch_requests", "Requests sharing one forward pass",
+        self.batch_requests = Histogram("crossrank_batch_requests", "Requests sharing one engine call",
                                         buckets=_PAIR_BUCKETS, registry=r)
-        self.batch_tokens = Histogram("crossrank_batch_tokens", "Tokens per forward pass", buckets=_TOKEN_BUCKETS,
+        self.batch_tokens = Histogram("crossrank_batch_tokens", "Tokens run per engine call", buckets=_TOKEN_BUCKETS,
                                       registry=r)
         self.queue_depth = Gauge("crossrank_queue_depth_pairs", "Pairs waiting in the batcher queue", registry=r)
         self.queue_requests = Gauge("crossrank_queue_depth_requests", "Requests waiting in the batcher queue",

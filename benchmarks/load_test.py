@@ -1,0 +1,280 @@
+"""Load test of the rerank service, dynamic batching on vs off, loopback only and bounded.
+
+For each mode it starts a fresh server process (``python -m crossrank.serve``, score cache off so every pair is
+really scored), has ``--clients`` concurrent clients each send ``--requests`` Cohere v2 rerank requests
+(a SciFact query + ``--docs`` SciFact documents, a different slice per request), stops issuing new requests
+after ``--time-cap`` seconds, and records throughput, p50/p95 latency, status codes, mean pairs per forward
+pass (from /metrics) and the server's RSS at start and end. It fails (exit 1) on any 5xx, any transport error
+or any request without an answer, and prints a table plus the on/off ratios.
+
+    python benchmarks/load_test.py                                  # bundled default model, 8 clients x 20
+    python benchmarks/load_test.py --model /path/to/tiny --requests 2   # quick end-to-end check
+
+Data: ../shared/data/scifact (read in place, not copied); falls back to the sample corpus bundled with the
+package when it is absent (then queries are document titles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = Path(os.environ.get("CROSSRANK_SHARED_DATA", REPO.parent / "shared" / "data")) / "scifact"
+SAMPLE = REPO / "src" / "crossrank" / "data" / "sample_corpus.jsonl"
+
+
+def load_data(n_docs: int) -> tuple[list[str], list[str], str]:
+    corpus_path = SCIFACT / "corpus.jsonl"
+    if not corpus_path.is_file():
+        corpus_path = SAMPLE
+    docs, titles = [], []
+    with open(corpus_path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            title, text = row.get("title", ""), row.get("text", "")
+            docs.append(f"{title}\n{text}" if title else text)
+            titles.append(title or text[:80])
+    queries = []
+    qpath = SCIFACT / "queries.jsonl"
+    if corpus_path != SAMPLE and qpath.is_file():
+        with open(qpath, encoding="utf-8") as f:
+            queries = [json.loads(line)["text"] for line in f]
+    if not queries:
+        queries = titles
+    if len(docs) < n_docs:
+        docs = (docs * (n_docs // max(1, len(docs)) + 1))[: max(n_docs, len(docs))]
+    return docs, queries, str(corpus_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MiB, from /proc (0 where unavailable)."""
+    cur = peak = 0.0
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    cur = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return cur, peak
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    sent: int = 0
+    answered: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    transport_errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    rss_start: float = 0.0
+    rss_end: float = 0.0
+    rss_peak: float = 0.0
+    pairs_per_pass: float = 0.0
+    capped: bool = False
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] * 1000
+
+    def throughput(self) -> float:
+        return self.ok / self.wall_s if self.wall_s else 0.0
+
+
+def start_server(args, port: int, batching: bool) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "crossrank.serve", "--model", args.model, "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", "--cache-size", "0",
+           "--max-documents", str(max(1000, args.docs)), "--deadline-ms", str(args.deadline_ms)]
+    if not batching:
+        cmd.append("--no-dynamic-batching")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.max_length:
+        cmd += ["--max-length", str(args.max_length)]
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> None:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {timeout} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def mean_pairs_per_pass(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    s = re.search(r"^crossrank_batch_pairs_sum ([\d.e+]+)$", text, re.M)
+    c = re.search(r"^crossrank_batch_pairs_count ([\d.e+]+)$", text, re.M)
+    return float(s.group(1)) / float(c.group(1)) if s and c and float(c.group(1)) else 0.0
+
+
+def run_mode(args, docs: list[str], queries: list[str], batching: bool) -> ModeResult:
+    mode = "dynamic batching" if batching else "no batching"
+    res = ModeResult(mode=mode)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(args, port, batching)
+    try:
+        wait_ready(proc, url, args.start_timeout)
+        # One warm-up request (first forward pass allocations), not counted.
+        httpx.post(url + "/v2/rerank", json={"model": "m", "query": queries[0], "documents": docs[: args.docs]},
+                   timeout=args.request_timeout)
+        res.rss_start = rss_mb(proc.pid)[0]
+        lock = threading.Lock()
+        stop_at = time.monotonic() + args.time_cap
+        start = threading.Barrier(args.clients + 1)
+
+        def client(c: int) -> None:
+            with httpx.Client(base_url=url, timeout=args.request_timeout) as http:
+                start.wait()
+                for r in range(args.requests):
+                    if time.monotonic() > stop_at:
+                        with lock:
+                            res.capped = True
+                        return
+                    j = c * args.requests + r + 1
+                    off = (j * 97) % max(1, len(docs) - args.docs)
+                    body = {"model": "crossrank", "query": queries[j % len(queries)],
+                            "documents": docs[off : off + args.docs], "top_n": 10}
+                    with lock:
+                        res.sent += 1
+                    t0 = time.perf_counter()
+                    try:
+                        resp = http.post("/v2/rerank", json=body)
+                    except httpx.HTTPError as exc:
+                        with lock:
+                            res.transport_errors.append(f"{type(exc).__name__}: {exc}")
+                        continue
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        res.answered += 1
+                        res.statuses[resp.status_code] = res.statuses.get(resp.status_code, 0) + 1
+                        if resp.status_code == 200:
+                            res.latencies.append(dt)
+                            n = len(resp.json()["results"])
+                            if n != min(10, args.docs):
+                                res.transport_errors.append(f"expected {min(10, args.docs)} results, got {n}")
+
+        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(args.clients)]
+        for t in threads:
+            t.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        res.wall_s = time.perf_counter() - t0
+        res.rss_end, res.rss_peak = rss_mb(proc.pid)
+        res.pairs_per_pass = mean_pairs_per_pass(url)
+    finally:
+        stop_server(proc)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="'default', a hub id or a checkpoint directory")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=20, help="requests per client")
+    p.add_argument("--docs", type=int, default=100, help="documents per request")
+    p.add_argument("--time-cap", type=float, default=300.0, help="seconds per mode before clients stop issuing")
+    p.add_argument("--request-timeout", type=float, default=600.0)
+    p.add_argument("--deadline-ms", type=float, default=600_000.0, help="server-side budget per request")
+    p.add_argument("--start-timeout", type=float, default=300.0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads in the server")
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--modes", default="on,off", help="which runs, in order: on, off or both")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    docs, queries, source = load_data(args.docs)
+    print(f"model={args.model} clients={args.clients} requests/client={args.requests} docs/request={args.docs} "
+          f"time cap={args.time_cap:g}s data={source}", flush=True)
+    results = []
+    for m in [x.strip() for x in args.modes.split(",") if x.strip()]:
+        if m not in ("on", "off"):
+            p.error(f"unknown mode {m!r}")
+        r = run_mode(args, docs, queries, batching=(m == "on"))
+        results.append(r)
+        print(f"  {r.mode}: {r.ok}/{r.sent} ok in {r.wall_s:.1f}s", flush=True)
+
+    head = (f"{'mode':<17} {'sent':>5} {'200':>5} {'4xx':>4} {'5xx':>4} {'lost':>4} {'req/s':>7} {'pairs/s':>8} "
+            f"{'p50 ms':>8} {'p95 ms':>8} {'pairs/call':>10} {'RSS MiB start/end/peak':>24}")
+    print("\n" + head + "\n" + "-" * len(head))
+    failures = []
+    for r in results:
+        c4 = sum(v for k, v in r.statuses.items() if 400 <= k < 500)
+        c5 = sum(v for k, v in r.statuses.items() if k >= 500)
+        lost = r.sent - r.answered
+        print(f"{r.mode:<17} {r.sent:>5} {r.ok:>5} {c4:>4} {c5:>4} {lost:>4} {r.throughput():>7.2f} "
+              f"{r.throughput() * args.docs:>8.1f} {r.pct(0.5):>8.0f} {r.pct(0.95):>8.0f} {r.pairs_per_pass:>10.1f} "
+              f"{r.rss_start:>8.0f}/{r.rss_end:.0f}/{r.rss_peak:.0f}")
+        if c5:
+            failures.append(f"{r.mode}: {c5} responses were 5xx")
+        if lost or r.transport_errors:
+            failures.append(f"{r.mode}: {lost} requests lost; errors: {r.transport_errors[:3]}")
+        if r.capped:
+            print(f"  ({r.mode}: time cap reached, clients stopped early)")
+    if len(results) == 2 and all(r.ok for r in results):
+        on, off = results if results[0].mode.startswith("dynamic") else results[::-1]
+        print(f"\ndynamic/no batching: throughput x{on.throughput() / off.throughput():.2f}, "
+              f"p50 x{on.pct(0.5) / off.pct(0.5):.2f}, p95 x{on.pct(0.95) / off.pct(0.95):.2f}")
+    if args.json:
+        args.json.write_text(json.dumps([{
+            "mode": r.mode, "sent": r.sent, "answered": r.answered, "statuses": r.statuses, "wall_s": r.wall_s,
+            "throughput_rps": r.throughput(), "p50_ms": r.pct(0.5), "p95_ms": r.pct(0.95),
+            "pairs_per_pass": r.pairs_per_pass, "rss_mb": [r.rss_start, r.rss_end, r.rss_peak],
+            "errors": r.transport_errors[:10]} for r in results], indent=2))
+    for f in failures:
+        print("FAIL:", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
