@@ -1,0 +1,141 @@
+"""Small helpers shared by the evaluation modules: latency summaries, names, atomic writes, progress bars."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from crossrank.errors import InputError
+
+
+def latency_summary(values_ms: Iterable[float]) -> dict[str, Any]:
+    """``{"p50", "p95", "mean", "n"}`` in milliseconds (linear-interpolated percentiles); ``None``s when empty."""
+    arr = np.asarray([float(v) for v in values_ms], dtype=float)
+    if arr.size == 0:
+        return {"p50": None, "p95": None, "mean": None, "n": 0}
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 3),
+        "p95": round(float(np.percentile(arr, 95)), 3),
+        "mean": round(float(arr.mean()), 3),
+        "n": int(arr.size),
+    }
+
+
+def slug(name: str, max_len: int = 48) -> str:
+    """A file-name-safe version of ``name``."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-.")
+    return (s or "x")[:max_len]
+
+
+def short_hash(*parts: Any) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:10]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def as_list(value: Any, kind: type = str, what: str = "option") -> list:
+    """Accept a sequence or a comma-separated string (what a CLI hands over); convert items to ``kind``."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        items: Sequence[Any] = [v.strip() for v in str(value).split(",") if v.strip()]
+    elif isinstance(value, (int, float)):
+        items = [value]
+    else:
+        items = list(value)
+    out = []
+    for item in items:
+        if kind is int:
+            try:
+                v = int(item)
+            except (TypeError, ValueError):
+                raise InputError(f"{what}: {item!r} is not an integer") from None
+            if v < 1:
+                raise InputError(f"{what}: values must be positive, got {v}")
+            out.append(v)
+        else:
+            out.append(item if not isinstance(item, str) else item.strip())
+    return out
+
+
+def r6(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+class _NullProgress:
+    def add_task(self, *a: Any, **k: Any) -> int:
+        return 0
+
+    def update(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def advance(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def remove_task(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def log(self, *a: Any, **k: Any) -> None:
+        pass
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[Any]:
+    """A rich ``Progress`` writing to stderr, or a do-nothing stand-in when ``enabled`` is False."""
+    if not enabled:
+        yield _NullProgress()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(file=sys.stderr)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        yield progress

@@ -1,0 +1,665 @@
+"""The BEIR sweep: first stages x rerankers x fusions x K, with metrics, per-stage latency and answer accuracy.
+
+Work is shared so that nothing is computed twice:
+
+* each first stage retrieves ``max(ks)`` once per query (timed one query at a time, after a warm-up call);
+  the list for K is its top-K prefix;
+* each reranker scores the union of all first stages' top-``max(ks)`` candidates once per (query, document),
+  through a persistent score cache (``cache.ScoreCache``), so adding a configuration or rerunning scores only
+  what is new, and an interrupted run resumes;
+* rerank latency is measured for real (wall clock of ``reranker.score(query, top-K texts)``) on
+  ``latency_queries`` sampled queries per K. The samples of different K are disjoint when the dataset has enough
+  queries and the timed calls fill the score cache, so timing costs no extra scoring; the first stage whose
+  candidates are timed rotates over the retrievers. Timings are stored (``cache.LatencyStore``) and reused by
+  reruns. Total latency of a configuration = its first-stage latency + rerank latency on the same sampled queries.
+
+A reranked configuration reorders exactly the first-stage top-K (documents the first stage missed are never
+credited); its Recall@K therefore equals the first stage's, reported as ``first_stage_recall@k`` (the ceiling).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from crossrank.errors import IndexLoadError, InputError
+from crossrank.evaluate._util import (
+    as_list,
+    latency_summary,
+    progress_bars,
+    r6,
+    write_json,
+)
+from crossrank.evaluate.cache import LatencyStore, ScoreCache, reranker_fingerprint
+from crossrank.evaluate.metrics import gold_answers, ranking_metrics, wins_losses_ties
+from crossrank.types import Candidate
+
+SCHEMA_VERSION = 1
+KNOWN_RETRIEVERS = ("bm25", "dense", "hybrid")
+_RETRIEVER_METHODS = {"bm25": ("bm25",), "dense": ("dense",), "hybrid": ("bm25", "dense")}
+_SCORE_CHUNK = 64
+_AUTO_FUSIONS = ("auto", "recommended")
+
+
+# ------------------------------------------------------------------------------------------------- results
+@dataclass
+class EvalResults:
+    """What ``evaluate_beir`` / ``evaluate_answer_selection`` return: the ``results.json`` content and its folder."""
+
+    data: dict[str, Any]
+    out_dir: Path
+
+    @property
+    def kind(self) -> str:
+        return self.data["kind"]
+
+    @property
+    def configs(self) -> list[dict[str, Any]]:
+        return self.data.get("configs", [])
+
+    def config(self, retriever: str, reranker: str = "none", fusion: str = "none", k: int = 100) -> dict[str, Any]:
+        for c in self.configs:
+            if (c["retriever"], c["reranker"], c["fusion"], c["k"]) == (retriever, reranker, fusion, k):
+                return c
+        raise KeyError(f"no configuration {retriever}|{reranker}|{fusion}|{k}")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+
+def config_id(retriever: str, reranker: str, fusion: str, k: int) -> str:
+    return f"{retriever}|{reranker}|{fusion}|{k}"
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _fusion_label(f: Any) -> str:
+    if f.method == "interpolate":
+        return f"interpolate:{f.weight:g}"
+    return f.method
+
+
+def parse_fusions(specs: Any) -> list[Any]:
+    """Fusion specs ("none", "rrf", "interpolate", "interpolate:0.7", dicts, or "auto" = the reranker's
+    recommended setting) -> list of ``crossrank.pipeline.Fusion`` or the string "auto"."""
+    from crossrank.pipeline import Fusion
+
+    out: list[Any] = []
+    for s in as_list(specs, str, "fusions") or ["none"]:
+        if isinstance(s, str) and s.strip().lower() in _AUTO_FUSIONS:
+            out.append("auto")
+        else:
+            out.append(Fusion.parse(s))
+    return out
+
+
+def recommended_fusion(reranker: Any, spec: Any = None) -> tuple[Any, str]:
+    """The fusion a reranker recommends: ``settings`` of its crossrank bundle (``crossrank_bundle.json``, for
+    "default" or a bundle folder), else ``reranker.settings``, else a ``settings.json`` next to its weights;
+    keys ``fusion`` ("rrf", "interpolate:0.7", {"method", "weight"}) and optionally ``fusion_weight``.
+    ``(Fusion("none"), reason)`` when there is none."""
+    import json
+
+    from crossrank.pipeline import Fusion
+
+    settings = None
+    if isinstance(spec, (str, os.PathLike)):
+        try:
+            from crossrank.rerank import bundled
+
+            bdir = bundled.DEFAULT_BUNDLE_DIR if str(spec) == "default" else Path(spec)
+            if (Path(bdir) / bundled.MANIFEST).is_file():
+                settings = bundled.read_manifest(bdir).get("settings")
+        except Exception:  # noqa: BLE001 - no bundle support: fall through to the reranker's own settings
+            settings = None
+    if not isinstance(settings, Mapping):
+        settings = getattr(reranker, "settings", None)
+    if callable(settings):
+        try:
+            settings = settings()
+        except Exception:  # noqa: BLE001
+            settings = None
+    if not isinstance(settings, Mapping):
+        settings = None
+        for attr in ("path", "model_path", "model_dir", "bundle_dir"):
+            d = getattr(reranker, attr, None)
+            if isinstance(d, (str, os.PathLike)) and Path(d).is_dir():
+                for name in ("settings.json", "crossrank.json", "bundle.json"):
+                    f = Path(d) / name
+                    if f.is_file():
+                        try:
+                            settings = json.loads(f.read_text(encoding="utf-8"))
+                        except (OSError, ValueError):
+                            settings = None
+                        break
+            if settings:
+                break
+    if not isinstance(settings, Mapping) or "fusion" not in settings:
+        return Fusion.parse("none"), "reranker declares no recommended fusion; using none"
+    fspec = settings["fusion"]
+    weight = settings.get("fusion_weight", settings.get("weight"))
+    if isinstance(fspec, str) and ":" not in fspec and weight is not None:
+        fspec = {"method": fspec, "weight": weight}
+    try:
+        return Fusion.parse(fspec), "from the reranker's recommended settings"
+    except InputError as e:
+        return Fusion.parse("none"), f"recommended fusion {fspec!r} not understood ({e}); using none"
+
+
+def _load_reranker(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, Any]:
+    """``(label, reranker)`` for a spec: a Reranker object, "default", a model folder or a hub id."""
+    if not isinstance(spec, (str, os.PathLike)):
+        if not callable(getattr(spec, "score", None)):
+            raise InputError(f"not a reranker: {spec!r} (needs a score(query, texts) method)")
+        return str(getattr(spec, "name", type(spec).__name__)), spec
+    name = str(spec)
+    try:
+        from crossrank.rerank import load_reranker  # type: ignore[attr-defined]
+    except ImportError:
+        load_reranker = None
+    if load_reranker is not None:
+        # our on-disk score cache replaces the loader's in-memory one (which would also blur timings)
+        reranker = load_reranker(name, **{"cache_size": 0, **dict(options or {})})
+    else:  # rerank/ without its loader yet: a local checkpoint through the engine directly
+        if name == "default":
+            raise InputError("the bundled 'default' reranker is not available in this installation")
+        from crossrank.rerank.engine import CrossEncoderReranker
+
+        reranker = CrossEncoderReranker(name, **dict(options or {}))
+    label = "default" if name == "default" else (Path(name).name if Path(name).exists() else name)
+    return label, reranker
+
+
+def _dedupe_docs(cands: Sequence[Candidate]) -> list[Candidate]:
+    """One candidate per document (its best passage), keeping order: a chunked index is scored per document."""
+    seen: set[str] = set()
+    out = []
+    for c in cands:
+        if c.doc_id not in seen:
+            seen.add(c.doc_id)
+            out.append(c)
+    return out
+
+
+def _machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def latency_plan(qids: Sequence[str], ks: Sequence[int], per_k: int, retrievers: Sequence[str]) -> dict[int, list[tuple[str, str]]]:
+    """``{K: [(qid, retriever), ...]}``: ``per_k`` sampled queries per K (seeded; disjoint across K while the
+    dataset has enough queries), the first stage whose candidates are timed rotating over ``retrievers``."""
+    order = list(qids)
+    random.Random(0).shuffle(order)
+    plan: dict[int, list[tuple[str, str]]] = {}
+    if not order or per_k <= 0 or not retrievers:
+        return {k: [] for k in ks}
+    pos = 0
+    for k in ks:
+        take = min(per_k, len(order))
+        sel = [order[(pos + i) % len(order)] for i in range(take)]
+        pos += take
+        plan[k] = [(q, retrievers[i % len(retrievers)]) for i, q in enumerate(sel)]
+    return plan
+
+
+def rerank_prefix(candidates: Sequence[Candidate], k: int, rerank_scores: Sequence[float], fusion: Any) -> list[Candidate]:
+    """The final list of a reranked configuration: the first-stage top-``k`` reordered by the fused score
+    (``crossrank.pipeline.fuse``), ties kept in first-stage order. Nothing outside the top-``k`` can enter."""
+    from crossrank.pipeline import fuse
+
+    head = list(candidates[:k])
+    if not head:
+        return []
+    if len(rerank_scores) != len(head) or any(s is None for s in rerank_scores):
+        raise RuntimeError("internal error: a candidate of the top-K has no rerank score")
+    fused = fuse([c.score for c in head], [float(s) for s in rerank_scores], fusion)
+    order = sorted(range(len(head)), key=lambda i: (-fused[i], i))
+    return [head[i] for i in order]
+
+
+def write_trec_run(path: Path, lists: Mapping[str, Sequence[Candidate]], tag: str) -> None:
+    """A TREC run file (``qid Q0 doc_id rank score tag``; score = K - rank + 1 so the order is explicit)."""
+    lines = []
+    for q, cands in lists.items():
+        n = len(cands)
+        for pos, c in enumerate(cands, start=1):
+            lines.append(f"{q} Q0 {c.doc_id} {pos} {n - pos + 1} {tag}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------- index
+def _open_index(ds: Any, out_dir: Path, index_dir: Path | None, methods: Sequence[str], progress: bool) -> tuple[Any, dict]:
+    from crossrank.retrieve import build_index, load_index
+
+    path = Path(index_dir) if index_dir is not None else out_dir / "index"
+    note = ""
+    index = None
+    if path.exists():
+        try:
+            index = load_index(path)
+        except IndexLoadError as e:
+            if index_dir is not None:
+                raise
+            note = f"cached index unusable ({e}); rebuilt"
+            index = None
+    if index is not None:
+        m = index.manifest
+        have = set(index.methods)
+        chunked = int(m.get("chunking", {}).get("max_tokens", 0) or 0)
+        docs = int(m.get("counts", {}).get("documents", -1))
+        if not set(methods) <= have:
+            if index_dir is not None:
+                raise InputError(
+                    f"index {path} has methods {sorted(have)} but {sorted(set(methods))} are needed; "
+                    "rebuild it with those methods or drop the retrievers that need them"
+                )
+            note = f"cached index lacked {sorted(set(methods) - have)}; rebuilt"
+            index = None
+        elif index_dir is None and (chunked != 0 or docs != len(ds.corpus)):
+            note = "cached index did not match the corpus (chunking or document count); rebuilt"
+            index = None
+        else:
+            note = note or "loaded"
+    built = index is None
+    t0 = time.perf_counter()
+    if index is None:
+        index = build_index(ds.corpus, out_dir=path, methods=tuple(methods), chunk_tokens=0, progress=progress)
+        note = note or "built"
+    m = index.manifest
+    return index, {
+        "path": str(path),
+        "status": note,
+        "built_s": round(time.perf_counter() - t0, 3) if built else None,
+        "methods": list(index.methods),
+        "chunk_tokens": int(m.get("chunking", {}).get("max_tokens", 0) or 0),
+        "passages": int(m.get("counts", {}).get("passages", len(index))),
+        "dense_model": (m.get("dense") or {}).get("model_id"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- the sweep
+def evaluate_beir(
+    dataset_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    retrievers: Any = ("bm25", "dense", "hybrid"),
+    rerankers: Any = ("none", "default"),
+    ks: Any = (10, 20, 50, 100, 200),
+    ns: Any = (5, 10, 20),
+    fusions: Any = ("none",),
+    out_dir: str | os.PathLike,
+    index_dir: str | os.PathLike | None = None,
+    max_queries: int | None = None,
+    latency_queries: int = 30,
+    progress: bool = True,
+    reranker_options: Mapping[str, Any] | None = None,
+    llm: Any = None,
+    remeasure_latency: bool = False,
+    save_runs: bool = False,
+    write_reports: bool = True,
+) -> EvalResults:
+    """Evaluate first stages, rerankers and fusions at every K on a BEIR-layout dataset; write
+    ``results.json``, ``per_query.json``, ``report.md`` and ``report.html`` into ``out_dir``.
+
+    Args:
+        retrievers: names ("bm25", "dense", "hybrid") served from an index of the corpus (whole documents, built
+            once and cached in ``out_dir/index`` or read from ``index_dir``), or ``Retriever`` objects.
+        rerankers: "none" (first stage alone; always reported), "default" (bundled model), a model folder or hub id
+            (loaded with ``crossrank.rerank.load_reranker(spec, **reranker_options)``), or ``Reranker`` objects.
+        ks: first-stage depths K (the reranker reorders the top-K). ``ns``: passages handed on (answer accuracy).
+        fusions: "none" (cross-encoder order), "rrf", "interpolate[:w]" (w on the cross-encoder), "auto" (the
+            reranker's recommended setting).
+        max_queries: evaluate the first M judged queries only. ``latency_queries``: rerank timing sample per K.
+        llm: None (off), True (configure from the environment) or a dict (``base_url``, ``model``, ``api_key``,
+            ``timeout_s``, ``concurrency``, ``ks`` (default: the largest K), ``ns`` (default: ``ns``),
+            ``max_queries``) for end-to-end LLM answer accuracy on datasets whose queries carry answers.
+        remeasure_latency: re-time the rerank samples even when stored timings exist.
+        save_runs: also write every configuration's final lists as TREC run files in ``out_dir/runs/``.
+    """
+    from crossrank.corpus import load_beir
+
+    started = time.time()
+    t_start = time.perf_counter()
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.exists():
+        raise InputError(f"dataset folder not found: {dataset_dir}")
+    out_dir = Path(out_dir)
+    ks = sorted(set(as_list(ks, int, "ks")))
+    ns = sorted(set(as_list(ns, int, "ns")))
+    if not ks:
+        raise InputError("ks: give at least one K")
+    if max_queries is not None and int(max_queries) < 1:
+        raise InputError(f"max_queries must be positive, got {max_queries}")
+    retriever_specs = as_list(retrievers, str, "retrievers")
+    if not retriever_specs:
+        raise InputError("give at least one retriever (bm25, dense, hybrid)")
+    for r in retriever_specs:
+        if isinstance(r, str) and r not in KNOWN_RETRIEVERS:
+            raise InputError(f"unknown retriever {r!r}; choose from {', '.join(KNOWN_RETRIEVERS)}")
+    reranker_specs = [r for r in as_list(rerankers, str, "rerankers") if not (isinstance(r, str) and r == "none")]
+    fusion_specs = parse_fusions(fusions)
+
+    ds = load_beir(dataset_dir, split)
+    qids = list(ds.queries)
+    if max_queries is not None:
+        qids = qids[: int(max_queries)]
+    queries = {q: ds.queries[q] for q in qids}
+    qrels = {q: ds.qrels[q] for q in qids}
+    answers = {q: gold_answers(ds.query_metadata.get(q)) for q in qids}
+    has_answers = any(answers.values())
+    max_k = max(ks)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- first stages
+    named = [r for r in retriever_specs if isinstance(r, str)]
+    index_info = None
+    retr_objs: dict[str, Any] = {}
+    if named:
+        methods = sorted({m for r in named for m in _RETRIEVER_METHODS[r]})
+        index, index_info = _open_index(ds, out_dir, Path(index_dir) if index_dir else None, methods, progress)
+        for r in named:
+            retr_objs[r] = index.retriever(r)
+    for r in retriever_specs:
+        if not isinstance(r, str):
+            retr_objs[str(getattr(r, "name", type(r).__name__))] = r
+    rnames = list(retr_objs)
+
+    runs: dict[str, dict[str, list[Candidate]]] = {}
+    fs_ms: dict[str, dict[str, float]] = {}
+    failures: dict[str, int] = {}
+    with progress_bars(progress) as bars:
+        for rname, retr in retr_objs.items():
+            try:
+                retr.search("warm up", k=min(10, max_k))  # lazy model loads stay out of the timings
+            except Exception:  # noqa: BLE001
+                pass
+            task = bars.add_task(f"retrieve {rname} (k={max_k})", total=len(qids))
+            runs[rname], fs_ms[rname], failures[rname] = {}, {}, 0
+            for q in qids:
+                t0 = time.perf_counter()
+                try:
+                    cands = retr.search(queries[q], k=max_k)
+                except InputError:
+                    cands, failures[rname] = [], failures[rname] + 1
+                fs_ms[rname][q] = (time.perf_counter() - t0) * 1000.0
+                runs[rname][q] = _dedupe_docs(cands)
+                bars.advance(task)
+
+    # ---- rerankers: timing sample first (fills the cache), then the rest of the union
+    plan = latency_plan(qids, ks, latency_queries, rnames)
+    rr_info: dict[str, dict[str, Any]] = {}
+    rr_scores: dict[str, ScoreCache] = {}
+    rr_fusions: dict[str, list[tuple[str, Any, str]]] = {}
+    rr_lat: dict[str, dict[int, dict[str, float]]] = {}
+    for spec in reranker_specs:
+        label, reranker = _load_reranker(spec, reranker_options)
+        base = label
+        i = 2
+        while label in rr_info:
+            label = f"{base}-{i}"
+            i += 1
+        fp = reranker_fingerprint(spec, reranker)
+        cache = ScoreCache.for_reranker(out_dir, ds.name, label, fp)
+        store = LatencyStore.for_reranker(out_dir, ds.name, label, fp)
+        loaded = cache.loaded
+        stats = {"timed_calls": 0, "timings_reused": 0, "pairs_recomputed_for_timing": 0, "timed_cache_hits": 0}
+        with progress_bars(progress) as bars:
+            todo = [(k, q, r) for k in ks for q, r in plan[k] if remeasure_latency or store.get(k, q) is None]
+            if todo:
+                reranker.score("warm up", ["warm up"])  # synthetic pair: model load / first-call costs stay out
+                task = bars.add_task(f"time {label} (K x {latency_queries} queries)", total=len(todo))
+                for k, q, r in todo:
+                    cands = runs[r][q][:k]
+                    if not cands:
+                        bars.advance(task)
+                        continue
+                    ids = [c.id for c in cands]
+                    stats["pairs_recomputed_for_timing"] += len(ids) - len(cache.missing(q, ids))
+                    t0 = time.perf_counter()
+                    res = reranker.score(queries[q], [c.full_text for c in cands])
+                    ms = (time.perf_counter() - t0) * 1000.0
+                    hits = int(getattr(res, "cache_hits", 0) or 0)
+                    stats["timed_calls"] += 1
+                    stats["timed_cache_hits"] += hits
+                    cache.put(q, ids, list(res))
+                    store.put(k, q, ms, r, pairs=len(ids), cache_hits=hits)
+                    bars.advance(task)
+            stats["timings_reused"] = sum(len(plan[k]) for k in ks) - len(todo)
+
+            # the union of all first stages' top-max(K), scored once per (query, document)
+            missing: dict[str, list[Candidate]] = {}
+            for q in qids:
+                seen: dict[str, Candidate] = {}
+                for r in rnames:
+                    for c in runs[r][q]:
+                        seen.setdefault(c.id, c)
+                need = [c for pid, c in seen.items() if (q, pid) not in cache]
+                if need:
+                    missing[q] = need
+            total = sum(len(v) for v in missing.values())
+            task = bars.add_task(f"rerank {label} ({total} new pairs)", total=total)
+            t_score = time.perf_counter()
+            try:
+                for q, need in missing.items():
+                    for i0 in range(0, len(need), _SCORE_CHUNK):
+                        chunk = need[i0 : i0 + _SCORE_CHUNK]
+                        res = reranker.score(queries[q], [c.full_text for c in chunk])
+                        cache.put(q, [c.id for c in chunk], list(res))
+                        bars.advance(task, len(chunk))
+            finally:
+                cache.close()
+            score_s = time.perf_counter() - t_score
+        lat = {k: {} for k in ks}
+        for k in ks:
+            for q, _r in plan[k]:
+                m = store.get(k, q)
+                if m is not None:
+                    lat[k][q] = float(m["ms"])
+        rr_lat[label] = lat
+        rr_scores[label] = cache
+        fl = []
+        for f in fusion_specs:
+            if f == "auto":
+                fz, why = recommended_fusion(reranker, spec)
+                fl.append((_fusion_label(fz), fz, f"auto: {why}"))
+            else:
+                fl.append((_fusion_label(f), f, ""))
+        seen_labels: set[str] = set()
+        rr_fusions[label] = [x for x in fl if not (x[0] in seen_labels or seen_labels.add(x[0]))]
+        rr_info[label] = {
+            "spec": str(spec) if isinstance(spec, (str, os.PathLike)) else label,
+            "name": str(getattr(reranker, "name", label)),
+            "fingerprint": fp,
+            "cache_file": str(cache.path),
+            "pairs_in_cache_before": loaded,
+            "pairs_scored": cache.written,
+            "pairs_scored_in_sweep": total,
+            "sweep_scoring_s": round(score_s, 3),
+            "pairs_per_s": round(total / score_s, 2) if total and score_s > 0 else None,
+            "latency_ms": {str(k): latency_summary(lat[k].values()) for k in ks},
+            "latency_sample": {"queries_per_k": latency_queries, **stats},
+            "fusions": {lab: note for lab, _, note in rr_fusions[label] if note},
+            "info": reranker.info() if callable(getattr(reranker, "info", None)) else None,
+        }
+        del reranker
+
+    # ---- metrics per configuration
+    def passages_of(cands: Sequence[Candidate]) -> list[tuple[str, str, str]]:
+        return [(c.id, c.title, c.text) for c in cands]
+
+    from crossrank.evaluate.answers import PassageMatcher, answer_in_top_n
+
+    matcher = PassageMatcher()
+    configs: list[dict[str, Any]] = []
+    per_query: dict[str, dict[str, float]] = {}
+    final_lists: dict[str, dict[str, list[Candidate]]] = {}
+    fs_ndcg_pq: dict[str, dict[str, float]] = {}
+    for r in rnames:
+        fs_lat = latency_summary(fs_ms[r].values())
+        for k in ks:
+            lists = {q: runs[r][q][:k] for q in qids}
+            metrics = ["ndcg@10", "mrr@10", "map@100", f"recall@{k}"]
+            means, pq = ranking_metrics(qrels, {q: [c.doc_id for c in v] for q, v in lists.items()}, metrics)
+            fs_ndcg_pq[f"{r}|{k}"] = pq["ndcg@10"]
+            sample_ms = [fs_ms[r][q] for q, _ in plan[k]]
+            cid = config_id(r, "none", "none", k)
+            entry = {
+                "id": cid, "retriever": r, "reranker": "none", "fusion": "none", "k": k,
+                "metrics": {"ndcg@10": r6(means["ndcg@10"]), "mrr@10": r6(means["mrr@10"]),
+                            "map@100": r6(means["map@100"]), "recall@k": r6(means[f"recall@{k}"])},
+                "first_stage_recall@k": r6(means[f"recall@{k}"]),
+                "first_stage_ndcg@10": r6(means["ndcg@10"]),
+                "delta_ndcg@10": 0.0,
+                "wins": None, "losses": None, "ties": None,
+                "latency_ms": {"retrieve": fs_lat, "rerank": None, "total": fs_lat,
+                               "retrieve_on_sample": latency_summary(sample_ms)},
+            }
+            configs.append(entry)
+            per_query[cid] = {q: r6(v) for q, v in pq["ndcg@10"].items()}
+            final_lists[cid] = lists
+    for label, cache in rr_scores.items():
+        for flabel, fusion, _note in rr_fusions[label]:
+            for r in rnames:
+                fs_cfg = {c["k"]: c for c in configs if c["retriever"] == r and c["reranker"] == "none"}
+                for k in ks:
+                    lists = {q: rerank_prefix(runs[r][q], k, [cache.scores.get((q, c.id)) for c in runs[r][q][:k]],
+                                              fusion) for q in qids}
+                    means, pq = ranking_metrics(qrels, {q: [c.doc_id for c in v] for q, v in lists.items()},
+                                                ["ndcg@10", "mrr@10", "map@100", f"recall@{k}"])
+                    wlt = wins_losses_ties(fs_ndcg_pq[f"{r}|{k}"], pq["ndcg@10"])
+                    rer = [rr_lat[label][k][q] for q, _ in plan[k] if q in rr_lat[label][k]]
+                    tot = [fs_ms[r][q] + rr_lat[label][k][q] for q, _ in plan[k] if q in rr_lat[label][k]]
+                    base = fs_cfg[k]
+                    cid = config_id(r, label, flabel, k)
+                    configs.append({
+                        "id": cid, "retriever": r, "reranker": label, "fusion": flabel, "k": k,
+                        "metrics": {"ndcg@10": r6(means["ndcg@10"]), "mrr@10": r6(means["mrr@10"]),
+                                    "map@100": r6(means["map@100"]), "recall@k": r6(means[f"recall@{k}"])},
+                        "first_stage_recall@k": base["first_stage_recall@k"],
+                        "first_stage_ndcg@10": base["first_stage_ndcg@10"],
+                        "delta_ndcg@10": r6(means["ndcg@10"] - base["metrics"]["ndcg@10"]),
+                        **wlt,
+                        "latency_ms": {"retrieve": base["latency_ms"]["retrieve"], "rerank": latency_summary(rer),
+                                       "total": latency_summary(tot),
+                                       "retrieve_on_sample": base["latency_ms"]["retrieve_on_sample"]},
+                    })
+                    per_query[cid] = {q: r6(v) for q, v in pq["ndcg@10"].items()}
+                    final_lists[cid] = lists
+
+    # ---- answers
+    answer_info = None
+    if has_answers:
+        n_with = sum(1 for q in qids if answers[q])
+        for c in configs:
+            lists = final_lists[c["id"]]
+            valid = [n for n in ns if n <= c["k"]]
+            acc = answer_in_top_n({q: passages_of(v) for q, v in lists.items()}, answers, valid, matcher) if valid else {}
+            c["answer_in_top_n"] = {str(n): (r6(acc[n]) if n in acc else None) for n in ns}
+        answer_info = {"questions_with_answers": n_with, "ns": ns,
+                       "normalisation": "SQuAD v1.1 (lower-case, no punctuation, no articles, single spaces); "
+                                        "a passage holds the answer when the normalised answer occurs in its "
+                                        "normalised title + text as whole tokens"}
+        if llm:
+            answer_info["llm"] = _run_llm(llm, configs, final_lists, queries, answers, ks, ns, out_dir, progress)
+
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "beir",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "duration_s": None,
+        "dataset": {"name": ds.name, "path": str(dataset_dir.resolve()), "split": split, "n_queries": len(qids),
+                    "n_queries_in_split": len(ds.queries), "n_docs": len(ds.corpus),
+                    "n_judgments": sum(len(v) for v in qrels.values()), "has_answers": has_answers,
+                    "graded": any(s > 1 for v in qrels.values() for s in v.values())},
+        "settings": {"retrievers": rnames, "rerankers": list(rr_info), "fusions": sorted({c["fusion"] for c in configs}),
+                     "ks": ks, "ns": ns, "max_queries": max_queries, "latency_queries": latency_queries,
+                     "unit": "document", "metrics_library": "ranx"},
+        "machine": _machine_info(),
+        "index": index_info,
+        "first_stage": {r: {"depth": max_k, "latency_ms": latency_summary(fs_ms[r].values()),
+                            "failed_queries": failures[r]} for r in rnames},
+        "rerankers": rr_info,
+        "answers": answer_info,
+        "configs": configs,
+    }
+    if save_runs:
+        from crossrank.evaluate._util import slug
+
+        for cid, lists in final_lists.items():
+            write_trec_run(out_dir / "runs" / f"{slug(cid.replace('|', '__'), 120)}.trec", lists, slug(cid, 120))
+    data["duration_s"] = round(time.perf_counter() - t_start, 3)
+    write_json(out_dir / "results.json", data)
+    write_json(out_dir / "per_query.json", {"metric": "ndcg@10", "per_query": per_query})
+    results = EvalResults(data=data, out_dir=out_dir)
+    if write_reports:
+        from crossrank.evaluate.report import write_reports as _write
+
+        _write(results)
+    return results
+
+
+def _run_llm(llm: Any, configs: list[dict], final_lists: Mapping[str, Mapping[str, list[Candidate]]],
+             queries: Mapping[str, str], answers: Mapping[str, Sequence[str]], ks: Sequence[int],
+             ns: Sequence[int], out_dir: Path, progress: bool) -> dict[str, Any]:
+    from crossrank.evaluate.answers import LLMAnswerCache, LLMConfig, llm_answer_accuracy, llm_cache_path
+
+    opts = dict(llm) if isinstance(llm, Mapping) else {}
+    cfg = LLMConfig.from_options(opts)
+    llm_ks = sorted(set(as_list(opts.get("ks"), int, "llm ks") or [max(ks)]))
+    llm_ns = sorted(set(as_list(opts.get("ns"), int, "llm ns") or list(ns)))
+    qids = [q for q in queries if answers.get(q)]
+    if opts.get("max_queries"):
+        qids = qids[: int(opts["max_queries"])]
+    requests: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {}
+    for c in configs:
+        if c["k"] not in llm_ks:
+            continue
+        for n in llm_ns:
+            if n > c["k"]:
+                continue
+            for q in qids:
+                ps = [(x.id, x.title, x.text) for x in final_lists[c["id"]][q][:n]]
+                requests[f"{c['id']}#{n}#{q}"] = (q, queries[q], ps)
+    cache = LLMAnswerCache(llm_cache_path(out_dir, cfg))
+    unique = len({LLMAnswerCache.key(q, [p[0] for p in ps]) for q, _, ps in requests.values()})
+    with progress_bars(progress) as bars:
+        task = bars.add_task(f"LLM answers ({unique} distinct prompts)", total=unique)
+        got = llm_answer_accuracy(requests, answers, cfg, cache=cache, on_done=lambda: bars.advance(task))
+    errors = 0
+    for c in configs:
+        if c["k"] not in llm_ks:
+            continue
+        res = {}
+        for n in llm_ns:
+            rows = [got[f"{c['id']}#{n}#{q}"] for q in qids if f"{c['id']}#{n}#{q}" in got]
+            if not rows:
+                continue
+            errors += sum(1 for x in rows if x["error"])
+            res[str(n)] = {"exact": r6(sum(x["exact"] for x in rows) / len(rows)),
+                           "contains": r6(sum(x["contains"] for x in rows) / len(rows)),
+                           "errors": sum(1 for x in rows if x["error"]), "n_questions": len(rows)}
+        c["llm_answer_accuracy"] = res
+    return {**cfg.public(), "ks": llm_ks, "ns": llm_ns, "n_questions": len(qids), "distinct_prompts": unique,
+            "request_errors": errors, "cache_file": str(cache.path)}
