@@ -1,0 +1,309 @@
+"""Training data: groups of (query, positives, negatives) from BEIR datasets (negatives mined from the first stage)
+and answer-selection TSVs (negatives = the question's other candidates); a held-out split of BEIR train queries
+for dev evaluation and setting selection; and a deterministic batch schedule (a pure function of the config), which
+is what makes ``--resume`` exact."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossrank.errors import InputError
+from crossrank.train.config import SourceSpec, TrainConfig
+
+log = logging.getLogger("crossrank.train")
+
+
+@dataclass
+class Group:
+    """One query with its positive and negative texts. Training samples 1 positive + n negatives from it."""
+
+    qid: str
+    query: str
+    positives: list[str]
+    negatives: list[str]
+
+
+@dataclass
+class DevQuery:
+    """A held-out query: its first-stage candidates (best first) and its judgments."""
+
+    qid: str
+    query: str
+    doc_ids: list[str]
+    texts: list[str]
+    first_stage_scores: list[float]
+    qrels: dict[str, int]
+
+
+@dataclass
+class Source:
+    spec: SourceSpec
+    groups: list[Group]
+    max_length: int
+    dev: list[DevQuery] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def _doc_text(title: str, text: str) -> str:
+    """What the models see for a document; the same form as ``Candidate.full_text``."""
+    return f"{title}\n{text}" if title else text
+
+
+def read_beir(path: Path, split: str) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, dict[str, int]]]:
+    """(corpus id -> (title, text), queries id -> text, qrels qid -> {doc_id: grade}) for ``split``.
+
+    Uses ``crossrank.corpus.load_beir`` when it is available; reads the standard layout directly otherwise."""
+    try:
+        from crossrank.corpus import load_beir  # type: ignore[attr-defined]
+    except ImportError:
+        load_beir = None
+    if load_beir is not None:
+        ds = load_beir(path, split)
+        corpus_obj = ds.corpus
+        docs = corpus_obj.values() if isinstance(corpus_obj, dict) else corpus_obj
+        corpus = {d.id: (d.title, d.text) for d in docs}
+        queries = dict(ds.queries)
+        qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in ds.qrels.items()}
+        return corpus, queries, qrels
+    corpus, queries, qrels = {}, {}, {}
+    with open(path / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                corpus[str(d["_id"])] = (d.get("title", "") or "", d.get("text", "") or "")
+    with open(path / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                queries[str(d["_id"])] = d["text"]
+    qrels_path = path / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise InputError(f"no qrels for split {split!r}: {qrels_path}")
+    with open(qrels_path, encoding="utf-8") as f:
+        for i, row in enumerate(csv.reader(f, delimiter="\t")):
+            if i == 0 and row and row[0] == "query-id":
+                continue
+            if len(row) >= 3 and int(row[2]) > 0:
+                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    return corpus, queries, qrels
+
+
+def read_tsv_groups(path: Path) -> list[Group]:
+    """Answer-selection TSV -> one group per question that has at least one correct and one wrong sentence."""
+    by_q: dict[str, Group] = {}
+    csv.field_size_limit(sys.maxsize)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:4]] != ["qid", "question", "sentence", "label"]:
+            raise InputError(f"{path}: expected a header 'qid question sentence label'")
+        for row in reader:
+            if len(row) < 4:
+                continue
+            qid, question, sentence, label = row[0], row[1], row[2], row[3]
+            g = by_q.setdefault(qid, Group(qid=qid, query=question, positives=[], negatives=[]))
+            (g.positives if label.strip() not in ("0", "") else g.negatives).append(sentence)
+    return [g for g in by_q.values() if g.positives and g.negatives]
+
+
+# ---------------------------------------------------------------------------------------------------- splitting
+
+
+def split_dev(qids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of query ids into (train, dev); stable under reordering of the input."""
+    ordered = sorted(qids)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(ordered))
+    n_dev = int(round(len(ordered) * fraction))
+    dev = sorted(ordered[i] for i in perm[:n_dev])
+    dev_set = set(dev)
+    return [q for q in ordered if q not in dev_set], dev
+
+
+# ---------------------------------------------------------------------------------------------------- mining
+
+
+def _wait_for(path: Path, seconds: int) -> None:
+    import time
+
+    deadline = time.time() + max(0, seconds)
+    if not path.exists() and seconds > 0:
+        log.info("waiting up to %ds for index %s", seconds, path)
+    while not path.exists() and time.time() < deadline:
+        time.sleep(10)
+
+
+def _open_index(spec: SourceSpec, corpus: dict[str, tuple[str, str]], cache_dir: Path, methods: tuple[str, ...],
+                index_wait: int = 0):
+    from crossrank import retrieve  # lazy: only training with BEIR sources needs a first stage
+
+    if spec.index:
+        _wait_for(Path(spec.index), index_wait)
+    if spec.index and Path(spec.index).exists():
+        log.info("mining with saved index %s", spec.index)
+        return retrieve.load_index(spec.index)
+    from crossrank.types import Document
+
+    index_dir = cache_dir / f"index-{spec.name}"
+    if (index_dir).exists():
+        try:
+            return retrieve.load_index(index_dir)
+        except Exception as e:  # stale or partial: rebuild
+            log.warning("cannot reuse %s (%s); rebuilding", index_dir, e)
+    docs = [Document(id=i, title=t, text=x) for i, (t, x) in corpus.items()]
+    log.info("building a %s index of %d docs for mining at %s", "+".join(methods), len(docs), index_dir)
+    return retrieve.build_index(docs, out_dir=index_dir, methods=methods, chunk_tokens=None, progress=False)
+
+
+def mine(spec: SourceSpec, corpus: dict[str, tuple[str, str]], queries: dict[str, str], qids: list[str],
+         retriever: str, k: int, cache_dir: Path, index_wait: int = 0) -> dict[str, list[tuple[str, float]]]:
+    """First-stage top-``k`` (doc_id, score) per query, best first, one entry per document. Cached on disk."""
+    key = hashlib.sha256(json.dumps([str(Path(spec.path).resolve()), spec.split, retriever, k, sorted(qids)]).encode()).hexdigest()[:16]
+    cache = cache_dir / f"mined-{spec.name}-{retriever}-{k}-{key}.json"
+    if cache.is_file():
+        return {q: [(d, s) for d, s in v] for q, v in json.loads(cache.read_text(encoding="utf-8")).items()}
+    methods = ("bm25",) if retriever == "bm25" else ("dense",) if retriever == "dense" else ("bm25", "dense")
+    index = _open_index(spec, corpus, cache_dir, methods, index_wait)
+    r = index.retriever(retriever) if retriever != "hybrid" else index.retriever("hybrid", fusion="rrf")
+    texts = [queries[q] for q in qids]
+    out: dict[str, list[tuple[str, float]]] = {}
+    # over-fetch a little: chunked indexes can return several passages of one document
+    results = r.search_batch(texts, k=k)
+    for q, cands in zip(qids, results):
+        seen, row = set(), []
+        for c in cands:
+            if c.doc_id not in seen and c.doc_id in corpus:
+                seen.add(c.doc_id)
+                row.append((c.doc_id, float(c.score)))
+        out[q] = row[:k]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out), encoding="utf-8")
+    tmp.replace(cache)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- building
+
+
+def build_sources(config: TrainConfig, cache_dir: Path) -> list[Source]:
+    sources: list[Source] = []
+    for spec in config.sources:
+        path = Path(spec.path)
+        if spec.kind == "tsv":
+            groups = read_tsv_groups(path)
+            if not groups:
+                raise InputError(f"{path}: no question has both a correct and a wrong sentence")
+            sources.append(Source(spec=spec, groups=groups, max_length=spec.max_length or config.qa_max_length))
+            log.info("source %s: %d questions (tsv)", spec.name, len(groups))
+            continue
+        corpus, queries, qrels = read_beir(path, spec.split)
+        qids = [q for q in qrels if q in queries]
+        if not qids:
+            raise InputError(f"{path}: no {spec.split} queries with judgments")
+        train_q, dev_q = split_dev(qids, config.dev_fraction, config.seed)
+        same = config.select_retriever in (None, config.mine_retriever)
+        k = max(config.mine_k + config.skip_top, config.dev_k, config.select_k if config.select and same else 0)
+        mined = mine(spec, corpus, queries, sorted(qids), config.mine_retriever, k, cache_dir, config.index_wait)
+        groups = []
+        for q in train_q:
+            pos = [d for d in qrels[q] if d in corpus]
+            cand = mined.get(q, [])[config.skip_top: config.skip_top + config.mine_k]
+            negs = [d for d, _ in cand if d not in qrels[q]]
+            if pos and negs:
+                groups.append(Group(qid=q, query=queries[q], positives=[_doc_text(*corpus[d]) for d in pos],
+                                    negatives=[_doc_text(*corpus[d]) for d in negs]))
+        dev = _dev_queries(dev_q, mined, corpus, queries, qrels)
+        if not groups:
+            raise InputError(f"{path}: no training query has both a positive and a mined negative")
+        sources.append(Source(spec=spec, groups=groups, max_length=spec.max_length or config.max_length, dev=dev))
+        log.info("source %s: %d train queries, %d held out (%s top-%d mining, skip %d)", spec.name, len(groups),
+                 len(dev), config.mine_retriever, config.mine_k, config.skip_top)
+    return sources
+
+
+def _dev_queries(dev_q, mined, corpus, queries, qrels) -> list[DevQuery]:
+    dev = []
+    for q in dev_q:
+        cand = mined.get(q, [])
+        dev.append(DevQuery(qid=q, query=queries[q], doc_ids=[d for d, _ in cand],
+                            texts=[_doc_text(*corpus[d]) for d, _ in cand],
+                            first_stage_scores=[s for _, s in cand], qrels=dict(qrels[q])))
+    return dev
+
+
+def selection_queries(config: TrainConfig, sources: list[Source], cache_dir: Path) -> list[DevQuery]:
+    """Held-out queries with the selection first stage's top ``select_k`` (the mining stage's when the same)."""
+    if config.select_retriever in (None, config.mine_retriever):
+        return [q for s in sources for q in s.dev]
+    out: list[DevQuery] = []
+    for s in sources:
+        if s.spec.kind != "beir" or not s.dev:
+            continue
+        spec = SourceSpec(**{**s.spec.__dict__, "index": config.select_index or s.spec.index})
+        corpus, queries, qrels = read_beir(Path(spec.path), spec.split)
+        dev_q = [q.qid for q in s.dev]
+        mined = mine(spec, corpus, queries, dev_q, config.select_retriever, config.select_k, cache_dir,
+                     config.index_wait)
+        out += _dev_queries(dev_q, mined, corpus, queries, qrels)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- schedule
+
+
+@dataclass
+class Item:
+    """One group in a batch: source, group index, chosen positive, chosen negatives."""
+
+    source: int
+    group: int
+    pos: int
+    negs: list[int]
+
+
+def build_schedule(sources: list[Source], config: TrainConfig) -> list[list[list[Item]]]:
+    """``schedule[step][micro]`` = the groups of that micro-batch. Every micro-batch comes from one source (so
+    short answer sentences are not padded to abstract length). Pure function of (sources, config)."""
+    rng = np.random.default_rng(config.seed + 1)
+    weights = np.array([s.spec.weight for s in sources], dtype=float)
+    weights /= weights.sum()
+    perms: list[list[int]] = [[] for _ in sources]
+    schedule: list[list[list[Item]]] = []
+    for _step in range(config.max_steps):
+        micro_batches = []
+        for _m in range(config.grad_accum):
+            si = int(rng.choice(len(sources), p=weights))
+            src = sources[si]
+            items = []
+            for _g in range(config.groups_per_batch):
+                if not perms[si]:
+                    perms[si] = [int(i) for i in rng.permutation(len(src.groups))]
+                gi = perms[si].pop()
+                g = src.groups[gi]
+                pos = int(rng.integers(len(g.positives)))
+                n = min(config.negatives, len(g.negatives))
+                negs = [int(i) for i in rng.choice(len(g.negatives), size=n, replace=False)]
+                items.append(Item(si, gi, pos, negs))
+            micro_batches.append(items)
+        schedule.append(micro_batches)
+    return schedule
+
+
+def describe(sources: list[Source], schedule: list[list[list[Item]]]) -> dict[str, Any]:
+    counts = [0] * len(sources)
+    for step in schedule:
+        for mb in step:
+            counts[mb[0].source] += len(mb)
+    return {s.spec.name: {"groups_available": len(s.groups), "groups_seen": c} for s, c in zip(sources, counts)}

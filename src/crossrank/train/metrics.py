@@ -1,0 +1,44 @@
+"""Small, dependency-free ranking metrics and score fusions used for dev evaluation and setting selection."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def ndcg_at_k(ranked_doc_ids: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
+    """nDCG@k with exponential gain (2^rel - 1), ideal from all judged documents (not only retrieved ones)."""
+    dcg = sum((2 ** qrels.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked_doc_ids[:k]))
+    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
+    idcg = sum((2 ** g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def order_by(doc_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
+    """Doc ids sorted by score, best first; ties keep the input (first-stage) order."""
+    idx = sorted(range(len(doc_ids)), key=lambda i: (-float(scores[i]), i))
+    return [doc_ids[i] for i in idx]
+
+
+def zscore(x: Sequence[float]) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.size == 0:
+        return a
+    sd = a.std()
+    return (a - a.mean()) / sd if sd > 1e-12 else np.zeros_like(a)
+
+
+def interpolate(ce: Sequence[float], first: Sequence[float], weight: float) -> np.ndarray:
+    """weight * z(CE) + (1 - weight) * z(first stage), z over the query's candidate list."""
+    return weight * zscore(ce) + (1.0 - weight) * zscore(first)
+
+
+def rrf(ce: Sequence[float], k: int = 60) -> np.ndarray:
+    """Reciprocal-rank fusion of the CE order with the first-stage order (the input order, rank 1 first)."""
+    n = len(ce)
+    ce_rank = np.empty(n)
+    ce_rank[np.argsort(-np.asarray(ce, dtype=float), kind="stable")] = np.arange(1, n + 1)
+    first_rank = np.arange(1, n + 1)
+    return 1.0 / (k + ce_rank) + 1.0 / (k + first_rank)

@@ -1,0 +1,154 @@
+"""crossrank.train: real training steps on tiny generated data with the tiny fixture model (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crossrank.errors import InputError
+from crossrank.train import SourceSpec, TrainConfig, train
+from crossrank.train.data import build_schedule, read_tsv_groups, split_dev
+from crossrank.train.metrics import interpolate, ndcg_at_k, order_by, rrf
+
+TOPICS = ["photosynthesis", "mitochondria", "volcano", "glacier", "insulin", "tectonics", "comet", "vaccine",
+          "enzyme", "neutron", "coral", "monsoon"]
+
+
+@pytest.fixture()
+def tiny_beir(tmp_path) -> Path:
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    docs, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, t in enumerate(TOPICS):
+        docs.append({"_id": f"d{i}", "title": t.title(), "text": f"{t} is studied a lot; facts about {t} and more {t}."})
+        docs.append({"_id": f"x{i}", "title": "Other", "text": f"an unrelated note that mentions {t} once."})
+        queries.append({"_id": f"q{i}", "text": f"what is known about {t}?"})
+        qrels.append(f"q{i}\td{i}\t1")
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    (root / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture()
+def tiny_tsv(tmp_path) -> Path:
+    rows = ["qid\tquestion\tsentence\tlabel"]
+    for i, t in enumerate(TOPICS[:6]):
+        rows += [f"{i}\twhere is {t} ?\t{t} is found here .\t1", f"{i}\twhere is {t} ?\tsomething else .\t0",
+                 f"{i}\twhere is {t} ?\tnot this one either .\t0"]
+    rows.append("99\tno positive ?\tnothing .\t0")
+    path = tmp_path / "qa" / "train.tsv"
+    path.parent.mkdir()
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _config(tiny_model_dir, tiny_beir, tiny_tsv, out, **kw) -> TrainConfig:
+    base = dict(
+        sources=[SourceSpec(str(tiny_beir), "beir", weight=1.0), SourceSpec(str(tiny_tsv), "tsv", weight=1.0)],
+        output_dir=str(out), init_model=str(tiny_model_dir), mine_retriever="bm25", mine_k=10, negatives=3,
+        groups_per_batch=2, max_steps=4, max_length=64, qa_max_length=32, dev_fraction=0.25, dev_queries=3,
+        dev_k=10, eval_every=2, save_every=2, log_every=1, select_k=10, threads=1, seed=7,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.mark.parametrize("loss", ["listwise", "pairwise", "bce"])
+def test_train_each_loss_and_load_with_reranker(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path, loss):
+    import torch
+
+    out = train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / loss, loss=loss))
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    card = (out / "README.md").read_text()
+    assert f"MiniLM-L6, {loss}" in card and "## Recipe" in card
+    results = json.loads((tmp_path / loss / "results.json").read_text())
+    assert results["steps"] == 4 and [s for s, _ in results["dev_curve"]] == [2, 4]
+    assert all(v["groups_seen"] > 0 for v in results["data"].values())  # both sources were trained on
+    assert set(results["selection"]["table"]) >= {"ce", "rrf", "interpolate", "first_stage"}
+    # trained weights moved, the frozen word embeddings did not
+    init, new = _weights(tiny_model_dir), _weights(tmp_path / loss / "checkpoints" / "last")
+    assert torch.equal(init["bert.embeddings.word_embeddings.weight"], new["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(init["classifier.weight"], new["classifier.weight"])
+    from crossrank.rerank import CrossEncoderReranker
+
+    reranker = CrossEncoderReranker(str(out))
+    scores = reranker.score("what is known about volcano?", ["volcano facts", "unrelated note"])
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+
+def test_resume_matches_uninterrupted_run(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    import torch
+
+    full = train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "full", select=False, eval_every=0))
+    cfg = _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "cut", select=False, eval_every=0, stop_after_step=2)
+    train(cfg)
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["step"] == 2
+    resumed = train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "cut", select=False, eval_every=0,
+                            resume=True))
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_different_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "r", select=False, eval_every=0, stop_after_step=1))
+    with pytest.raises(InputError):
+        train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "r", select=False, eval_every=0, resume=True,
+                      lr=1e-3))
+
+
+def test_data_helpers(tiny_tsv):
+    groups = read_tsv_groups(tiny_tsv)
+    assert len(groups) == 6 and all(len(g.positives) == 1 and len(g.negatives) == 2 for g in groups)
+    tr, dev = split_dev([f"q{i}" for i in range(20)], 0.25, seed=3)
+    assert len(dev) == 5 and not set(tr) & set(dev)
+    assert split_dev([f"q{i}" for i in reversed(range(20))], 0.25, seed=3)[1] == dev
+
+
+def test_metrics():
+    assert ndcg_at_k(["a", "b"], {"a": 1}) == 1.0
+    assert ndcg_at_k(["b", "a"], {"a": 1}) == pytest.approx(1 / 1.5849625, rel=1e-6)
+    assert order_by(["a", "b", "c"], [0.1, 0.3, 0.3]) == ["b", "c", "a"]
+    assert list(interpolate([1, 2, 3], [3, 2, 1], 0.5)) == [0, 0, 0]
+    fused = rrf([0.0, 1.0, 0.5])
+    assert fused[1] > fused[2]
+
+
+def test_cli_help_and_parse(capsys):
+    from crossrank.train.cli import build_parser, config_from_args
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "--resume" in capsys.readouterr().out
+    argv = ["--beir", "data/scifact@0.8", "--index", "/tmp/idx", "--tsv", "data/wikiqa/train.tsv@0.2", "--steps", "9"]
+    cfg = config_from_args(build_parser().parse_args(argv), argv)
+    assert cfg.max_steps == 9 and cfg.sources[0].weight == 0.8 and cfg.sources[0].index == "/tmp/idx"
+    assert cfg.sources[1].kind == "tsv" and cfg.command.endswith("--steps 9")
+
+
+def test_validate_rejects_bad_config(tmp_path):
+    with pytest.raises(InputError):
+        TrainConfig().validate()
+    with pytest.raises(InputError):
+        TrainConfig(sources=[SourceSpec(str(tmp_path))], loss="hinge").validate()
+
+
+def test_finish_switch_ends_early_and_exports(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    out_dir = tmp_path / "fin"
+    out_dir.mkdir()
+    (out_dir / "FINISH").touch()
+    out = train(_config(tiny_model_dir, tiny_beir, tiny_tsv, out_dir, select=False, eval_every=0))
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["steps"] == 1 and results["finished_early"] and (out / "model.safetensors").is_file()
+    assert "1 of 4 planned steps" in (out / "README.md").read_text()
