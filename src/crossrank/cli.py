@@ -235,12 +235,12 @@ def serve(
 @app.command(name="eval")
 def eval_cmd(
     dataset: Path = typer.Argument(..., help="A BEIR-layout dataset dir, or an answer-selection dir/TSV."),
-    split: str = typer.Option("test"),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate (default: test, or dev where there is no test)."),
     retrievers: str = typer.Option("bm25,dense,hybrid"),
     rerankers: str = typer.Option("none,default"),
     k: str = typer.Option("10,20,50,100,200", "--k"),
     n: str = typer.Option("5,10,20", "--n"),
-    fusion: str = typer.Option("none", help="Comma-separated fusions to report: none, rrf, interpolate[:w], auto."),
+    fusion: str = typer.Option("none,auto", help="Comma-separated fusions to report: none, rrf, interpolate[:w], auto (the model's recommendation)."),
     out_dir: Optional[Path] = typer.Option(None, "--out"),
     max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first M queries (quick look)."),
 ) -> None:
@@ -268,7 +268,7 @@ def eval_cmd(
 def tune(
     dataset: Path = typer.Argument(...),
     latency_budget_ms: float = typer.Option(..., help="p95 end-to-end latency budget on this machine."),
-    split: str = typer.Option("test"),
+    split: Optional[str] = typer.Option(None),
     out_dir: Optional[Path] = typer.Option(None, "--out"),
 ) -> None:
     """Recommend K, N, retriever and reranker maximising quality under a latency budget."""
