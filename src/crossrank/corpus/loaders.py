@@ -66,18 +66,26 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file, with file:line errors."""
     path = Path(path)
     _check_exists(path, "file")
-    raw = _read_bytes(path)
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        text = _decode(line, path, line_offset=lineno - 1)
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-        yield lineno, obj
+    try:
+        f = open(path, "rb")  # streamed line by line: memory stays flat for large corpora
+    except PermissionError:
+        raise InputError(f"cannot read {path}: permission denied") from None
+    except IsADirectoryError:
+        raise InputError(f"expected a file but {path} is a directory") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            text = _decode(line, path, line_offset=lineno - 1)
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+            yield lineno, obj
 
 
 def _pick(obj: dict[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:

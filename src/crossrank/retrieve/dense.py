@@ -69,6 +69,17 @@ def load_bi_encoder(name: str | os.PathLike | None = DEFAULT_MODEL, device: str 
         return model
 
 
+def model_name_of(model) -> str:
+    """The name to record for a loaded model: what ``load_bi_encoder`` was given, else its checkpoint path/id."""
+    name = getattr(model, "crossrank_model_name", None)
+    if name:
+        return name
+    try:
+        return str(model[0].auto_model.config.name_or_path) or "custom"
+    except Exception:  # noqa: BLE001
+        return "custom"
+
+
 def encode_passages(
     model, passages: Sequence[Passage], *, batch_size: int = 64, show_progress: bool = False
 ) -> np.ndarray:
@@ -111,7 +122,7 @@ class DenseRetriever:
             self.model_name = str(model) if model is not None else DEFAULT_MODEL
             self._model = None
         else:
-            self.model_name = getattr(model, "crossrank_model_name", None) or type(model).__name__
+            self.model_name = model_name_of(model)
             self._model = model
         if embeddings is None:
             embeddings = encode_passages(self.model, self.passages, batch_size=batch_size, show_progress=show_progress)

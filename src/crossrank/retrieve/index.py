@@ -36,7 +36,7 @@ from crossrank.corpus.loaders import load_corpus
 from crossrank.errors import IndexLoadError, InputError
 from crossrank.retrieve.base import Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
-from crossrank.retrieve.dense import DEFAULT_MODEL, DEFAULT_MODEL_ID, DenseRetriever, encode_passages, load_bi_encoder
+from crossrank.retrieve.dense import DEFAULT_MODEL, DEFAULT_MODEL_ID, DenseRetriever, encode_passages, load_bi_encoder, model_name_of
 from crossrank.retrieve.hybrid import HybridRetriever
 from crossrank.types import Document, Passage
 
@@ -235,7 +235,7 @@ def build_index(
             model = load_bi_encoder(name, device)
         else:
             model = dense_model
-            name = getattr(model, "crossrank_model_name", None) or str(getattr(model, "name_or_path", "") or "custom")
+            name = model_name_of(model)
         if name != DEFAULT_MODEL and Path(name).expanduser().exists():
             name = str(Path(name).expanduser().resolve())
         embeddings, reused = _encode_reusing(model, name, passages, reuse, batch_size, progress)
