@@ -66,18 +66,25 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     return CachedReranker(inner, max_entries=cache_size) if cache_size else inner
 
 
-def recommended_fusion(name_or_path: str | os.PathLike) -> Any:
-    """The final-ranking fusion a bundled model recommends (``settings.fusion`` of its bundle), else None.
+def recommended_fusion(name_or_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The final-ranking fusion a bundled model recommends, as ``{"method": ..., "weight": ...}``, else None.
 
-    The bundled default ships the setting chosen on held-out training queries, e.g.
-    ``{"method": "interpolate", "weight": 0.6}``; ``crossrank.pipeline.Fusion.parse`` accepts it as is."""
+    Read from the ``settings`` of its ``crossrank_bundle.json``: ``fusion`` is a method name with an optional
+    ``weight`` beside it (the form ``crossrank train`` writes), or a dict. The bundled default ships the setting
+    chosen on held-out training queries; ``crossrank.pipeline.Fusion.parse`` accepts the result as is."""
     spec = os.fspath(name_or_path).strip()
     from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, read_manifest
 
     bundle_dir = DEFAULT_BUNDLE_DIR if spec == "default" else spec
     if not os.path.isfile(os.path.join(bundle_dir, "crossrank_bundle.json")):
         return None
-    return read_manifest(bundle_dir).get("settings", {}).get("fusion")
+    settings = read_manifest(bundle_dir).get("settings", {})
+    fusion = settings.get("fusion")
+    if fusion is None:
+        return None
+    if isinstance(fusion, dict):
+        return {"method": fusion.get("method", "none"), "weight": float(fusion.get("weight", 0.5))}
+    return {"method": str(fusion), "weight": float(settings.get("weight", 0.5))}
 
 
 def __getattr__(name: str) -> Any:
