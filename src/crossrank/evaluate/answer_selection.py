@@ -100,6 +100,7 @@ def evaluate_answer_selection(
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     t_start = time.perf_counter()
+    machine = _machine_info()
     tsv_path = Path(tsv_path)
     all_questions = load_answer_selection(tsv_path)
     if max_queries is not None:
@@ -172,6 +173,15 @@ def evaluate_answer_selection(
         per_query[label] = {q: r6(v) for q, v in pq["map"].items()}
 
     n_cands = [len(q.sentences) for q in kept]
+    warnings = []
+    first_pos = sum(1 for q in kept if q.labels[0] > 0) / len(kept)
+    sorted_by_label = sum(1 for q in kept if q.labels == sorted(q.labels, reverse=True)) / len(kept)
+    if sorted_by_label >= 0.95:
+        warnings.append(
+            f"the file lists correct candidates first in {sorted_by_label:.0%} of questions (sorted by label): the "
+            "file-order baseline is not a meaningful baseline here, and rerankers whose scores tie would be "
+            "helped by the file-order tie-break"
+        )
     data = {
         "schema_version": SCHEMA_VERSION,
         "kind": "answer_selection",
@@ -180,10 +190,12 @@ def evaluate_answer_selection(
         "dataset": {"name": dataset, "path": str(tsv_path.resolve()), "split": tsv_path.stem,
                     "n_questions": len(all_questions), "n_questions_evaluated": len(kept),
                     "n_questions_excluded_no_positive": excluded, "n_pairs_evaluated": sum(n_cands),
-                    "mean_candidates": round(sum(n_cands) / len(n_cands), 2)},
+                    "mean_candidates": round(sum(n_cands) / len(n_cands), 2),
+                    "first_candidate_positive_share": r6(first_pos), "sorted_by_label_share": r6(sorted_by_label)},
+        "warnings": warnings,
         "settings": {"rerankers": [m["name"] for m in methods[1:]], "max_queries": max_queries,
                      "metrics_library": "ranx", "exclusion": "questions without a correct candidate are excluded"},
-        "machine": _machine_info(),
+        "machine": machine,
         "methods": methods,
     }
     results = EvalResults(data=data, out_dir=out if out is not None else Path("."))

@@ -342,6 +342,7 @@ def evaluate_beir(
 
     started = time.time()
     t_start = time.perf_counter()
+    machine = _machine_info()  # the load average is taken now, before the run adds to it
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.exists():
         raise InputError(f"dataset folder not found: {dataset_dir}")
@@ -596,7 +597,7 @@ def evaluate_beir(
         "settings": {"retrievers": rnames, "rerankers": list(rr_info), "fusions": sorted({c["fusion"] for c in configs}),
                      "ks": ks, "ns": ns, "max_queries": max_queries, "latency_queries": latency_queries,
                      "unit": "document", "metrics_library": "ranx"},
-        "machine": _machine_info(),
+        "machine": machine,
         "index": index_info,
         "first_stage": {r: {"depth": max_k, "latency_ms": latency_summary(fs_ms[r].values()),
                             "failed_queries": failures[r]} for r in rnames},

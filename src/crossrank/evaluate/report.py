@@ -355,9 +355,9 @@ def plot_answer_selection(data: dict) -> str:
             ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=10)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.1)
     ax.set_title(f"{data['dataset']['name']}: answer selection")
-    ax.legend(loc="upper left", frameon=False, ncol=min(4, len(methods)))
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(alpha=0.3, axis="y")
     return _png(fig)
 
@@ -379,6 +379,7 @@ img { max-width: 100%; border: 1px solid #e4e4e4; margin: 8px 0; }
 ul.notes li { margin-bottom: 6px; font-size: 15px; }
 pre { background: #f6f8fa; padding: 12px; overflow-x: auto; font-size: 13px; line-height: 1.4; }
 .scroll { overflow-x: auto; }
+.warn { background: #fdecea; border-left: 4px solid #d93025; padding: 8px 12px; }
 """
 
 
@@ -458,14 +459,16 @@ def _answer_selection_reports(data: dict, out: Path) -> None:
         wlt = f"{m['wins']}/{m['losses']}/{m['ties']}" if m.get("wins") is not None else "–"
         rows.append([m["name"], _f(m["metrics"]["MAP"]), _f(m["metrics"]["MRR"]), _f(m["metrics"]["P@1"]), wlt,
                      _ms(m.get("latency_ms"))])
-    notes = ["Baseline = candidates in file order. Ties in reranker scores keep file order. Metrics computed "
-             "with ranx (MAP and MRR over the whole candidate list).",
-             "Latency: wall clock of one reranker.score call with all of a question's candidates."]
+    notes = [f"WARNING: {w}." for w in data.get("warnings", [])]
+    notes += ["Baseline = candidates in file order. Ties in reranker scores keep file order. Metrics computed "
+              "with ranx (MAP and MRR over the whole candidate list).",
+              "Latency: wall clock of one reranker.score call with all of a question's candidates."]
     md = [f"# {title}", "", meta, "", _md_table(header, rows, ["l"] + ["r"] * 5), "", "## Notes", ""]
     md += [f"- {n}" for n in notes] + ["", "## SCHEMA", "", "```text", SCHEMA_DOC.rstrip(), "```", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p class=\"meta\">{html.escape(meta)}</p>",
-            _img(plot_answer_selection(data), "answer selection metrics"), _html_table(header, rows),
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p class=\"meta\">{html.escape(meta)}</p>"]
+    body += [f"<p class=\"warn\">Warning: {html.escape(w)}.</p>" for w in data.get("warnings", [])]
+    body += [_img(plot_answer_selection(data), "answer selection metrics"), _html_table(header, rows),
             "<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
             "<h2>Schema of results.json</h2>", f"<pre>{html.escape(SCHEMA_DOC)}</pre>"]
     atomic_write_text(out / "report.html", _html_page(title, body))

@@ -44,7 +44,8 @@ per_query.json: {"metric": "ndcg@10", "per_query": {config id: {qid: value}}}
 
 kind == "answer_selection":
   dataset   {name, path, split, n_questions, n_questions_evaluated, n_questions_excluded_no_positive,
-             n_pairs_evaluated, mean_candidates}
+             n_pairs_evaluated, mean_candidates, first_candidate_positive_share, sorted_by_label_share}
+  warnings  list of strings (e.g. a file sorted by label, which makes the file-order baseline meaningless)
   settings  {rerankers, max_queries, metrics_library, exclusion}
   methods   list: first {"name": "file order"} (the baseline), then one per reranker:
             {name, reranker, fingerprint, metrics: {MAP, MRR, P@1}, wins, losses, ties (per-question AP vs file
