@@ -84,7 +84,7 @@ PAGE_HTML = """<!doctype html>
     $("left-title").textContent = s ? "First stage" : "Input order";
   }
   $("mode-search").onchange = syncMode; $("mode-paste").onchange = syncMode;
-  fetch("info", {headers: headers()}).then(function (r) { return r.ok ? r.json() : null; }).then(function (info) {
+  var ready = fetch("info", {headers: headers()}).then(function (r) { return r.ok ? r.json() : null; }).then(function (info) {
     if (!info) { return; }
     $("model").textContent = "model " + info.model + " \\u00b7 " + (info.dtype || "") + " \\u00b7 max " +
       info.max_length + " tokens \\u00b7 batching " + info.batching + " \\u00b7 crossrank " + info.version;
@@ -183,6 +183,16 @@ PAGE_HTML = """<!doctype html>
   $("go").onclick = go;
   $("query").addEventListener("keydown", function (e) { if (e.key === "Enter") { go(); } });
   syncMode();
+  // Shareable links: /?q=QUERY runs a search (with --index); /?q=QUERY&cands=LINE%0ALINE reranks pasted lines.
+  var params = new URLSearchParams(location.search);
+  if (params.get("q")) {
+    ready.then(function () {
+      $("query").value = params.get("q");
+      if (params.get("cands")) { $("mode-paste").checked = true; $("cands").value = params.get("cands"); }
+      syncMode();
+      go();
+    });
+  }
 })();
 </script>
 </body>
