@@ -289,11 +289,13 @@ def plot_frontier(data: dict) -> str:
     fy = [pts[i][1] for i in front]
     ax.step(fx, fy, where="post", color="black", lw=1.6, alpha=0.8, zorder=3)
     ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="black", linewidths=2, zorder=4)
-    for i in front:
+    for j, i in enumerate(front):  # alternate below / above so neighbouring labels do not collide
         c = cfgs[i]
-        ax.annotate(f"{_config_label(c)} K={c['k']}", pts[i], textcoords="offset points", xytext=(7, -13),
-                    fontsize=10, zorder=5)
+        ax.annotate(f"{_config_label(c)} K={c['k']}", pts[i], textcoords="offset points",
+                    xytext=(8, -15) if j % 2 == 0 else (8, 9), fontsize=10, zorder=5,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
     ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.1)
     ax.set_xlabel("total latency p95 per query (ms, log scale)")
     ax.set_ylabel("nDCG@10")
     ax.set_title(f"{data['dataset']['name']}: quality-latency frontier (Pareto front circled)")
