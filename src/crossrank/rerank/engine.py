@@ -9,8 +9,23 @@ What it does on each call:
 2. truncates the document first and never drops the query (a query longer than about half of ``max_length`` is
    cut to that and reported); with ``long_documents="chunk"`` a long document is split into windows that each
    carry the full query and its score is the best window's;
-3. sorts pairs by length and packs batches under a token budget (padded length x batch size), pads per batch,
-   runs under ``torch.inference_mode`` behind a lock, and puts scores back in input order.
+3. sorts pairs by length and packs batches under a token budget (padded length x batch size; on CPU also under
+   64 MB of attention scores per batch, which bounds peak memory for long inputs), pads per batch, runs the batch
+   through the backend behind a lock, and puts scores back in input order.
+
+Backends (``backend=``, see :mod:`crossrank.rerank.backends`): ``torch`` (the module in its dtype: fp16 on CUDA,
+fp32 or bf16 on CPU), ``torch-int8`` (dynamic int8 Linear), ``onnx`` (ONNX Runtime fp32 on a graph exported once,
+with fused attention / LayerNorm / GELU, cached on disk by weights hash), ``onnx-int8`` (that graph with dynamic
+int8 quantisation), ``auto``. ``auto`` is ``torch`` on CUDA (fp16) and for an explicit bf16/fp16, ``torch`` bf16 on
+CPUs with AMX / AVX512-BF16 (not measured here), and ``onnx`` fp32 on other CPUs when onnxruntime is installed
+(else ``torch``). Measured on a 2-core AMD EPYC (Zen 3, AVX2 only, no VNNI/AMX) with the bundled MiniLM-L6
+(max_length 160, SciFact hybrid top-100, alternating backends, medians; benchmarks/README.md has the tables):
+``onnx`` is about 1.15x ``torch`` fp32 with identical rankings; int8 is about 1.4-1.7x faster but moves SciFact
+nDCG@10 by 0.02-0.09 and changes the top-10 order of every query (activation outliers of MiniLM under per-tensor
+dynamic activation scales), so ``auto`` does not pick it; bf16 runs about 4x slower than fp32 on that CPU (no native
+bf16). With ``torch-int8`` / ``onnx-int8`` a pair's score also depends slightly on the other pairs in its batch
+(activation scales are per batch). Non-torch backends snapshot the weights at construction: a module trained further
+afterwards needs a new engine (or ``backend="torch"``).
 
 Loading accepts safetensors only and refuses anything that is not a sequence-classification model (including an
 encoder to which transformers would silently attach a random head) unless ``allow_new_head=True`` (training).
@@ -27,6 +42,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError
@@ -41,6 +57,9 @@ _LONG_DOCUMENTS = ("truncate", "chunk")
 # A document longer than this many characters per token of budget is cut (at whitespace) before tokenising;
 # if the cut text turns out to have too few tokens it is re-tokenised whole, so the result is exact.
 _CHARS_PER_TOKEN = 12
+# On CPU, at most this many bytes of attention scores per batch (batch x heads x width^2 x 4): bounds peak memory
+# for long inputs (32 x 512-token pairs of a 12-head model would otherwise need 400 MB per layer's scores).
+ATTENTION_BUDGET_BYTES = 64 << 20
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -339,6 +358,7 @@ class CrossEncoderReranker:
         revision: str | None = None,
         trust_remote_code: bool = False,
         name: str | None = None,
+        backend: str = "auto",
     ) -> None:
         model, tokenizer, loaded_name = load_sequence_classifier(
             model_name_or_path,
@@ -352,7 +372,7 @@ class CrossEncoderReranker:
             model, tokenizer, name=name or loaded_name, max_length=max_length, batch_tokens=batch_tokens,
             max_batch_size=max_batch_size, dtype=dtype, device=device, activation=activation,
             num_threads=num_threads, long_documents=long_documents, chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks,
+            max_chunks=max_chunks, backend=backend,
         )
 
     @classmethod
@@ -360,11 +380,14 @@ class CrossEncoderReranker:
         """Wrap an already loaded ``(model, tokenizer)`` (the bundled model, a model being trained).
 
         The model is moved and cast in place to the resolved device and dtype (pass ``dtype="fp32"`` to keep a
-        model being trained in fp32); it is put in eval mode."""
+        model being trained in fp32); it is put in eval mode. Only ``backend="torch"`` keeps following later
+        in-place weight updates; the other backends run a snapshot taken now (pass ``backend="torch"`` while
+        training)."""
         self = cls.__new__(cls)
         defaults = dict(
             max_length=None, batch_tokens=16384, max_batch_size=128, dtype="auto", device="auto",
             activation="auto", num_threads=None, long_documents="truncate", chunk_overlap=64, max_chunks=16,
+            backend="auto",
         )
         unknown = set(options) - set(defaults)
         if unknown:
@@ -376,7 +399,7 @@ class CrossEncoderReranker:
 
     def _setup(
         self, model, tokenizer, *, name, max_length, batch_tokens, max_batch_size, dtype, device, activation,
-        num_threads, long_documents, chunk_overlap, max_chunks,
+        num_threads, long_documents, chunk_overlap, max_chunks, backend="auto",
     ) -> None:
         if activation not in _ACTIVATIONS:
             raise InputError(f"activation must be one of {', '.join(_ACTIVATIONS)}, not {activation!r}")
@@ -398,8 +421,11 @@ class CrossEncoderReranker:
             )
         self.name = str(name)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        requested_backend = backend
+        self.backend = self._resolve_backend(backend, dtype)
+        self.dtype = resolve_dtype(dtype, self.device) if self.backend == "torch" else torch.float32
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self._num_threads = int(num_threads) if num_threads is not None else None
         self.tokenizer = tokenizer
         self.activation = self._resolve_activation(activation, config)
         self.long_documents = long_documents
@@ -407,6 +433,8 @@ class CrossEncoderReranker:
         self.max_batch_size = int(max_batch_size)
         self.max_chunks = max(1, int(max_chunks))
         self._lock = threading.Lock()
+        self._heads = int(getattr(config, "num_attention_heads", 12) or 12)
+        self._attn_budget = ATTENTION_BUDGET_BYTES if self.device.type == "cpu" else 0
 
         # Tokenizer plumbing: a private copy of the fast backend without padding/truncation (tokenizer.json files
         # often carry both), the pair template, and which inputs the model takes.
@@ -439,6 +467,42 @@ class CrossEncoderReranker:
         self._query_max = self._avail // 2
         self.chunk_overlap = max(0, min(int(chunk_overlap), self._avail // 4))
         self._check_template()
+        self._runner, self._backend_info = self._make_runner(requested_backend)
+
+    def _resolve_backend(self, backend: str, dtype: Any) -> str:
+        from crossrank.rerank.backends import resolve_backend
+
+        if isinstance(dtype, torch.dtype):
+            requested = _DTYPE_NAMES.get(dtype, str(dtype))
+        else:
+            requested = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}.get(
+                str(dtype), str(dtype))
+        if requested not in ("auto", "fp32") and str(backend or "auto").lower() not in ("auto", "torch"):
+            raise InputError(f"backend {backend!r} runs fp32 / int8; dtype={dtype!r} needs backend='torch'")
+        try:
+            return resolve_backend(backend, self.device.type, dtype_requested=requested,
+                                   fast_bf16=self.device.type == "cpu" and cpu_has_fast_bf16())
+        except ValueError as e:
+            raise InputError(str(e)) from e
+
+    def _make_runner(self, requested: str):
+        """The runner for ``self.backend``; an ``auto`` choice that cannot be built falls back to torch."""
+        from crossrank.rerank.backends import make_runner
+
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._use_token_types else [])
+        try:
+            return make_runner(self.backend, self.model, device=self.device, input_names=names,
+                               num_threads=self._num_threads, name=self.name)
+        except Exception as e:
+            if str(requested or "auto").lower() != "auto" or self.backend == "torch":
+                if isinstance(e, (InputError, ModelLoadError)):
+                    raise
+                raise ModelLoadError(f"cannot set up backend {self.backend!r} for {self.name}: {_first_line(e)}") from e
+            log.warning("backend %s unavailable for %s (%s); falling back to torch fp32", self.backend, self.name,
+                        _first_line(e))
+            self.backend = "torch"
+            return make_runner("torch", self.model, device=self.device, input_names=names,
+                               num_threads=self._num_threads, name=self.name)
 
     def _resolve_activation(self, activation: str, config: Any) -> str:
         if activation != "auto":
@@ -556,7 +620,8 @@ class CrossEncoderReranker:
             "max_length": self.max_length,
             "num_labels": self.num_labels,
             "activation": self.activation,
-            "threads": torch.get_num_threads(),
+            "backend": self.backend,
+            "threads": self._num_threads or torch.get_num_threads(),
             "batch_tokens": self.batch_tokens,
             "max_batch_size": self.max_batch_size,
             "long_documents": self.long_documents,
@@ -608,17 +673,27 @@ class CrossEncoderReranker:
         return e / (1.0 + e)
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
-        """Indices grouped into batches, longest first, each within the token budget once padded."""
+        """Indices grouped into batches, longest first, each within the token budget once padded.
+
+        On CPU a batch is also kept under :data:`ATTENTION_BUDGET_BYTES` of attention scores (batch x heads x
+        width^2 fp32, what eager and fused CPU attention materialise), so long inputs run in smaller batches and peak
+        memory stays bounded (CPU throughput barely depends on batch size past a few sequences)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         cur: list[int] = []
         width = 0  # padded length of the current batch: its first (longest) member's length
+        cap = self.max_batch_size
+        budget = getattr(self, "_attn_budget", 0)
+        heads = getattr(self, "_heads", 12)
         for i in order:
-            if cur and (width * (len(cur) + 1) > self.batch_tokens or len(cur) >= self.max_batch_size):
+            if cur and (width * (len(cur) + 1) > self.batch_tokens or len(cur) >= cap):
                 batches.append(cur)
                 cur = []
             if not cur:
                 width = lengths[i]
+                cap = self.max_batch_size
+                if budget:
+                    cap = max(1, min(cap, budget // max(1, heads * width * width * 4)))
             cur.append(i)
         if cur:
             batches.append(cur)
@@ -629,21 +704,18 @@ class CrossEncoderReranker:
         out = [0.0] * len(seqs)
         for batch in self._batches([len(s[0]) for s in seqs]):
             width = max(len(seqs[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-            types = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+            types = np.zeros((len(batch), width), dtype=np.int64) if self._use_token_types else None
+            mask = np.zeros((len(batch), width), dtype=np.int64)
             for row, i in enumerate(batch):
                 s_ids, s_types = seqs[i]
                 n = len(s_ids)
-                ids[row, :n] = torch.tensor(s_ids, dtype=torch.long)
-                types[row, :n] = torch.tensor(s_types, dtype=torch.long)
+                ids[row, :n] = s_ids
+                if types is not None:
+                    types[row, :n] = s_types
                 mask[row, :n] = 1
-            inputs = {"input_ids": ids, "attention_mask": mask}
-            if self._use_token_types:
-                inputs["token_type_ids"] = types
-            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-            with self._lock, torch.inference_mode():
-                logits = self.model(**inputs).logits.float()
+            with self._lock:
+                logits = self._runner(ids, mask, types)
             if self.num_labels == 2:
                 rel = (logits[:, 1] - logits[:, 0]).tolist()
             else:
