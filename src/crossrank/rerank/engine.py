@@ -9,9 +9,10 @@ What it does on each call:
 2. truncates the document first and never drops the query (a query longer than about half of ``max_length`` is
    cut to that and reported); with ``long_documents="chunk"`` a long document is split into windows that each
    carry the full query and its score is the best window's;
-3. sorts pairs by length and packs batches under a token budget (padded length x batch size; on CPU also under
-   64 MB of attention scores per batch, which bounds peak memory for long inputs), pads per batch, runs the batch
-   through the backend behind a lock, and puts scores back in input order.
+3. sorts pairs by length and packs batches under a token budget (padded length x batch size; on CPU at most
+   ``CPU_PASS_TOKENS`` = 1024 per pass, which keeps activations cache-resident and measured 1.1-1.3x faster than
+   16384-token passes, and at most 64 MB of attention scores per batch), pads per batch, runs the batch through
+   the backend behind a lock, and puts scores back in input order.
 
 Backends (``backend=``, see :mod:`crossrank.rerank.backends`): ``torch`` (the module in its dtype: fp16 on CUDA,
 fp32 or bf16 on CPU), ``torch-int8`` (dynamic int8 Linear), ``onnx`` (ONNX Runtime fp32 on a graph exported once,
@@ -60,6 +61,9 @@ _CHARS_PER_TOKEN = 12
 # On CPU, at most this many bytes of attention scores per batch (batch x heads x width^2 x 4): bounds peak memory
 # for long inputs (32 x 512-token pairs of a 12-head model would otherwise need 400 MB per layer's scores).
 ATTENTION_BUDGET_BYTES = 64 << 20
+# On CPU, forward passes of at most this many padded tokens (``batch_tokens`` stays the upper bound): activations
+# then stay cache-resident; measured 1.1-1.3x faster than 16384-token passes for MiniLM-L6 on a 2-core Zen 3.
+CPU_PASS_TOKENS = 1024
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -435,6 +439,8 @@ class CrossEncoderReranker:
         self._lock = threading.Lock()
         self._heads = int(getattr(config, "num_attention_heads", 12) or 12)
         self._attn_budget = ATTENTION_BUDGET_BYTES if self.device.type == "cpu" else 0
+        on_cpu = self.device.type == "cpu"
+        self.pass_tokens = min(self.batch_tokens, CPU_PASS_TOKENS) if on_cpu else self.batch_tokens
 
         # Tokenizer plumbing: a private copy of the fast backend without padding/truncation (tokenizer.json files
         # often carry both), the pair template, and which inputs the model takes.
@@ -623,6 +629,7 @@ class CrossEncoderReranker:
             "backend": self.backend,
             "threads": self._num_threads or torch.get_num_threads(),
             "batch_tokens": self.batch_tokens,
+            "pass_tokens": self.pass_tokens,
             "max_batch_size": self.max_batch_size,
             "long_documents": self.long_documents,
         }
@@ -675,7 +682,8 @@ class CrossEncoderReranker:
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices grouped into batches, longest first, each within the token budget once padded.
 
-        On CPU a batch is also kept under :data:`ATTENTION_BUDGET_BYTES` of attention scores (batch x heads x
+        On CPU the budget is ``min(batch_tokens, CPU_PASS_TOKENS)`` (small passes run faster there), and a batch is
+        also kept under :data:`ATTENTION_BUDGET_BYTES` of attention scores (batch x heads x
         width^2 fp32, what eager and fused CPU attention materialise), so long inputs run in smaller batches and peak
         memory stays bounded (CPU throughput barely depends on batch size past a few sequences)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -683,10 +691,11 @@ class CrossEncoderReranker:
         cur: list[int] = []
         width = 0  # padded length of the current batch: its first (longest) member's length
         cap = self.max_batch_size
+        budget_tokens = getattr(self, "pass_tokens", self.batch_tokens)
         budget = getattr(self, "_attn_budget", 0)
         heads = getattr(self, "_heads", 12)
         for i in order:
-            if cur and (width * (len(cur) + 1) > self.batch_tokens or len(cur) >= cap):
+            if cur and (width * (len(cur) + 1) > budget_tokens or len(cur) >= cap):
                 batches.append(cur)
                 cur = []
             if not cur:
