@@ -304,6 +304,33 @@ def test_beir_sweep_outputs_schema_cache_and_topk(tmp_path, tiny_reranker, share
     assert "## SCHEMA" in md and "Recall@K (first stage, ceiling)" in md
 
 
+def test_rerank_max_k_caps_scoring_and_configs(tmp_path, tiny_reranker, shared_index):
+    ds = write_beir(tmp_path / "tiny")
+    out = tmp_path / "out"
+    counting = CountingReranker(tiny_reranker)
+    res = evaluate_beir(ds, rerankers=(counting,), retrievers=("bm25", "hybrid"), ks=(2, 8), ns=(1,),
+                        rerank_max_k={"bm25": 2}, out_dir=out, index_dir=shared_index, latency_queries=2,
+                        progress=False, save_runs=True, write_reports=False)
+    rer = {(c["retriever"], c["k"]) for c in res.configs if c["reranker"] != "none"}
+    assert rer == {("bm25", 2), ("hybrid", 2), ("hybrid", 8)}
+    # first-stage rows stay at every K
+    assert {(c["retriever"], c["k"]) for c in res.configs if c["reranker"] == "none"} == {
+        ("bm25", 2), ("bm25", 8), ("hybrid", 2), ("hybrid", 8)}
+    assert res.data["settings"]["rerank_max_k"] == {"bm25": 2, "hybrid": 8}
+    queries = {qid: text for qid, text, _, _ in QUERIES}
+    union = set()
+    for name, depth in (("bm25", 2), ("hybrid", 8)):
+        for q, docs in read_run(out / "runs" / f"{name}__none__none__8.trec").items():
+            union |= {(queries[q], d) for d in docs[:depth]}
+    scored = [p for p in counting.pairs if p[0] != "warm up"]
+    assert len(scored) == len(set(scored)) == len(union)  # pairs are (query, text): compare counts
+    # K=8 is timed on hybrid candidates only
+    assert res.data["rerankers"][counting.name]["latency_ms"]["8"]["n"] == 2
+    with pytest.raises(InputError, match="not among the retrievers"):
+        evaluate_beir(ds, rerankers=(counting,), retrievers=("hybrid",), ks=(2,), rerank_max_k={"bm25": 2},
+                      out_dir=out, index_dir=shared_index, progress=False, write_reports=False)
+
+
 def test_interrupted_scoring_resumes_without_rescoring(tmp_path, tiny_reranker, shared_index):
     ds = write_beir(tmp_path / "tiny", with_answers=False)
     out = tmp_path / "out"

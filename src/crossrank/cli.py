@@ -241,12 +241,26 @@ def eval_cmd(
     k: str = typer.Option("10,20,50,100,200", "--k"),
     n: str = typer.Option("5,10,20", "--n"),
     fusion: str = typer.Option("none,auto", help="Comma-separated fusions to report: none, rrf, interpolate[:w], auto (the model's recommendation)."),
+    rerank_max_k: Optional[str] = typer.Option(
+        None, help="Rerank some first stages only up to a depth, e.g. 'bm25=100,dense=100' (saves scoring time)."),
+    backend: Optional[str] = typer.Option(
+        None, help="Rerank backend: torch, torch-int8, onnx, onnx-int8, auto (default: the engine's)."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per (query, document) pair (default: the model's)."),
     out_dir: Optional[Path] = typer.Option(None, "--out"),
     max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first M queries (quick look)."),
 ) -> None:
     """Does reranking help on this data? Metrics, K/N sweeps with latency, report.md/report.html."""
     from crossrank.evaluate import run_eval
 
+    caps = None
+    if rerank_max_k:
+        caps = {}
+        for item in _csv(rerank_max_k):
+            name, sep, depth = item.partition("=")
+            if not sep or not depth.strip().isdigit():
+                raise InputError(f"--rerank-max-k expects RETRIEVER=K pairs, got {item!r}")
+            caps[name.strip()] = int(depth)
+    reranker_options = {key: v for key, v in (("backend", backend), ("max_length", max_length)) if v is not None}
     path = run_eval(
         dataset,
         split=split,
@@ -255,6 +269,8 @@ def eval_cmd(
         ks=_int_csv(k, "--k"),
         ns=_int_csv(n, "--n"),
         fusions=_csv(fusion),
+        rerank_max_k=caps,
+        reranker_options=reranker_options or None,
         out_dir=out_dir,
         max_queries=max_queries,
     )

@@ -206,9 +206,11 @@ def _machine_info() -> dict[str, Any]:
     return info
 
 
-def latency_plan(qids: Sequence[str], ks: Sequence[int], per_k: int, retrievers: Sequence[str]) -> dict[int, list[tuple[str, str]]]:
+def latency_plan(qids: Sequence[str], ks: Sequence[int], per_k: int, retrievers: Sequence[str],
+                 max_k: Mapping[str, int] | None = None) -> dict[int, list[tuple[str, str]]]:
     """``{K: [(qid, retriever), ...]}``: ``per_k`` sampled queries per K (seeded; disjoint across K while the
-    dataset has enough queries), the first stage whose candidates are timed rotating over ``retrievers``."""
+    dataset has enough queries), the first stage whose candidates are timed rotating over ``retrievers`` (those
+    reranked at this K: ``max_k`` caps a retriever's reranked depth)."""
     order = list(qids)
     random.Random(0).shuffle(order)
     plan: dict[int, list[tuple[str, str]]] = {}
@@ -219,7 +221,8 @@ def latency_plan(qids: Sequence[str], ks: Sequence[int], per_k: int, retrievers:
         take = min(per_k, len(order))
         sel = [order[(pos + i) % len(order)] for i in range(take)]
         pos += take
-        plan[k] = [(q, retrievers[i % len(retrievers)]) for i, q in enumerate(sel)]
+        eligible = [r for r in retrievers if k <= (max_k or {}).get(r, k)]
+        plan[k] = [(q, eligible[i % len(eligible)]) for i, q in enumerate(sel)] if eligible else []
     return plan
 
 
@@ -309,6 +312,7 @@ def evaluate_beir(
     ks: Any = (10, 20, 50, 100, 200),
     ns: Any = (5, 10, 20),
     fusions: Any = ("none",),
+    rerank_max_k: Mapping[str, int] | None = None,
     out_dir: str | os.PathLike,
     index_dir: str | os.PathLike | None = None,
     max_queries: int | None = None,
@@ -331,6 +335,9 @@ def evaluate_beir(
         ks: first-stage depths K (the reranker reorders the top-K). ``ns``: passages handed on (answer accuracy).
         fusions: "none" (cross-encoder order), "rrf", "interpolate[:w]" (w on the cross-encoder), "auto" (the
             reranker's recommended setting).
+        rerank_max_k: ``{retriever: K}``: rerank that first stage only at depths up to K (its first-stage rows
+            are still reported at every K). Scoring cost is the union of every first stage's reranked top-K, so
+            capping the first stages you care less about keeps a deep sweep of the main one affordable.
         max_queries: evaluate the first M judged queries only. ``latency_queries``: rerank timing sample per K.
         llm: None (off), True (configure from the environment) or a dict (``base_url``, ``model``, ``api_key``,
             ``timeout_s``, ``concurrency``, ``ks`` (default: the largest K), ``ns`` (default: ``ns``),
@@ -386,6 +393,13 @@ def evaluate_beir(
         if not isinstance(r, str):
             retr_objs[str(getattr(r, "name", type(r).__name__))] = r
     rnames = list(retr_objs)
+    caps = {r: max_k for r in rnames}
+    for r, cap in dict(rerank_max_k or {}).items():
+        if r not in caps:
+            raise InputError(f"rerank_max_k names {r!r}, which is not among the retrievers ({', '.join(rnames)})")
+        if int(cap) < 1:
+            raise InputError(f"rerank_max_k for {r} must be positive, got {cap}")
+        caps[r] = min(int(cap), max_k)
 
     runs: dict[str, dict[str, list[Candidate]]] = {}
     fs_ms: dict[str, dict[str, float]] = {}
@@ -409,7 +423,7 @@ def evaluate_beir(
                 bars.advance(task)
 
     # ---- rerankers: timing sample first (fills the cache), then the rest of the union
-    plan = latency_plan(qids, ks, latency_queries, rnames)
+    plan = latency_plan(qids, ks, latency_queries, rnames, caps)
     rr_info: dict[str, dict[str, Any]] = {}
     rr_scores: dict[str, ScoreCache] = {}
     rr_fusions: dict[str, list[tuple[str, Any, str]]] = {}
@@ -454,7 +468,7 @@ def evaluate_beir(
             for q in qids:
                 seen: dict[str, Candidate] = {}
                 for r in rnames:
-                    for c in runs[r][q]:
+                    for c in runs[r][q][: caps[r]]:
                         seen.setdefault(c.id, c)
                 need = [c for pid, c in seen.items() if (q, pid) not in cache]
                 if need:
@@ -545,6 +559,8 @@ def evaluate_beir(
             for r in rnames:
                 fs_cfg = {c["k"]: c for c in configs if c["retriever"] == r and c["reranker"] == "none"}
                 for k in ks:
+                    if k > caps[r]:
+                        continue
                     lists = {q: rerank_prefix(runs[r][q], k, [cache.scores.get((q, c.id)) for c in runs[r][q][:k]],
                                               fusion) for q in qids}
                     means, pq = ranking_metrics(qrels, {q: [c.doc_id for c in v] for q, v in lists.items()},
@@ -595,7 +611,7 @@ def evaluate_beir(
                     "n_judgments": sum(len(v) for v in qrels.values()), "has_answers": has_answers,
                     "graded": any(s > 1 for v in qrels.values() for s in v.values())},
         "settings": {"retrievers": rnames, "rerankers": list(rr_info), "fusions": sorted({c["fusion"] for c in configs}),
-                     "ks": ks, "ns": ns, "max_queries": max_queries, "latency_queries": latency_queries,
+                     "ks": ks, "ns": ns, "rerank_max_k": caps, "max_queries": max_queries, "latency_queries": latency_queries,
                      "unit": "document", "metrics_library": "ranx"},
         "machine": machine,
         "index": index_info,

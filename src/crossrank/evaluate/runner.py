@@ -9,7 +9,7 @@ from typing import Any
 from crossrank.errors import InputError
 from crossrank.evaluate.tune import Recommendation, default_out_dir, tune
 
-_BEIR_ONLY = ("retrievers", "ks", "ns", "fusions", "index_dir", "latency_queries", "llm", "remeasure_latency")
+_BEIR_ONLY = ("retrievers", "ks", "ns", "fusions", "rerank_max_k", "index_dir", "latency_queries", "llm", "remeasure_latency")
 
 
 def detect_dataset(path: str | os.PathLike, split: str | None = None) -> tuple[str, Path, str]:
@@ -52,7 +52,7 @@ def run_eval(dataset_path: str | os.PathLike, **options: Any) -> Path:
 
     Options (lists may be given as comma-separated strings): ``split`` (None: test, else dev), ``out_dir``
     (default ./crossrank-eval/<dataset>-<split>), ``rerankers`` ("none", "default", model paths/ids), and for BEIR
-    datasets ``retrievers``, ``ks``, ``ns``, ``fusions``, ``index_dir``, ``max_queries``, ``latency_queries``,
+    datasets ``retrievers``, ``ks``, ``ns``, ``fusions``, ``rerank_max_k``, ``index_dir``, ``max_queries``, ``latency_queries``,
     ``progress``, ``reranker_options``, ``llm``, ``remeasure_latency`` (see ``evaluate_beir``). Answer-selection
     datasets use ``rerankers``, ``max_queries``, ``progress``, ``reranker_options`` and ignore the rest."""
     options = {k: v for k, v in options.items() if v is not None}

@@ -14,7 +14,8 @@ Common keys:
 kind == "beir":
   dataset     {name, path, split, n_queries (evaluated), n_queries_in_split, n_docs, n_judgments,
                has_answers, graded}
-  settings    {retrievers, rerankers, fusions, ks, ns, max_queries, latency_queries, unit: "document",
+  settings    {retrievers, rerankers, fusions, ks, ns, rerank_max_k ({retriever: deepest reranked K}),
+               max_queries, latency_queries, unit: "document",
                metrics_library: "ranx"}
   index       {path, status (loaded | built | ...rebuilt), built_s, methods, chunk_tokens (0 = whole documents),
                passages, dense_model} or null when only Retriever objects were given
