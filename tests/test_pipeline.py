@@ -162,3 +162,42 @@ def test_fusion_math():
     assert sorted(range(3), key=lambda i: -only_ce[i]) == [1, 2, 0]
     only_first = fuse(first, ce, "interpolate:0")
     assert sorted(range(3), key=lambda i: -only_first[i]) == [0, 1, 2]
+
+
+class BudgetRecordingReranker:
+    """The real engine, recording the time budget the pipeline hands it."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.budgets = inner, "recording-" + inner.name, []
+
+    def score(self, query, texts, *, timeout_s=None):
+        self.budgets.append(timeout_s)
+        return self.inner.score(query, texts, timeout_s=timeout_s)
+
+    def rerank(self, query, texts, top_n=None):
+        return self.inner.rerank(query, texts, top_n)
+
+
+def test_pipeline_hands_its_remaining_deadline_to_the_reranker(bm25, engine):
+    rec = BudgetRecordingReranker(engine)
+    with Pipeline(bm25, CachedReranker(rec, max_entries=100), k=6, n=6) as pipe:
+        result = pipe.search(BROAD, deadline_ms=5000)  # through the cache's pass-through
+        pipe.search("black hole gravity light")  # no deadline: no budget
+    assert result.reranked is True
+    assert 0 < rec.budgets[0] <= 5.0
+    assert rec.budgets[1] is None
+
+
+def test_engine_stops_when_its_time_budget_runs_out(tiny_model_dir):
+    from crossrank.errors import RerankerUnavailable, RerankTimeout
+
+    one_per_pass = CrossEncoderReranker(str(tiny_model_dir), max_batch_size=1)
+    texts = [f"document number {i} about plants and glucose" for i in range(3000)]
+    with pytest.raises(RerankTimeout, match=r"after \d+ of 3000 forward passes") as info:
+        one_per_pass.score("plants", texts, timeout_s=0.2)
+    assert isinstance(info.value, RerankerUnavailable)  # the pipeline falls back on it
+    done = int(str(info.value).split("after ")[1].split(" of")[0])
+    assert 0 < done < 3000
+    assert len(one_per_pass.score("plants", texts[:3], timeout_s=30.0)) == 3
+    with pytest.raises(InputError, match="timeout_s"):
+        one_per_pass.score("plants", texts[:3], timeout_s=0)

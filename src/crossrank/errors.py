@@ -19,3 +19,7 @@ class IndexLoadError(CrossrankError):
 
 class RerankerUnavailable(CrossrankError):
     """A reranker that failed, timed out or is unreachable (the pipeline falls back on it)."""
+
+
+class RerankTimeout(RerankerUnavailable):
+    """A reranker's time budget (``timeout_s``) ran out before every pair was scored; the work left was dropped."""

@@ -25,8 +25,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from crossrank.errors import InputError
-from crossrank.rerank.base import Reranker, RerankScores
+from crossrank.errors import InputError, RerankTimeout
+from crossrank.rerank.base import Reranker, RerankScores, accepts_timeout
 from crossrank.retrieve.base import Retriever
 from crossrank.types import Candidate, Hit, SearchResult, Timings
 
@@ -282,10 +282,12 @@ class Pipeline:
             if timeout_s is None:
                 scores = reranker.score(query, texts[:head])
             else:
-                future = self._executor.submit(reranker.score, query, texts[:head])
+                # a reranker that takes the budget stops working when it runs out (instead of finishing for nobody)
+                extra = {"timeout_s": timeout_s} if accepts_timeout(reranker) else {}
+                future = self._executor.submit(reranker.score, query, texts[:head], **extra)
                 try:
                     scores = future.result(timeout=timeout_s)
-                except FutureTimeout:
+                except (FutureTimeout, RerankTimeout):
                     future.cancel()
                     elapsed = time.perf_counter() - call_start
                     self.throughput.cap(head / max(elapsed, 1e-6) * 0.5)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 
 @dataclass(slots=True)
@@ -50,7 +51,11 @@ class Reranker(Protocol):
     name: str
 
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
-        """Scores in input order; higher is more relevant."""
+        """Scores in input order; higher is more relevant.
+
+        Implementations may also take a keyword ``timeout_s`` (a time budget after which they stop working and
+        raise ``RerankTimeout``); the pipeline passes its remaining deadline to those that do
+        (:func:`accepts_timeout`)."""
         ...
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
@@ -64,3 +69,15 @@ def rank_by_scores(texts: Sequence[str], scores: Sequence[float], top_n: int | N
     if top_n is not None:
         order = order[: max(0, top_n)]
     return [RankedText(index=i, score=float(scores[i]), text=texts[i]) for i in order]
+
+
+def accepts_timeout(reranker: Any) -> bool:
+    """Whether ``reranker.score`` takes the optional ``timeout_s`` keyword (see :class:`Reranker`)."""
+    fn = getattr(reranker, "score", None)
+    if fn is None:
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "timeout_s" in params and params["timeout_s"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from crossrank.errors import InputError
-from crossrank.rerank.base import RankedText, Reranker, RerankScores, rank_by_scores
+from crossrank.rerank.base import RankedText, Reranker, RerankScores, accepts_timeout, rank_by_scores
 
 
 class CachedReranker:
@@ -80,13 +80,16 @@ class CachedReranker:
 
     # ---------------------------------------------------------------- scoring
 
-    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+        """Cached scores; ``timeout_s`` reaches the wrapped reranker when it takes one (see ``Reranker``)."""
         texts = list(texts)
         if not isinstance(query, str) or any(not isinstance(t, str) for t in texts):
             raise InputError("query and texts must be strings")
         base = self._query_hasher(query)
         keys = [self._key(base, t) for t in texts]
-        return self._score_keys(keys, [(query, t) for t in texts], lambda todo: self.inner.score(query, [t for _, t in todo]))
+        extra = {"timeout_s": timeout_s} if timeout_s is not None and accepts_timeout(self.inner) else {}
+        return self._score_keys(keys, [(query, t) for t in texts],
+                                lambda todo: self.inner.score(query, [t for _, t in todo], **extra))
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> RerankScores:
         """Cached scores for pairs from many queries (the server's batcher calls this)."""

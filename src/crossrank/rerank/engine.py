@@ -40,13 +40,14 @@ import math
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from crossrank.errors import InputError, ModelLoadError
+from crossrank.errors import InputError, ModelLoadError, RerankTimeout
 from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
 
 log = logging.getLogger(__name__)
@@ -577,18 +578,24 @@ class CrossEncoderReranker:
 
     # ---------------------------------------------------------------- public API
 
-    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
-        """Scores in input order (higher is more relevant), with per-text truncation flags and tokens run."""
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+        """Scores in input order (higher is more relevant), with per-text truncation flags and tokens run.
+
+        ``timeout_s``: time budget; when it runs out between two forward passes the rest is dropped and
+        :class:`crossrank.errors.RerankTimeout` is raised (so a caller that gave up stops costing CPU)."""
+        deadline = _deadline(timeout_s)
         _check_query(query)
         texts = _check_texts(texts)
         if not texts:
             return RerankScores(scores=[], truncated=[])
         q_ids, q_cut = self._prepare_query(query)
         docs = self._encode_docs(texts)
-        return self._score_ids([q_ids] * len(texts), [q_cut] * len(texts), docs)
+        return self._score_ids([q_ids] * len(texts), [q_cut] * len(texts), docs, deadline)
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> RerankScores:
-        """Scores for ``(query, text)`` pairs from any number of queries (each distinct query tokenised once)."""
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None) -> RerankScores:
+        """Scores for ``(query, text)`` pairs from any number of queries (each distinct query tokenised once);
+        ``timeout_s`` as in :meth:`score`."""
+        deadline = _deadline(timeout_s)
         pairs = list(pairs)
         if not pairs:
             return RerankScores(scores=[], truncated=[])
@@ -603,7 +610,7 @@ class CrossEncoderReranker:
         texts = _check_texts([p[1] for p in pairs])
         docs = self._encode_docs(texts)
         qs = [queries[p[0]] for p in pairs]
-        return self._score_ids([q for q, _ in qs], [c for _, c in qs], docs)
+        return self._score_ids([q for q, _ in qs], [c for _, c in qs], docs, deadline)
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
@@ -652,7 +659,8 @@ class CrossEncoderReranker:
         dropped = len(starts) > self.max_chunks
         return [d[s : s + budget] for s in starts[: self.max_chunks]], dropped
 
-    def _score_ids(self, q_ids: list[list[int]], q_cut: list[bool], docs: list[list[int]]) -> RerankScores:
+    def _score_ids(self, q_ids: list[list[int]], q_cut: list[bool], docs: list[list[int]],
+                   deadline: float | None = None) -> RerankScores:
         seqs: list[tuple[list[int], list[int]]] = []
         owner: list[int] = []
         truncated: list[bool] = []
@@ -662,7 +670,7 @@ class CrossEncoderReranker:
             for w in windows:
                 seqs.append(self.template.build(q, w))
                 owner.append(i)
-        logits = self._forward_all(seqs)
+        logits = self._forward_all(seqs, deadline)
         best = [-math.inf] * len(docs)
         for o, v in zip(owner, logits):
             if v > best[o]:
@@ -708,10 +716,14 @@ class CrossEncoderReranker:
             batches.append(cur)
         return batches
 
-    def _forward_all(self, seqs: list[tuple[list[int], list[int]]]) -> list[float]:
+    def _forward_all(self, seqs: list[tuple[list[int], list[int]]], deadline: float | None = None) -> list[float]:
         """One relevance logit per sequence (label 1 minus label 0 for 2-label models), in input order."""
         out = [0.0] * len(seqs)
-        for batch in self._batches([len(s[0]) for s in seqs]):
+        batches = self._batches([len(s[0]) for s in seqs])
+        for done, batch in enumerate(batches):
+            if deadline is not None and time.monotonic() > deadline:
+                raise RerankTimeout(f"time budget ran out after {done} of {len(batches)} forward passes "
+                                    f"({len(seqs)} sequences); the rest was not scored")
             width = max(len(seqs[i][0]) for i in batch)
             ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
             types = np.zeros((len(batch), width), dtype=np.int64) if self._use_token_types else None
@@ -732,6 +744,14 @@ class CrossEncoderReranker:
             for i, v in zip(batch, rel):
                 out[i] = v
         return out
+
+
+def _deadline(timeout_s: float | None) -> float | None:
+    if timeout_s is None:
+        return None
+    if not timeout_s > 0:
+        raise InputError(f"timeout_s must be positive, got {timeout_s}")
+    return time.monotonic() + float(timeout_s)
 
 
 def _clip_at_whitespace(text: str, limit: int) -> str:

@@ -414,13 +414,16 @@ class BatchedReranker:
         self.name = name
         self.timeout_s = timeout_s
 
-    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
-        job = self.batcher.submit(query, texts, deadline_s=self.timeout_s)
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+        """Queue the pairs and wait; ``timeout_s`` (the caller's remaining budget, e.g. the pipeline's deadline)
+        tightens the job's deadline, so work nobody waits for any more is dropped from the queue."""
+        budget = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s or math.inf)
+        job = self.batcher.submit(query, texts, deadline_s=budget)
         try:
-            return job.future.result(timeout=None if self.timeout_s is None else self.timeout_s + 1.0).scores
+            return job.future.result(timeout=None if budget is None else budget + 1.0).scores
         except TimeoutError as exc:
             job.cancel()
-            raise DeadlineExceeded(f"reranking took longer than {self.timeout_s:.1f} s") from exc
+            raise DeadlineExceeded(f"reranking took longer than {budget:.1f} s") from exc
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(texts, self.score(query, texts).scores, top_n)
