@@ -247,6 +247,8 @@ def eval_cmd(
         None, help="Rerank backend: torch, torch-int8, onnx, onnx-int8, auto (default: the engine's)."),
     max_length: Optional[int] = typer.Option(None, help="Tokens per (query, document) pair (default: the model's)."),
     out_dir: Optional[Path] = typer.Option(None, "--out"),
+    index_dir: Optional[Path] = typer.Option(
+        None, "--index", help="Saved crossrank index of the BEIR corpus, whole documents (default: built under --out)."),
     max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first M queries (quick look)."),
 ) -> None:
     """Does reranking help on this data? Metrics, K/N sweeps with latency, report.md/report.html."""
@@ -272,6 +274,7 @@ def eval_cmd(
         rerank_max_k=caps,
         reranker_options=reranker_options or None,
         out_dir=out_dir,
+        index_dir=index_dir,
         max_queries=max_queries,
     )
     err.print(f"wrote {path}/results.json, report.md, report.html")
