@@ -6,12 +6,28 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CROSSRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "crossrank.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "error:" in proc.stderr
+    for needle in needles:
+        assert needle.lower() in proc.stderr.lower(), proc.stderr
 
 
 def shared_dataset(name: str) -> Path:

@@ -32,7 +32,7 @@ from crossrank.evaluate.beir import rerank_prefix
 from crossrank.rerank.base import RerankScores, rank_by_scores
 from crossrank.types import Candidate
 
-from conftest import shared_dataset
+from conftest import assert_clean_error, run_cli, shared_dataset
 
 # ---------------------------------------------------------------------------------------------- tiny dataset
 DOCS = [
@@ -307,17 +307,13 @@ def test_beir_sweep_outputs_schema_cache_and_topk(tmp_path, tiny_reranker, share
 def test_cli_eval_reuses_a_given_index_and_rejects_one_that_lacks_a_method(tmp_path, shared_index):
     """``crossrank eval --index DIR`` evaluates on the user's saved index instead of re-encoding the corpus; an
     index without the method a retriever needs is a one-line error, not a rebuild over the user's files."""
-    import subprocess
-    import sys
-
     from crossrank.corpus import load_corpus
     from crossrank.retrieve import build_index
 
     root = write_beir(tmp_path / "tiny")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "crossrank.cli", "eval", str(root), "--retrievers", "bm25", "--rerankers", "none",
-           "--k", "3", "--n", "1", "--out", str(out)]
-    proc = subprocess.run(cmd + ["--index", str(shared_index)], capture_output=True, text=True, timeout=300)
+    cmd = ["eval", str(root), "--retrievers", "bm25", "--rerankers", "none", "--k", "3", "--n", "1", "--out", str(out)]
+    proc = run_cli(*cmd, "--index", str(shared_index))
     assert proc.returncode == 0, proc.stderr
     index_info = json.loads((out / "results.json").read_text())["index"]
     assert index_info["path"] == str(shared_index) and index_info["status"] == "loaded"
@@ -327,9 +323,7 @@ def test_cli_eval_reuses_a_given_index_and_rejects_one_that_lacks_a_method(tmp_p
     build_index(load_corpus(root / "corpus.jsonl"), bm25_only, methods=("bm25",), chunk_tokens=0, progress=False)
     before = sorted(p.name for p in bm25_only.iterdir())
     cmd[cmd.index("bm25")] = "dense"
-    proc = subprocess.run(cmd + ["--index", str(bm25_only)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "error:" in proc.stderr and "dense" in proc.stderr
+    assert_clean_error(run_cli(*cmd, "--index", str(bm25_only)), "dense")
     assert sorted(p.name for p in bm25_only.iterdir()) == before
 
 
