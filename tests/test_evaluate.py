@@ -511,9 +511,13 @@ def test_tune_picks_best_config_under_budget():
     rec = recommend(data, 1000)
     assert (rec.retriever, rec.reranker, rec.fusion, rec.k, rec.fits) == ("hybrid", "ce", "rrf", 50, True)
     assert "0.750" in rec.explanation and "1000 ms" in rec.explanation
+    assert rec.search_command() == ("crossrank search INDEX QUERY --retriever hybrid --k 50 --reranker ce "
+                                    "--fusion rrf --deadline-ms 1000")
+    assert rec.to_dict()["search_command"] == rec.search_command()
     assert recommend(data, 5000).k == 100 and recommend(data, 5000).value == 0.76
     rec = recommend(data, 100)
     assert (rec.retriever, rec.reranker, rec.first_stage_only, rec.fits) == ("hybrid", "none", True, True)
+    assert rec.search_command().endswith("--retriever hybrid --k 100 --reranker none")
     assert "No reranked configuration" in rec.explanation
     rec = recommend(data, 5)
     assert (rec.retriever, rec.reranker, rec.fits) == ("hybrid", "none", False)
@@ -528,6 +532,7 @@ def test_tune_chooses_n_for_answer_datasets():
     rec = recommend(data, 500)
     assert rec.metric == "answer_in_top_n"
     assert (rec.reranker, rec.n) == ("ce", 10)  # 0.802 best; N=10 beats N=20 on N, and N=5 is 2 points lower
+    assert rec.search_command().endswith("--deadline-ms 500 --n 10")
 
 
 # ---------------------------------------------------------------------------------------------- detection / errors

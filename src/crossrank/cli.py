@@ -294,7 +294,9 @@ def tune(
     from crossrank.evaluate import run_tune
 
     recommendation = run_tune(dataset, latency_budget_ms=latency_budget_ms, split=split, out_dir=out_dir)
-    out.print(recommendation)
+    out.print(recommendation.explanation)
+    # soft_wrap: the command must stay one copy-pasteable line
+    out.print(f"Pipeline settings: {recommendation.search_command()}", soft_wrap=True, markup=False)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

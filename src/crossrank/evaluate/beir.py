@@ -185,10 +185,24 @@ def _dedupe_docs(cands: Sequence[Candidate]) -> list[Candidate]:
     return out
 
 
+def _cpu_model() -> str | None:
+    """The CPU's marketing name (``platform.processor()`` only says "x86_64" on Linux): latency figures mean
+    little without it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def _machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }

@@ -147,7 +147,7 @@ def _notes(data: dict) -> list[str]:
     ma = data.get("machine", {})
     la = ma.get("load_average_at_start")
     notes.append(
-        f"Machine: {ma.get('processor', '?')}, {ma.get('cpu_count', '?')} CPUs, torch threads "
+        f"Machine: {ma.get('cpu_model') or ma.get('processor', '?')}, {ma.get('cpu_count', '?')} CPUs, torch threads "
         f"{ma.get('torch_threads', '?')}, CUDA {'yes' if ma.get('cuda') else 'no'}"
         + (f", load average at start {la}" if la else "") + ". Latencies are only comparable on this machine."
     )

@@ -9,7 +9,8 @@ Common keys:
   kind            "beir" | "answer_selection"
   created         local time the run started, ISO 8601
   duration_s      wall-clock seconds of the run
-  machine         {platform, processor, cpu_count, python, load_average_at_start, torch_threads, cuda}
+  machine         {platform, processor, cpu_model (from /proc/cpuinfo where readable), cpu_count, python,
+                  load_average_at_start, torch_threads, cuda}
 
 kind == "beir":
   dataset     {name, path, split, n_queries (evaluated), n_queries_in_split, n_docs, n_judgments,

@@ -37,13 +37,24 @@ class Recommendation:
     results_path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "search_command": self.search_command()}
+
+    def search_command(self) -> str:
+        """The recommendation as ``crossrank search`` options (``INDEX`` and the query left to fill in); the
+        deadline is the budget, so a slow rerank falls back to the first stage instead of overrunning it."""
+        cmd = f"crossrank search INDEX QUERY --retriever {self.retriever} --k {self.k}"
+        cmd += f" --reranker {self.reranker}"
+        if self.reranker != "none":
+            cmd += f" --fusion {self.fusion} --deadline-ms {self.latency_budget_ms:.0f}"
+        if self.n is not None:
+            cmd += f" --n {self.n}"
+        return cmd
 
     def __str__(self) -> str:
-        return self.explanation
+        return f"{self.explanation}\nPipeline settings: {self.search_command()}"
 
     def __rich__(self) -> str:
-        return self.explanation
+        return str(self)
 
 
 def _metric_for(data: dict, metric: str | None) -> str:
@@ -118,7 +129,7 @@ def recommend(data: dict, latency_budget_ms: float, *, metric: str | None = None
     mname = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "map@100": "MAP@100", "answer_in_top_n": "answer-in-top-N",
              "llm_contains": "LLM answer accuracy (contains)", "llm_exact": "LLM answer accuracy (exact)"}[metric]
     machine = data.get("machine", {})
-    where = (f"measured on {machine.get('processor', '?')} with {machine.get('cpu_count', '?')} CPUs "
+    where = (f"measured on {machine.get('cpu_model') or machine.get('processor', '?')} with {machine.get('cpu_count', '?')} CPUs "
              f"on {data.get('created', '?')}")
     lines: list[str] = []
     if fits:
