@@ -27,7 +27,7 @@ DOCS = [
     "Glucose made in leaves is stored as starch.",
     "The pancreas also makes digestive enzymes.",
 ]
-needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime / onnx not installed (extra [onnx])")
+needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime / onnx not installed")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_int8_backends_keep_the_ranking(spread_model_dir, backend):
 
 @needs_onnx
 def test_onnx_cache_is_built_once_and_reused(tiny_model_dir, cache_dir, monkeypatch):
-    from crossrank.rerank.backends import onnx_backend
+    from crossrank import onnx_graph
 
     first = _engine(tiny_model_dir, "onnx-int8")
     entries = sorted(p.name for p in (cache_dir / "onnx").iterdir() if not p.name.startswith("."))
@@ -113,8 +113,8 @@ def test_onnx_cache_is_built_once_and_reused(tiny_model_dir, cache_dir, monkeypa
     def no_build(*a, **k):
         raise AssertionError("the cached graph should have been reused")
 
-    monkeypatch.setattr(onnx_backend, "_export", no_build)
-    monkeypatch.setattr(onnx_backend, "_quantize", no_build)
+    monkeypatch.setattr(onnx_graph, "_export", no_build)
+    monkeypatch.setattr(onnx_graph, "_quantize", no_build)
     again = _engine(tiny_model_dir, "onnx-int8")
     assert again._runner.entry == first._runner.entry
     assert again.score(QUERY, DOCS[:3]).scores == pytest.approx(first.score(QUERY, DOCS[:3]).scores, abs=1e-6)
@@ -125,7 +125,7 @@ def test_onnx_cache_is_built_once_and_reused(tiny_model_dir, cache_dir, monkeypa
 def test_onnx_cache_key_follows_the_weights(tiny_model_dir):
     import torch
 
-    from crossrank.rerank.backends.onnx_backend import _entry_key
+    from crossrank.onnx_graph import _entry_key
     from crossrank.rerank.engine import load_sequence_classifier
 
     model, _, _ = load_sequence_classifier(tiny_model_dir)

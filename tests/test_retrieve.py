@@ -11,6 +11,7 @@ import pytest
 from conftest import SAMPLE_DOCS, shared_dataset
 from crossrank.corpus import load_corpus
 from crossrank.errors import IndexLoadError, InputError
+from crossrank.onnx_graph import onnx_available
 from crossrank.retrieve import (
     BM25Retriever,
     DenseRetriever,
@@ -97,6 +98,45 @@ def test_dense_batch_equals_single(built):
         single = r.search(q, k=6)
         assert ids(single) == ids(b)
         assert np.allclose([c.score for c in single], [c.score for c in b], atol=1e-5)
+
+
+needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime / onnx not installed")
+
+
+@needs_onnx
+def test_dense_queries_on_onnx_match_torch(built):
+    index, _ = built
+    on_onnx = index.retriever("dense", query_backend="onnx")
+    on_torch = DenseRetriever(index.passages, "default", embeddings=index.embeddings, query_backend="torch")
+    assert (on_onnx.query_backend_used, on_torch.query_backend_used) == ("onnx", "torch")
+    qs = ["which organelle generates energy for cells", "hormone controlling blood sugar", "a" * 3000]
+    got, ref = on_onnx.encode_queries(qs), on_torch.encode_queries(qs)  # the last one is truncated alike
+    assert got.shape == ref.shape == (3, 384) and got.dtype == np.float32
+    assert np.abs(got - ref).max() < 1e-5
+    for q in qs[:2]:
+        a, b = on_onnx.search(q, k=6), on_torch.search(q, k=6)
+        assert ids(a) == ids(b) and np.allclose([c.score for c in a], [c.score for c in b], atol=1e-5)
+    assert index.retriever("dense").query_backend_used == "onnx"  # auto picks it on CPU
+
+
+def test_dense_query_backend_errors(built):
+    index, _ = built
+    with pytest.raises(InputError, match="unknown query backend 'gpu'"):
+        index.retriever("dense", query_backend="gpu")
+
+
+def test_onnx_query_encoder_refuses_what_it_cannot_mirror():
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from crossrank.retrieve.dense import OnnxQueryEncoder
+
+    bi = load_bi_encoder("default")
+    max_pooled = SentenceTransformer(modules=[bi[0], Pooling(bi[0].get_embedding_dimension(), pooling_mode="max")])
+    with pytest.raises(ValueError, match="pooling mode 'max'"):
+        OnnxQueryEncoder(max_pooled)
+    with pytest.raises(ValueError, match="only Transformer"):
+        OnnxQueryEncoder(SentenceTransformer(modules=[bi[0]]))
 
 
 def test_load_bi_encoder_default_is_cached_and_offline(monkeypatch):

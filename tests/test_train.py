@@ -9,7 +9,7 @@ import pytest
 
 from crossrank.errors import InputError
 from crossrank.train import SourceSpec, TrainConfig, train
-from crossrank.train.data import build_schedule, read_tsv_groups, split_dev
+from crossrank.train.data import read_tsv_groups, split_dev
 from crossrank.train.metrics import interpolate, ndcg_at_k, order_by, rrf
 
 TOPICS = ["photosynthesis", "mitochondria", "volcano", "glacier", "insulin", "tectonics", "comet", "vaccine",

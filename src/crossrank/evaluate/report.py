@@ -215,7 +215,7 @@ def plot_ndcg_vs_k(data: dict) -> str:
     color = {s: _COLORS[i % len(_COLORS)] for i, s in enumerate(series)}
     rerankers = [r for r in data["settings"]["rerankers"]]
     lat_color = {r: _COLORS[(len(series) + i) % len(_COLORS)] for i, r in enumerate(rerankers)}
-    handles, labels = {}, {}
+    handles = {}
     for idx, r in enumerate(retrievers):
         ax = axes[idx // ncols][idx % ncols]
         rows = [c for c in data["configs"] if c["retriever"] == r]

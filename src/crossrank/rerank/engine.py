@@ -34,7 +34,6 @@ encoder to which transformers would silently attach a random head) unless ``allo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os

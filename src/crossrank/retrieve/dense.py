@@ -4,12 +4,20 @@ Passages are encoded as ``title + " " + text`` (BEIR's convention) into L2-norma
 product is the cosine similarity. Search is one matrix-vector product over the (possibly memory-mapped) matrix
 plus ``argpartition``: exact, and a few milliseconds for 10^5 passages. Past ~10^6-10^7 passages, put an ANN or a
 distributed engine behind the ``Retriever`` protocol instead.
+
+Queries are encoded one search at a time, where a transformer's per-call overhead dominates: on CPU, when
+onnxruntime is installed and the bi-encoder is a plain transformer + mean/CLS pooling (+ normalisation), they run
+through an ONNX Runtime graph of it (:class:`OnnxQueryEncoder`, checked against sentence-transformers at load).
+Measured on a 2-core AMD EPYC (Zen 3) with all-MiniLM-L6-v2 and SciFact queries: 8.4 ms per query vs 22.5 ms for
+torch, which is most of a hybrid search. Passages (bulk, batched) are always encoded by sentence-transformers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +33,8 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 _MODELS: dict[tuple[str, str | None], Any] = {}
 _LOCK = threading.Lock()
+QUERY_BACKENDS = ("auto", "torch", "onnx")
+log = logging.getLogger(__name__)
 
 
 def resolve_model(name: str | os.PathLike | None = DEFAULT_MODEL) -> tuple[str, bool]:
@@ -95,11 +105,67 @@ def encode_passages(
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
+class OnnxQueryEncoder:
+    """Encodes texts like ``SentenceTransformer.encode(..., normalize_embeddings=True)`` but runs the transformer
+    through ONNX Runtime: the model's own preprocessing (so the same tokens), the ``last_hidden_state`` graph of
+    its transformer (:mod:`crossrank.onnx_graph`, built once and cached on disk), then its pooling (mean over
+    the attention mask, or CLS) and L2 normalisation in numpy.
+
+    Raises ``ValueError`` for a bi-encoder it cannot mirror (other modules, other pooling) and ``RuntimeError``
+    when the graph cannot be built or its embeddings disagree with sentence-transformers' on probe queries."""
+
+    PROBES = ("what causes vitamin d deficiency", "0-dimensional biomaterials show inductive properties.",
+              "How do I rotate the API key of a service account without downtime?")
+
+    def __init__(self, st_model: Any, num_threads: int | None = None):
+        from crossrank.onnx_graph import OnnxRunner
+
+        modules = list(st_model)
+        names = [type(m).__name__ for m in modules]
+        if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            raise ValueError(f"bi-encoder modules {names}: only Transformer + Pooling (+ Normalize) run on ONNX")
+        transformer, pooling = modules[0], modules[1]
+        mode = str(getattr(pooling, "pooling_mode", ""))
+        if mode not in ("mean", "cls") or not getattr(pooling, "include_prompt", True):
+            raise ValueError(f"pooling mode {mode!r}: only mean and cls run on ONNX")
+        self.pooling = mode
+        self.transformer = transformer
+        features = transformer.preprocess(["probe"])
+        self.input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
+        if "input_ids" not in self.input_names or "attention_mask" not in self.input_names:
+            raise ValueError(f"bi-encoder inputs {sorted(features)}: expected input_ids and attention_mask")
+        try:
+            self.runner = OnnxRunner(transformer.auto_model, input_names=self.input_names, quantize=False,
+                                     num_threads=num_threads, output="last_hidden_state")
+        except Exception as e:  # noqa: BLE001 - export / optimiser / ORT failures all mean "use torch"
+            raise RuntimeError(f"cannot build the ONNX query encoder: {type(e).__name__}: {e}") from e
+        ref = st_model.encode(list(self.PROBES), convert_to_numpy=True, normalize_embeddings=True)
+        got = self.encode(list(self.PROBES))
+        err = float(np.max(np.abs(got - ref)))
+        if not np.isfinite(err) or err > 1e-4:
+            raise RuntimeError(f"ONNX query embeddings differ from sentence-transformers' (max |diff| {err:.2g})")
+        self.probe_max_abs_err = err
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        features = self.transformer.preprocess(list(texts))
+        feeds = {k: np.ascontiguousarray(features[k].numpy(), dtype=np.int64) for k in self.input_names}
+        hidden = self.runner(feeds["input_ids"], feeds["attention_mask"], feeds.get("token_type_ids"))
+        if self.pooling == "cls":
+            emb = hidden[:, 0]
+        else:
+            mask = feeds["attention_mask"][:, :, None].astype(np.float32)
+            emb = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return np.ascontiguousarray(emb / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 class DenseRetriever:
     """Bi-encoder retriever over passages (or documents, taken whole).
 
     ``embeddings`` (an ``(n, dim)`` array, possibly memory-mapped) skips encoding; the model is then loaded lazily,
-    on the first search. ``model`` is a name for ``load_bi_encoder`` or an already-loaded SentenceTransformer."""
+    on the first search. ``model`` is a name for ``load_bi_encoder`` or an already-loaded SentenceTransformer.
+    ``query_backend``: ``auto`` (ONNX Runtime on CPU where the model allows it, see the module docstring; torch
+    otherwise, with a logged reason), ``onnx`` (the same, but failing loudly) or ``torch``."""
 
     name = "dense"
 
@@ -112,7 +178,16 @@ class DenseRetriever:
         batch_size: int = 64,
         show_progress: bool = False,
         device: str | None = None,
+        query_backend: str = "auto",
     ):
+        if query_backend not in QUERY_BACKENDS:
+            raise InputError(f"unknown query backend {query_backend!r}; choose one of {', '.join(QUERY_BACKENDS)}")
+        self.query_backend = query_backend
+        self._query_encoder: OnnxQueryEncoder | None = None
+        self._query_encoder_ready = False
+        self._query_lock = threading.Lock()
+        self._matrix_t = None
+        self._matrix_lock = threading.Lock()
         self.passages = as_passages(passages)
         if not self.passages:
             raise InputError("cannot build a dense index over an empty corpus")
@@ -142,7 +217,43 @@ class DenseRetriever:
     def dimension(self) -> int:
         return int(self.embeddings.shape[1])
 
+    @property
+    def query_encoder(self) -> OnnxQueryEncoder | None:
+        """The ONNX query encoder, or None where queries run through torch (decided once, on first use)."""
+        if not self._query_encoder_ready:
+            with self._query_lock:
+                if not self._query_encoder_ready:
+                    self._query_encoder = self._make_query_encoder()
+                    self._query_encoder_ready = True
+        return self._query_encoder
+
+    def _make_query_encoder(self) -> OnnxQueryEncoder | None:
+        if self.query_backend == "torch":
+            return None
+        from crossrank.onnx_graph import onnx_available
+
+        model = self.model
+        on_cpu = str(getattr(model, "device", "cpu")).startswith("cpu")
+        if not (on_cpu and onnx_available()):
+            if self.query_backend == "onnx":
+                raise InputError("query_backend='onnx' needs a CPU model and onnxruntime + onnx installed")
+            return None
+        try:
+            return OnnxQueryEncoder(model)
+        except (ValueError, RuntimeError) as e:
+            if self.query_backend == "onnx":
+                raise ModelLoadError(str(e)) from e
+            log.warning("dense queries run through torch: %s", e)
+            return None
+
+    @property
+    def query_backend_used(self) -> str:
+        return "onnx" if self.query_encoder is not None else "torch"
+
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        encoder = self.query_encoder
+        if encoder is not None:
+            return encoder.encode(queries)
         emb = self.model.encode(
             list(queries),
             batch_size=self.batch_size,
@@ -152,11 +263,29 @@ class DenseRetriever:
         )
         return np.asarray(emb, dtype=np.float32)
 
+    def _matrix(self):
+        """The embeddings as a float32 torch tensor sharing their memory (a memmap stays file-backed); an fp16
+        index is converted once here rather than on every search."""
+        if self._matrix_t is None:
+            import torch
+
+            with self._matrix_lock:
+                if self._matrix_t is None:
+                    matrix = np.asarray(self.embeddings)
+                    if matrix.dtype != np.float32:
+                        matrix = matrix.astype(np.float32)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # read-only memmap: torch only reads it
+                        self._matrix_t = torch.from_numpy(matrix)
+        return self._matrix_t
+
     def _search_vectors(self, qvecs: np.ndarray, k: int) -> list[list[Candidate]]:
-        matrix = np.asarray(self.embeddings)  # a memmap stays file-backed; asarray drops the subclass
-        if matrix.dtype != np.float32:
-            matrix = matrix.astype(np.float32)
-        scores = qvecs @ matrix.T  # (n_queries, n_passages)
+        import torch
+
+        # torch, not numpy: a BLAS thread pool of its own would fight the encoder's spinning threads for the 2
+        # cores (measured: +8-15 ms per query here, against 0.4 ms for the product itself)
+        with torch.inference_mode():
+            scores = (torch.from_numpy(np.ascontiguousarray(qvecs, dtype=np.float32)) @ self._matrix().T).numpy()
         out = []
         for row in scores:
             idx = top_k(row, k)

@@ -98,14 +98,16 @@ class Index:
             raise InputError(f"this index has no BM25 part (methods: {', '.join(self.methods)}); rebuild with 'bm25'")
         return self._bm25
 
-    def dense(self, device: str | None = None, batch_size: int = 64) -> DenseRetriever:
+    def dense(self, device: str | None = None, batch_size: int = 64, query_backend: str = "auto") -> DenseRetriever:
         if self._embeddings is None:
             raise InputError(f"this index has no dense part (methods: {', '.join(self.methods)}); rebuild with 'dense'")
         with self._lock:
-            if self._dense is None or (device is not None and device != self._dense.device):
+            if (self._dense is None or (device is not None and device != self._dense.device)
+                    or query_backend != self._dense.query_backend):
                 model = self._dense_model if self._dense_model is not None else self.manifest["dense"]["model"]
                 self._dense = DenseRetriever(
-                    self.passages, model, embeddings=self._embeddings, device=device, batch_size=batch_size
+                    self.passages, model, embeddings=self._embeddings, device=device, batch_size=batch_size,
+                    query_backend=query_backend,
                 )
             self._dense.batch_size = batch_size
             return self._dense
@@ -113,10 +115,11 @@ class Index:
     def retriever(self, kind: str = "hybrid", fusion: str = "rrf", **opts: Any) -> Retriever:
         """A ``Retriever`` over this index.
 
-        ``kind``: "hybrid" (BM25 + dense fused), "bm25" or "dense". Options: ``device``, ``batch_size`` (dense);
+        ``kind``: "hybrid" (BM25 + dense fused), "bm25" or "dense". Options: ``device``, ``batch_size``,
+        ``query_backend`` (dense; see ``DenseRetriever``);
         ``rrf_k``, ``weights``, ``depth`` (hybrid; see ``HybridRetriever``). The dense model named in the manifest is
         loaded on the first dense search, once per process."""
-        dense_opts = {key: opts.pop(key) for key in ("device", "batch_size") if key in opts}
+        dense_opts = {key: opts.pop(key) for key in ("device", "batch_size", "query_backend") if key in opts}
         hybrid_opts = {key: opts.pop(key) for key in ("rrf_k", "weights", "depth") if key in opts}
         if opts:
             raise InputError(f"unknown retriever option(s): {', '.join(sorted(opts))}")

@@ -17,7 +17,7 @@ the same inputs and the scores differ only by the arithmetic.
 =============  ==========================================================================================
 
 ``auto`` comes from measurements on a 2-core AMD EPYC (Zen 3, AVX2 only) with the bundled MiniLM-L6 on SciFact
-(``benchmarks/README.md``): ``onnx`` ~1.15x ``torch`` fp32 with identical rankings; ``onnx-int8`` ~1.5-1.7x and
+(``benchmarks/README.md``): ``onnx`` ~1.2x ``torch`` fp32 with identical rankings; ``onnx-int8`` ~1.5-1.7x and
 ``torch-int8`` ~1.3-1.4x, but both move nDCG@10 by 0.02-0.09 and change every query's top-10 order, so they are
 opt-in only.
 
@@ -29,8 +29,9 @@ the exported graph is protobuf and the weights come from the already loaded modu
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Callable
+
+from crossrank.onnx_graph import onnx_available
 
 BACKENDS = ("auto", "torch", "torch-int8", "onnx", "onnx-int8")
 ONNX_BACKENDS = ("onnx", "onnx-int8")
@@ -41,11 +42,6 @@ Runner = Callable[..., Any]
 # no query keeps its top-10 order), so ``auto`` stays fp32; int8 is there for whoever opts in.
 CPU_AUTO = "onnx"
 CPU_AUTO_FP32 = "onnx"
-
-
-def onnx_available() -> bool:
-    """True when onnxruntime and onnx are importable (the optional ``[onnx]`` extra)."""
-    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
 def available_backends(device_type: str = "cpu") -> list[str]:
@@ -84,8 +80,8 @@ def resolve_backend(backend: str, device_type: str, *, dtype_requested: str = "a
         raise ValueError(f"backend {backend!r} runs on CPU only; use backend='torch' on {device_type}")
     if backend in ONNX_BACKENDS and not onnx_available():
         raise ValueError(
-            f"backend {backend!r} needs onnxruntime and onnx: pip install 'crossrank[onnx]' "
-            "(or onnxruntime onnx), or use backend='torch-int8' / 'torch'"
+            f"backend {backend!r} needs onnxruntime and onnx: pip install onnxruntime onnx, "
+            "or use backend='torch-int8' / 'torch'"
         )
     return backend
 
@@ -104,7 +100,7 @@ def make_runner(backend: str, model: Any, *, device: Any, input_names: list[str]
         r = TorchInt8Runner(model)
         return r, r.info()
     if backend in ONNX_BACKENDS:
-        from crossrank.rerank.backends.onnx_backend import OnnxRunner
+        from crossrank.onnx_graph import OnnxRunner
 
         r = OnnxRunner(model, input_names=input_names, quantize=backend == "onnx-int8", num_threads=num_threads,
                        name=name)

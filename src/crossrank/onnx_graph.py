@@ -1,4 +1,7 @@
-"""ONNX Runtime backends (fp32 with the transformer optimiser, and dynamic int8), with an on-disk graph cache.
+"""ONNX Runtime graphs of Hugging Face encoders (fp32 with the transformer optimiser, and dynamic int8), with an
+on-disk graph cache. A neutral module, since retrieve and rerank never import each other: the rerank engine runs
+``output="logits"`` graphs of sequence-classification models, the dense retriever's query encoder runs
+``output="last_hidden_state"`` graphs of its bi-encoder's transformer (pooled in numpy).
 
 Build, once per (weights, recipe, library versions):
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -41,6 +45,11 @@ _LARGE = 1_500_000_000  # bytes of weights above which graphs are saved with ext
 _sessions: dict[tuple[str, int], Any] = {}
 _sessions_lock = threading.Lock()
 _key_memo: dict[tuple[int, int], str] = {}
+
+
+def onnx_available() -> bool:
+    """True when onnxruntime and onnx are importable."""
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
 def cache_root() -> Path:
@@ -82,7 +91,16 @@ def weights_sha256(model: Any) -> str:
     return h.hexdigest()
 
 
-def _entry_key(model: Any, input_names: list[str], quantize: bool) -> tuple[str, str]:
+OUTPUTS = ("logits", "last_hidden_state")
+
+
+def _check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown graph output {output!r}; expected one of {OUTPUTS}")
+    return output
+
+
+def _entry_key(model: Any, input_names: list[str], quantize: bool, output: str = "logits") -> tuple[str, str]:
     import torch
 
     wkey = weights_sha256(model)
@@ -91,6 +109,8 @@ def _entry_key(model: Any, input_names: list[str], quantize: bool) -> tuple[str,
         "torch": torch.__version__, "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime"),
         "transformers": _version("transformers"), "weights": wkey,
     }
+    if _check_output(output) != "logits":  # only then: keys of existing logits graphs stay valid
+        recipe["output"] = output
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     mtype = str(getattr(model.config, "model_type", "model") or "model").replace("/", "_")
     return f"{mtype}-{'int8' if quantize else 'fp32'}-{key[:24]}", wkey
@@ -128,28 +148,28 @@ def _probe_inputs(input_names: list[str], vocab: int, seed: int, batch: int, wid
     return {k: out[k] for k in input_names}
 
 
-def _torch_logits(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def _torch_output(model: Any, feeds: dict[str, np.ndarray], output: str = "logits") -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.float().numpy()
+        return getattr(model(**{k: torch.from_numpy(v) for k, v in feeds.items()}), output).float().numpy()
 
 
-def _export(model: Any, path: Path, input_names: list[str]) -> None:
+def _export(model: Any, path: Path, input_names: list[str], output: str = "logits") -> None:
     import torch
 
     feeds = _probe_inputs(input_names, int(getattr(model.config, "vocab_size", 30000)), 0, 2, 16)
     args = tuple(torch.from_numpy(feeds[k]) for k in input_names)
     dyn = {k: {0: "batch", 1: "sequence"} for k in input_names}
-    dyn["logits"] = {0: "batch"}
+    dyn[output] = {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}
 
-    class _Wrap(torch.nn.Module):  # positional inputs in our order, logits only
+    class _Wrap(torch.nn.Module):  # positional inputs in our order, one output
         def __init__(self, m):
             super().__init__()
             self.m = m
 
         def forward(self, *xs):
-            return self.m(**dict(zip(input_names, xs))).logits
+            return getattr(self.m(**dict(zip(input_names, xs))), output)
 
     prev = getattr(model.config, "_attn_implementation", None)
     changed = False
@@ -165,7 +185,7 @@ def _export(model: Any, path: Path, input_names: list[str]) -> None:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             kwargs: dict[str, Any] = dict(
-                input_names=input_names, output_names=["logits"], dynamic_axes=dyn, opset_version=OPSET,
+                input_names=input_names, output_names=[output], dynamic_axes=dyn, opset_version=OPSET,
                 do_constant_folding=True,
             )
             try:
@@ -212,13 +232,15 @@ def _session(path: Path, num_threads: int) -> Any:
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def build_graph(model: Any, input_names: list[str], quantize: bool, root: Path | None = None) -> Path:
-    """The cache entry directory for ``model`` (built now if absent). Raises RuntimeError if it cannot be built."""
+def build_graph(model: Any, input_names: list[str], quantize: bool, root: Path | None = None,
+                output: str = "logits") -> Path:
+    """The cache entry directory for ``model`` (built now if absent) whose graph returns ``output`` (``logits``
+    or ``last_hidden_state``). Raises RuntimeError if it cannot be built."""
     import torch
 
     root = Path(root) if root is not None else cache_root()
     base = root / "onnx"
-    name, wkey = _entry_key(model, input_names, quantize)
+    name, wkey = _entry_key(model, input_names, quantize, output)
     entry = base / name
     if _complete(entry):
         return entry
@@ -237,15 +259,15 @@ def build_graph(model: Any, input_names: list[str], quantize: bool, root: Path |
         try:
             meta: dict[str, Any] = {"weights_sha256": wkey, "int8": bool(quantize), "recipe": RECIPE, "opset": OPSET,
                                     "inputs": list(input_names), "onnxruntime": _version("onnxruntime"),
-                                    "onnx": _version("onnx"), "torch": torch.__version__}
+                                    "onnx": _version("onnx"), "torch": torch.__version__, "output": output}
             if quantize:
-                fp32_entry = build_graph(src_model, input_names, quantize=False, root=root)
+                fp32_entry = build_graph(src_model, input_names, quantize=False, root=root, output=output)
                 _quantize(fp32_entry / "model.onnx", tmp / "model.onnx")
                 meta["from"] = fp32_entry.name
                 fp32_meta = json.loads((fp32_entry / "meta.json").read_text(encoding="utf-8"))
                 meta["fused"] = fp32_meta.get("fused", {})
             else:
-                _export(src_model, tmp / "exported.onnx", input_names)
+                _export(src_model, tmp / "exported.onnx", input_names, output)
                 try:
                     meta["fused"] = _optimize(tmp / "exported.onnx", tmp / "model.onnx", src_model.config)
                 except Exception as e:  # an architecture the optimiser does not know: the plain graph still works
@@ -256,8 +278,8 @@ def build_graph(model: Any, input_names: list[str], quantize: bool, root: Path |
                     f.unlink()
             # Check the new graph on a probe batch of another shape than the export's, with padding.
             feeds = _probe_inputs(input_names, int(getattr(src_model.config, "vocab_size", 30000)), 1, 3, 23)
-            ref = _torch_logits(src_model, feeds)
-            got = _session(tmp / "model.onnx", 1).run(["logits"], feeds)[0]
+            ref = _torch_output(src_model, feeds, output)
+            got = _session(tmp / "model.onnx", 1).run([output], feeds)[0]
             err = float(np.max(np.abs(got - ref)))
             scale = float(np.max(np.abs(ref))) or 1.0
             meta["probe_max_abs_err"] = err
@@ -283,14 +305,15 @@ class OnnxRunner:
     """Runs a cached ONNX graph of the model with ONNX Runtime on CPU (sessions shared within the process)."""
 
     def __init__(self, model: Any, *, input_names: list[str], quantize: bool, num_threads: int | None,
-                 name: str = "", root: Path | None = None) -> None:
+                 name: str = "", root: Path | None = None, output: str = "logits") -> None:
         import torch
 
         self.input_names = list(input_names)
         self.quantize = bool(quantize)
+        self.output = _check_output(output)
         self.threads = int(num_threads or torch.get_num_threads())
         t0 = time.perf_counter()
-        self.entry = build_graph(model, self.input_names, self.quantize, root)
+        self.entry = build_graph(model, self.input_names, self.quantize, root, output=self.output)
         self.meta = json.loads((self.entry / "meta.json").read_text(encoding="utf-8"))
         key = (str(self.entry), self.threads)
         with _sessions_lock:
@@ -304,7 +327,7 @@ class OnnxRunner:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = token_type_ids
-        return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
+        return self.session.run([self.output], feeds)[0].astype(np.float32, copy=False)
 
     def info(self) -> dict[str, Any]:
         return {
