@@ -274,6 +274,15 @@ def rss_child(args) -> None:
     import torch
 
     def peak_mb() -> float:
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + execve, so a child started by a 2 GB parent
+        # would report the parent's peak (what an earlier version of this benchmark measured)
+        try:
+            with open("/proc/self/status", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     texts = long_texts(SHARED / "scifact" / "corpus.jsonl", args.rss_k, 600)
