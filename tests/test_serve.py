@@ -457,3 +457,18 @@ def test_search_route(engine, small_corpus):
         assert _post(s.url, "/search", {"query": "x", "retriever": "magic"}).status_code == 422
         assert httpx.get(s.url + "/info").json()["retrievers"] == ["bm25"]
         assert "/search" in httpx.get(s.url + "/openapi.json").json()["paths"]
+
+
+def test_search_loads_its_models_at_startup(engine, small_corpus):
+    """The first /search must not pay for the bi-encoder load: the server warms its default retriever up."""
+    from crossrank.corpus import load_corpus
+    from crossrank.retrieve import build_index
+
+    index = build_index(load_corpus(small_corpus), methods=["dense"], progress=False)
+    app = create_app(engine, index=index, retriever="dense", k=5, n=3)
+    with ServerThread(app) as s:
+        dense = app.state.crossrank.search.get(None).retriever
+        assert dense._model is not None and dense._query_encoder_ready  # before any request
+        r = _post(s.url, "/search", {"query": "how do cells get energy", "k": 4, "n": 2})
+        assert r.status_code == 200, r.text
+        assert app.state.crossrank.search.get(None).retriever is dense  # the warmed-up one serves it

@@ -271,6 +271,14 @@ class _Search:
                                                  deadline_ms=self.deadline_ms)
             return self._pipelines[kind]
 
+    def warm_up(self) -> None:
+        """One throwaway search with the default retriever, so its lazy loads (bi-encoder, ONNX query graph) happen
+        at startup rather than in the first request; a failure is logged and left to that request to report."""
+        try:
+            self.get(None).retriever.search("warm up", k=1)
+        except Exception as e:  # noqa: BLE001 - startup must not fail on what a request would report cleanly
+            log.warning("search warm-up failed: %s", e)
+
     def close(self) -> None:
         for p in list(self._pipelines.values()) + ([self.fixed] if self.fixed is not None else []):
             close = getattr(p, "close", None)
@@ -457,6 +465,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        if state.search is not None:
+            await asyncio.to_thread(state.search.warm_up)
         try:
             yield
         finally:
