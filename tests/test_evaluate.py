@@ -574,3 +574,26 @@ def test_shared_scifact_bm25_through_the_sweep(tmp_path):
                         out_dir=tmp_path / "out", progress=False)
     assert res.config("bm25", k=100)["metrics"]["ndcg@10"] == pytest.approx(0.679, abs=0.01)
     assert res.data["dataset"]["n_queries"] == 300 and not res.data["dataset"]["has_answers"]
+
+
+def test_frontier_labels_of_close_points_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crossrank.evaluate.report import _separate_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set_xscale("log")
+    ax.set_xlim(1, 1e4)
+    ax.set_ylim(0.70, 0.76)
+    labels = [ax.annotate(f"hybrid → default [rrf] K={k}", (x, y), textcoords="offset points", xytext=(8, 9))
+              for k, x, y in [(20, 1200, 0.743), (50, 1400, 0.744), (100, 1600, 0.744)]]
+    renderer = fig.canvas.get_renderer()
+    before = [t.get_window_extent(renderer) for t in labels]
+    assert before[0].overlaps(before[1])  # the case being fixed
+    _separate_labels(fig, labels)
+    after = [t.get_window_extent(renderer) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(after) for b in after[i + 1:])
+    plt.close(fig)

@@ -265,6 +265,22 @@ def plot_ndcg_vs_k(data: dict) -> str:
     return _png(fig)
 
 
+def _separate_labels(fig, labels: list) -> None:
+    """Move each label that overlaps an earlier one down below it (in screen space), so that close points on the
+    front (similar quality and latency) keep readable labels."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for label in labels:
+        for _ in range(len(labels)):
+            box = label.get_window_extent(renderer)
+            hit = next((b for b in placed if box.overlaps(b)), None)
+            if hit is None:
+                break
+            x, y = label.xyann
+            label.xyann = (x, y - (box.y1 - hit.y0 + 2) * 72.0 / fig.dpi)  # pixels -> offset points
+        placed.append(label.get_window_extent(renderer))
+
+
 def plot_frontier(data: dict) -> str:
     """nDCG@10 against total p95 latency for every configuration, the Pareto front highlighted."""
     plt = _plt()
@@ -289,17 +305,19 @@ def plot_frontier(data: dict) -> str:
     fy = [pts[i][1] for i in front]
     ax.step(fx, fy, where="post", color="black", lw=1.6, alpha=0.8, zorder=3)
     ax.scatter(fx, fy, s=170, facecolors="none", edgecolors="black", linewidths=2, zorder=4)
-    for j, i in enumerate(front):  # alternate below / above so neighbouring labels do not collide
+    labels = []
+    for j, i in enumerate(front):  # alternate below / above so neighbouring labels rarely collide
         c = cfgs[i]
-        ax.annotate(f"{_config_label(c)} K={c['k']}", pts[i], textcoords="offset points",
-                    xytext=(8, -15) if j % 2 == 0 else (8, 9), fontsize=10, zorder=5,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
+        labels.append(ax.annotate(f"{_config_label(c)} K={c['k']}", pts[i], textcoords="offset points",
+                                  xytext=(8, -15) if j % 2 == 0 else (8, 9), fontsize=10, zorder=5,
+                                  bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}))
     ax.set_xscale("log")
     ax.margins(x=0.06, y=0.1)
     ax.set_xlabel("total latency p95 per query (ms, log scale)")
     ax.set_ylabel("nDCG@10")
     ax.set_title(f"{data['dataset']['name']}: quality-latency frontier (Pareto front circled)")
     ax.grid(alpha=0.3, which="both")
+    _separate_labels(fig, labels)
     from matplotlib.lines import Line2D
 
     legend = [Line2D([], [], ls="", marker="o", color=rcolor[r], label=f"first stage: {r}", markersize=8)
