@@ -17,9 +17,9 @@ the same inputs and the scores differ only by the arithmetic.
 =============  ==========================================================================================
 
 ``auto`` comes from measurements on a 2-core AMD EPYC (Zen 3, AVX2 only) with the bundled MiniLM-L6 on SciFact
-(``benchmarks/README.md``): ``onnx`` ~1.2x ``torch`` fp32 with identical rankings; ``onnx-int8`` ~1.5-1.7x and
-``torch-int8`` ~1.3-1.4x, but both move nDCG@10 by 0.02-0.09 and change every query's top-10 order, so they are
-opt-in only.
+(``benchmarks/README.md``): ``onnx`` ~1.1-1.2x ``torch`` fp32 (1.3-1.45x sentence-transformers) with identical
+rankings; ``onnx-int8`` ~1.4-1.6x and ``torch-int8`` ~1.3-1.4x ``torch``, but both move nDCG@10 by 0.01-0.09
+and change every query's top-10 order, so they are opt-in only.
 
 ONNX graphs are cached on disk (``$CROSSRANK_CACHE_DIR``, else ``$XDG_CACHE_HOME/crossrank``, else
 ``~/.cache/crossrank``) under ``onnx/``, keyed by a sha256 of the model's config and weights plus the build recipe
