@@ -130,6 +130,8 @@ class OnnxQueryEncoder:
             raise ValueError(f"pooling mode {mode!r}: only mean and cls run on ONNX")
         self.pooling = mode
         self.transformer = transformer
+        if not (callable(getattr(transformer, "preprocess", None)) and hasattr(transformer, "auto_model")):
+            raise ValueError("this sentence-transformers version's Transformer module has no preprocess/auto_model")
         features = transformer.preprocess(["probe"])
         self.input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
         if "input_ids" not in self.input_names or "attention_mask" not in self.input_names:
