@@ -37,6 +37,7 @@ from crossrank.evaluate._util import (
 )
 from crossrank.evaluate.cache import LatencyStore, ScoreCache, reranker_fingerprint
 from crossrank.evaluate.metrics import gold_answers, ranking_metrics, wins_losses_ties
+from crossrank.hardware import cpu_model
 from crossrank.types import Candidate
 
 SCHEMA_VERSION = 1
@@ -185,24 +186,11 @@ def _dedupe_docs(cands: Sequence[Candidate]) -> list[Candidate]:
     return out
 
 
-def _cpu_model() -> str | None:
-    """The CPU's marketing name (``platform.processor()`` only says "x86_64" on Linux): latency figures mean
-    little without it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def _machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }

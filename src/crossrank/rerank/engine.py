@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError, RerankTimeout
+from crossrank.hardware import cpu_flags
 from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU runs bf16 matmuls natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_device(device: str = "auto") -> torch.device:

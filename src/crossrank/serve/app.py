@@ -465,9 +465,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
-        if state.search is not None:
-            await asyncio.to_thread(state.search.warm_up)
         try:
+            if state.search is not None:
+                await asyncio.to_thread(state.search.warm_up)
             yield
         finally:
             batcher.stop()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError
+from crossrank.hardware import cpu_flags
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe
 from crossrank.train.losses import compute_loss
@@ -66,17 +67,6 @@ def resolve_init_model(name: str) -> str:
     return str(name)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def pick_autocast(setting: str, device: torch.device) -> torch.dtype | None:
     """``auto``: fp32 on CPUs without native bf16 (AVX2-only CPUs run bf16 ~10x slower than fp32), bf16 on CPUs
     with AMX / AVX512-BF16, bf16 (or fp16 where bf16 is unsupported) on CUDA."""
@@ -88,7 +78,7 @@ def pick_autocast(setting: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if {"amx_bf16", "avx512_bf16"} & flags:
         return torch.bfloat16
     return None
