@@ -9,7 +9,7 @@ import pytest
 
 from crossrank.errors import InputError
 from crossrank.train import SourceSpec, TrainConfig, train
-from crossrank.train.data import read_tsv_groups, split_dev
+from crossrank.train.data import build_sources, read_tsv_groups, split_dev
 from crossrank.train.metrics import interpolate, ndcg_at_k, order_by, rrf
 
 TOPICS = ["photosynthesis", "mitochondria", "volcano", "glacier", "insulin", "tectonics", "comet", "vaccine",
@@ -114,6 +114,18 @@ def test_data_helpers(tiny_tsv):
     tr, dev = split_dev([f"q{i}" for i in range(20)], 0.25, seed=3)
     assert len(dev) == 5 and not set(tr) & set(dev)
     assert split_dev([f"q{i}" for i in reversed(range(20))], 0.25, seed=3)[1] == dev
+
+
+def test_held_out_split_follows_split_seed_not_training_seed(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    # a run continued from another run's checkpoint with a new --seed must hold out the same queries
+    def dev_ids(**kw):
+        cfg = _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "out", **kw)
+        return sorted(q.qid for s in build_sources(cfg, tmp_path / "cache") for q in s.dev)
+
+    first = dev_ids(seed=1, split_seed=42)
+    assert len(first) == 3
+    assert dev_ids(seed=2, split_seed=42) == first
+    assert any(dev_ids(seed=1, split_seed=s) != first for s in (1, 2, 3))
 
 
 def test_metrics():

@@ -33,6 +33,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--negatives", type=int, default=d.negatives, help="negatives per group (default: %(default)s)")
     g.add_argument("--dev-fraction", type=float, default=d.dev_fraction,
                    help="held-out share of BEIR train queries for dev/selection (default: %(default)s)")
+    g.add_argument("--split-seed", type=int, default=d.split_seed,
+                   help="seed of the held-out split, independent of --seed; keep it when continuing from another "
+                        "run's checkpoint (default: %(default)s)")
     g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per BEIR pair (default: %(default)s)")
     g.add_argument("--qa-max-length", type=int, default=d.qa_max_length,
                    help="tokens per TSV pair (default: %(default)s)")
@@ -91,7 +94,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
     sources += [SourceSpec.parse(s, "tsv") for s in args.tsv]
     cfg = TrainConfig(sources=sources, freeze_word_embeddings=not args.train_word_embeddings)
     for name in ("output_dir", "init_model", "loss", "negatives", "groups_per_batch", "grad_accum", "max_length",
-                 "qa_max_length", "mine_retriever", "mine_k", "skip_top", "dev_fraction", "max_steps", "lr",
+                 "qa_max_length", "mine_retriever", "mine_k", "skip_top", "dev_fraction", "split_seed", "max_steps", "lr",
                  "head_lr_mult", "warmup_ratio", "weight_decay", "max_grad_norm", "pairwise_margin", "autocast",
                  "seed", "threads", "eval_every", "dev_queries", "dev_k", "save_every", "log_every", "resume",
                  "stop_after_step", "select", "select_k", "select_queries", "eval_batch_size", "pack_to",

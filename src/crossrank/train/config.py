@@ -69,6 +69,9 @@ class TrainConfig:
     mine_k: int = 30
     skip_top: int = 0  # ignore the first N mined ranks (false-negative guard)
     dev_fraction: float = 0.1  # held-out share of BEIR train queries (dev/selection), seeded
+    # Seeds the held-out split apart from the training seed: a run that continues from another run's checkpoint
+    # with a new training seed must hold out the same queries, or its dev/selection scores include training data.
+    split_seed: int = 42
     # optimisation
     max_steps: int = 300
     lr: float = 5e-5

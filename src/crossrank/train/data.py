@@ -212,7 +212,7 @@ def build_sources(config: TrainConfig, cache_dir: Path) -> list[Source]:
         qids = [q for q in qrels if q in queries]
         if not qids:
             raise InputError(f"{path}: no {spec.split} queries with judgments")
-        train_q, dev_q = split_dev(qids, config.dev_fraction, config.seed)
+        train_q, dev_q = split_dev(qids, config.dev_fraction, config.split_seed)
         same = config.select_retriever in (None, config.mine_retriever)
         k = max(config.mine_k + config.skip_top, config.dev_k, config.select_k if config.select and same else 0)
         mined = mine(spec, corpus, queries, sorted(qids), config.mine_retriever, k, cache_dir, config.index_wait)

@@ -70,6 +70,7 @@ SciFact test was never used for training or for any selection.
   batch x {config.grad_accum} accumulation, each batch from one source (dynamic padding)
 - AdamW lr {config.lr:g} (head {config.lr * config.head_lr_mult:g}), weight decay {config.weight_decay}, warm-up
   {config.warmup_ratio:.0%} then linear decay, grad clip {config.max_grad_norm}, {config.max_steps} steps, seed {config.seed}
+  (held-out split seed {config.split_seed})
 - word-embedding matrix frozen: {config.freeze_word_embeddings}; autocast: {results.get('autocast')}
 - dev: nDCG@10 of CE order over {config.mine_retriever} top-{config.dev_k} of {results.get('dev_queries')} held-out train
   queries every {config.eval_every} steps; the best step is kept
