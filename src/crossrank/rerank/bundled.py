@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import importlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from crossrank.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "models" / "default"
 MANIFEST = "crossrank_bundle.json"
@@ -300,11 +303,22 @@ def load_bundle(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, base_dir: st
     return model, tokenizer
 
 
+def _warn_if_longer_than_trained(manifest: dict[str, Any], max_length: Any) -> None:
+    """Inputs longer than the model saw in training rank worse, not better (the default: 384 tokens measured
+    0.05 lower nDCG@10 than 256 on held-out queries); long documents are better served by chunking."""
+    trained = manifest.get("metadata", {}).get("trained_max_length")
+    if trained and max_length and int(max_length) > int(trained):
+        log.warning("max_length=%d is longer than the %d tokens %s was trained on; rankings usually get worse. "
+                    "For long documents use long_documents='chunk' instead", int(max_length), int(trained),
+                    manifest.get("name", "this bundle"))
+
+
 def bundled_reranker(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, **options: Any):
     """A :class:`CrossEncoderReranker` on the bundle; the bundle's recommended settings are defaults."""
     from crossrank.rerank.engine import CrossEncoderReranker
 
     manifest = read_manifest(bundle_dir)
+    _warn_if_longer_than_trained(manifest, options.get("max_length"))
     model, tokenizer = load_bundle(bundle_dir)
     recommended = {k: v for k, v in manifest.get("settings", {}).items() if k in ENGINE_SETTINGS}
     return CrossEncoderReranker.from_model(model, tokenizer, name=bundle_name(bundle_dir), **{**recommended, **options})
