@@ -126,6 +126,10 @@ def test_held_out_split_follows_split_seed_not_training_seed(tiny_model_dir, tin
     assert len(first) == 3
     assert dev_ids(seed=2, split_seed=42) == first
     assert any(dev_ids(seed=1, split_seed=s) != first for s in (1, 2, 3))
+    # a run saved before split_seed existed split with its training seed; resuming it must keep that split
+    old = _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "old", seed=5).to_dict()
+    del old["split_seed"]
+    assert TrainConfig.from_dict(old).split_seed == 5
 
 
 def test_metrics():

@@ -133,6 +133,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
         d["sources"] = [SourceSpec(**s) for s in d.get("sources", [])]
+        d.setdefault("split_seed", d.get("seed", cls.split_seed))  # runs saved before split_seed split with --seed
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
