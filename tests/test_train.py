@@ -158,6 +158,8 @@ def test_validate_rejects_bad_config(tmp_path):
         TrainConfig().validate()
     with pytest.raises(InputError):
         TrainConfig(sources=[SourceSpec(str(tmp_path))], loss="hinge").validate()
+    with pytest.raises(InputError, match="split_seed"):
+        TrainConfig(sources=[SourceSpec(str(tmp_path))], split_seed=-1).validate()
 
 
 def test_finish_switch_ends_early_and_exports(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):

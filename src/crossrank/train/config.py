@@ -125,6 +125,8 @@ class TrainConfig:
             raise InputError("negatives, groups_per_batch, grad_accum and max_steps must be >= 1")
         if not 0.0 <= self.dev_fraction < 1.0:
             raise InputError("dev_fraction must be in [0, 1)")
+        if self.seed < 0 or self.split_seed < 0:
+            raise InputError("seed and split_seed must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

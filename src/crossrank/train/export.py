@@ -125,7 +125,7 @@ def pack(model_dir: Path, out_dir: Path, selection: dict[str, Any] | None, confi
         return None
     settings = dict(selection["settings"]) if selection else {"fusion": "none", "max_length": config.max_length}
     card = (model_dir / "README.md").read_text(encoding="utf-8")
-    # the engine warns when a user asks for longer inputs than training saw (measured to hurt the ranking)
+    # the bundle loader warns when a user asks for longer inputs than training saw (measured to hurt the ranking)
     result = pack_bundle(model_dir, out_dir, model_card=card, settings=settings,
                          metadata={"trained_max_length": config.max_length})
     log.info("packed bundle into %s", out_dir)
