@@ -132,6 +132,34 @@ def test_held_out_split_follows_split_seed_not_training_seed(tiny_model_dir, tin
     assert TrainConfig.from_dict(old).split_seed == 5
 
 
+def test_title_pseudo_queries(tiny_model_dir, tmp_path):
+    corpus = tmp_path / "titled"
+    corpus.mkdir()
+    docs = [{"_id": f"d{i}", "title": f"New findings on {t} in the field", "text": f"{t} body text number {i}."}
+            for i, t in enumerate(TOPICS)]
+    docs += [{"_id": "short", "title": "Erratum", "text": "photosynthesis correction."},
+             {"_id": "dup", "title": docs[0]["title"], "text": "a second version of the photosynthesis paper."}]
+    (corpus / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    cfg = TrainConfig(sources=[SourceSpec(str(corpus), "titles")], output_dir=str(tmp_path / "out"),
+                      init_model=str(tiny_model_dir), mine_retriever="bm25", mine_k=5, negatives=2,
+                      groups_per_batch=2, max_steps=2, max_length=64, eval_every=0, save_every=2, threads=1)
+    (source,) = build_sources(cfg, tmp_path / "cache")
+    assert source.spec.name == "titled-titles" and source.dev == []  # no judgments, so nothing to hold out
+    by_id = {g.qid: g for g in source.groups}
+    assert "short" not in by_id  # a one-word title is no query
+    g = by_id["d1"]
+    assert g.query == docs[1]["title"] and g.positives == [docs[1]["text"]]
+    titles = {d["title"] for d in docs}
+    for group in source.groups:
+        assert group.positives[0] not in group.negatives
+        assert not any(t in x for x in group.negatives + group.positives for t in titles)  # bodies only
+    # the other version of the same paper (same title) is not a negative for its title
+    assert "a second version of the photosynthesis paper." not in by_id["d0"].negatives
+    out = train(cfg)  # trains on titles alone: no dev set, still a loadable model
+    assert (out / "model.safetensors").is_file()
+    assert "document titles as queries" in (out / "README.md").read_text()
+
+
 def test_metrics():
     assert ndcg_at_k(["a", "b"], {"a": 1}) == 1.0
     assert ndcg_at_k(["b", "a"], {"a": 1}) == pytest.approx(1 / 1.5849625, rel=1e-6)
@@ -151,6 +179,10 @@ def test_cli_help_and_parse(capsys):
     cfg = config_from_args(build_parser().parse_args(argv), argv)
     assert cfg.max_steps == 9 and cfg.sources[0].weight == 0.8 and cfg.sources[0].index == "/tmp/idx"
     assert cfg.sources[1].kind == "tsv" and cfg.command.endswith("--steps 9")
+    argv = ["--beir", "data/scifact", "--index", "/tmp/idx", "--titles", "data/scifact@0.3", "--titles", "data/other"]
+    cfg = config_from_args(build_parser().parse_args(argv), argv)
+    titles = [s for s in cfg.sources if s.kind == "titles"]
+    assert [(s.weight, s.index) for s in titles] == [(0.3, "/tmp/idx"), (1.0, None)]  # the same corpus's index
 
 
 def test_validate_rejects_bad_config(tmp_path):

@@ -24,6 +24,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="saved crossrank index of the n-th --beir corpus to mine with (built under OUTPUT/data if absent)")
     g.add_argument("--tsv", action="append", default=[], metavar="FILE[@WEIGHT]",
                    help="answer-selection TSV (qid, question, sentence, label); repeatable")
+    g.add_argument("--titles", action="append", default=[], metavar="DIR[@WEIGHT]",
+                   help="BEIR corpus whose document titles become pseudo-queries (positive: the document's body; "
+                        "negatives mined, shown without titles); uses no judgments; mines with the --index of the "
+                        "--beir source with the same DIR when there is one; repeatable")
     g.add_argument("--split", default="train", help="BEIR qrels split to train on (default: train)")
     g.add_argument("--mine", dest="mine_retriever", choices=MINE_RETRIEVERS, default=d.mine_retriever,
                    help="first stage to mine negatives from (default: %(default)s)")
@@ -92,6 +96,11 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
     for spec in sources:
         spec.split = args.split
     sources += [SourceSpec.parse(s, "tsv") for s in args.tsv]
+    index_of = {spec.path: spec.index for spec in sources if spec.kind == "beir"}
+    for s in args.titles:
+        spec = SourceSpec.parse(s, "titles")
+        spec.index = index_of.get(spec.path)
+        sources.append(spec)
     cfg = TrainConfig(sources=sources, freeze_word_embeddings=not args.train_word_embeddings)
     for name in ("output_dir", "init_model", "loss", "negatives", "groups_per_batch", "grad_accum", "max_length",
                  "qa_max_length", "mine_retriever", "mine_k", "skip_top", "dev_fraction", "split_seed", "max_steps", "lr",

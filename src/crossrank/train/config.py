@@ -13,6 +13,7 @@ from crossrank.errors import InputError
 LOSSES = ("listwise", "pairwise", "bce")
 MINE_RETRIEVERS = ("bm25", "dense", "hybrid")
 AUTOCAST = ("auto", "off", "bf16", "fp16")
+SOURCE_KINDS = ("beir", "tsv", "titles")
 
 
 @dataclass
@@ -21,8 +22,11 @@ class SourceSpec:
 
     ``kind`` "beir": a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); positives from the qrels,
     negatives mined from the first stage. ``kind`` "tsv": an answer-selection TSV (qid, question, sentence, label);
-    negatives are the question's other candidates. ``weight`` is the share of batches drawn from this source.
-    ``index`` (beir only) is a saved ``crossrank.retrieve`` index of the corpus to mine with (built when absent).
+    negatives are the question's other candidates. ``kind`` "titles": pseudo-queries from a BEIR corpus alone (no
+    judgments): each document's title is a query and the document's body its positive, negatives mined from the
+    first stage; an unsupervised way to show the model in-domain text. ``weight`` is the share of batches drawn from
+    this source. ``index`` (beir, titles) is a saved ``crossrank.retrieve`` index of the corpus to mine with (built
+    when absent).
     """
 
     path: str
@@ -38,6 +42,8 @@ class SourceSpec:
         base = p.stem if p.suffix == ".tsv" else p.name
         if self.kind == "tsv":
             base = f"{p.parent.name}-{p.stem}" if p.suffix == ".tsv" else base
+        if self.kind == "titles":
+            base = f"{base}-titles"
         return base
 
     @classmethod
@@ -105,7 +111,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if not self.sources:
-            raise InputError("no training sources: give at least one --beir or --tsv")
+            raise InputError("no training sources: give at least one --beir, --tsv or --titles")
         if self.loss not in LOSSES:
             raise InputError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         if self.mine_retriever not in MINE_RETRIEVERS:
@@ -115,7 +121,7 @@ class TrainConfig:
         if self.autocast not in AUTOCAST:
             raise InputError(f"unknown autocast {self.autocast!r}; choose from {', '.join(AUTOCAST)}")
         for s in self.sources:
-            if s.kind not in ("beir", "tsv"):
+            if s.kind not in SOURCE_KINDS:
                 raise InputError(f"unknown source kind {s.kind!r}")
             if s.weight <= 0:
                 raise InputError(f"source weight must be > 0: {s.path}")

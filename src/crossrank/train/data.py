@@ -1,5 +1,6 @@
-"""Training data: groups of (query, positives, negatives) from BEIR datasets (negatives mined from the first stage)
-and answer-selection TSVs (negatives = the question's other candidates); a held-out split of BEIR train queries
+"""Training data: groups of (query, positives, negatives) from BEIR datasets (negatives mined from the first stage),
+answer-selection TSVs (negatives = the question's other candidates) and title pseudo-queries over a BEIR corpus
+(no judgments needed); a held-out split of BEIR train queries
 for dev evaluation and setting selection; and a deterministic batch schedule (a pure function of the config), which
 is what makes ``--resume`` exact."""
 
@@ -196,11 +197,47 @@ def mine(spec: SourceSpec, corpus: dict[str, tuple[str, str]], queries: dict[str
 
 # ---------------------------------------------------------------------------------------------------- building
 
+MIN_TITLE_WORDS = 3  # shorter titles ("Introduction", "Erratum") are not queries anyone would type
+
+
+def title_groups(spec: SourceSpec, config: TrainConfig, cache_dir: Path) -> list[Group]:
+    """Pseudo-queries from the corpus alone: a document's title is the query, its body the positive, and the
+    first stage's other top documents for that title the negatives. Every text of such a group is a body without
+    its title: with titles left on the negatives, "the one without a title" would be a shortcut to the answer.
+    The positive is found by the document id, so the same document can't also be a negative."""
+    from crossrank.corpus import load_corpus
+
+    docs = load_corpus(Path(spec.path))
+    corpus = {d.id: (d.title, d.text) for d in docs}
+    queries = {d.id: d.title.strip() for d in docs
+               if d.text.strip() and len(d.title.split()) >= MIN_TITLE_WORDS}
+    if not queries:
+        raise InputError(f"{spec.path}: no document has a title of {MIN_TITLE_WORDS}+ words and a body")
+    qids = sorted(queries)
+    mined = mine(spec, corpus, queries, qids, config.mine_retriever, config.mine_k + config.skip_top, cache_dir,
+                 config.index_wait)
+    groups = []
+    for q in qids:
+        cand = mined.get(q, [])[config.skip_top: config.skip_top + config.mine_k]
+        # a document whose title equals this one (duplicates, versions) is no negative
+        negs = [corpus[d][1] for d, _ in cand if d != q and corpus[d][0].strip() != queries[q] and corpus[d][1].strip()]
+        if negs:
+            groups.append(Group(qid=q, query=queries[q], positives=[corpus[q][1]], negatives=negs))
+    return groups
+
 
 def build_sources(config: TrainConfig, cache_dir: Path) -> list[Source]:
     sources: list[Source] = []
     for spec in config.sources:
         path = Path(spec.path)
+        if spec.kind == "titles":
+            groups = title_groups(spec, config, cache_dir)
+            if not groups:
+                raise InputError(f"{path}: no title pseudo-query has a mined negative")
+            sources.append(Source(spec=spec, groups=groups, max_length=spec.max_length or config.max_length))
+            log.info("source %s: %d title pseudo-queries (%s top-%d mining, skip %d)", spec.name, len(groups),
+                     config.mine_retriever, config.mine_k, config.skip_top)
+            continue
         if spec.kind == "tsv":
             groups = read_tsv_groups(path)
             if not groups:

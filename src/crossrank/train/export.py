@@ -35,9 +35,12 @@ def write_model_card(model_dir: Path, config: TrainConfig, results: dict[str, An
     src_lines = []
     for s in sources:
         kind = s.spec.kind
-        how = (f"positives from qrels/{s.spec.split}.tsv, negatives mined from {config.mine_retriever} top-{config.mine_k}"
-               f" (judged positives excluded, skip top {config.skip_top}); {len(s.dev)} queries held out"
-               if kind == "beir" else "negatives = the question's other candidate sentences")
+        mined = f"negatives mined from {config.mine_retriever} top-{config.mine_k}"
+        how = {"beir": f"positives from qrels/{s.spec.split}.tsv, {mined} (judged positives excluded, skip top "
+                       f"{config.skip_top}); {len(s.dev)} queries held out",
+               "titles": f"document titles as queries (no judgments used), the document's body as positive, {mined} "
+                         f"(skip top {config.skip_top}), all shown without titles",
+               }.get(kind, "negatives = the question's other candidate sentences")
         src_lines.append(f"- `{s.spec.path}` ({kind}, weight {s.spec.weight}, max {s.max_length} tokens): "
                          f"{len(s.groups)} training queries; {how}")
     curve = ", ".join(f"{st}: {v:.4f}" for st, v in results.get("dev_curve", []))
