@@ -38,8 +38,9 @@ def write_model_card(model_dir: Path, config: TrainConfig, results: dict[str, An
         mined = f"negatives mined from {config.mine_retriever} top-{config.mine_k}"
         how = {"beir": f"positives from qrels/{s.spec.split}.tsv, {mined} (judged positives excluded, skip top "
                        f"{config.skip_top}); {len(s.dev)} queries held out",
-               "titles": f"document titles as queries (no judgments used), the document's body as positive, {mined} "
-                         f"(skip top {config.skip_top}), all shown without titles",
+               "titles": f"document titles as queries, the document's body as positive, {mined} (skip top "
+                         f"{config.skip_top}), all shown without titles; uses the corpus text only (every document, "
+                         f"whichever split judges it) and no queries or judgments",
                }.get(kind, "negatives = the question's other candidate sentences")
         src_lines.append(f"- `{s.spec.path}` ({kind}, weight {s.spec.weight}, max {s.max_length} tokens): "
                          f"{len(s.groups)} training queries; {how}")
@@ -66,7 +67,7 @@ all-MiniLM-L6-v2 with a new head, trained by `crossrank.train`. Input: (query, `
 ## Data
 {chr(10).join(src_lines)}
 
-SciFact test was never used for training or for any selection.
+No test split's queries or judgments were used for training or for any selection.
 
 ## Recipe
 - loss: **{config.loss}** over groups of 1 positive + {config.negatives} negatives; {config.groups_per_batch} groups per
