@@ -155,6 +155,15 @@ def test_title_pseudo_queries(tiny_model_dir, tmp_path):
         assert not any(t in x for x in group.negatives + group.positives for t in titles)  # bodies only
     # the other version of the same paper (same title) is not a negative for its title
     assert "a second version of the photosynthesis paper." not in by_id["d0"].negatives
+    # judged queries and titles over one corpus, no saved index: one index is built and both mine with it
+    both = TrainConfig(**{**cfg.__dict__, "sources": [SourceSpec(str(corpus), "beir"), SourceSpec(str(corpus), "titles")]})
+    (corpus / "qrels").mkdir()
+    (corpus / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(len(TOPICS))), encoding="utf-8")
+    (corpus / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"which body text is about {t}?"})
+                                                  + "\n" for i, t in enumerate(TOPICS)), encoding="utf-8")
+    assert len(build_sources(both, tmp_path / "cache2")) == 2
+    assert [p.name for p in (tmp_path / "cache2").glob("index-*")] == ["index-titled"]
     out = train(cfg)  # trains on titles alone: no dev set, still a loadable model
     assert (out / "model.safetensors").is_file()
     assert "document titles as queries" in (out / "README.md").read_text()

@@ -156,7 +156,8 @@ def _open_index(spec: SourceSpec, corpus: dict[str, tuple[str, str]], cache_dir:
         return retrieve.load_index(spec.index)
     from crossrank.types import Document
 
-    index_dir = cache_dir / f"index-{spec.name}"
+    # named after the corpus folder, not the source, so a --beir and a --titles source over one corpus share it
+    index_dir = cache_dir / f"index-{Path(spec.path).name}"
     if (index_dir).exists():
         try:
             return retrieve.load_index(index_dir)
@@ -204,7 +205,7 @@ def title_groups(spec: SourceSpec, config: TrainConfig, cache_dir: Path) -> list
     """Pseudo-queries from the corpus alone: a document's title is the query, its body the positive, and the
     first stage's other top documents for that title the negatives. Every text of such a group is a body without
     its title: with titles left on the negatives, "the one without a title" would be a shortcut to the answer.
-    The positive is found by the document id, so the same document can't also be a negative."""
+    No document with the query's title (the positive itself, duplicates, other versions) is a negative."""
     from crossrank.corpus import load_corpus
 
     docs = load_corpus(Path(spec.path))
@@ -219,8 +220,7 @@ def title_groups(spec: SourceSpec, config: TrainConfig, cache_dir: Path) -> list
     groups = []
     for q in qids:
         cand = mined.get(q, [])[config.skip_top: config.skip_top + config.mine_k]
-        # a document whose title equals this one (duplicates, versions) is no negative
-        negs = [corpus[d][1] for d, _ in cand if d != q and corpus[d][0].strip() != queries[q] and corpus[d][1].strip()]
+        negs = [corpus[d][1] for d, _ in cand if corpus[d][0].strip() != queries[q] and corpus[d][1].strip()]
         if negs:
             groups.append(Group(qid=q, query=queries[q], positives=[corpus[q][1]], negatives=negs))
     return groups
