@@ -10,6 +10,7 @@ from conftest import SAMPLE_DOCS, shared_dataset
 from crossrank.corpus import (
     chunk_documents,
     count_tokens,
+    iter_jsonl,
     load_beir,
     load_corpus,
     load_qrels,
@@ -90,6 +91,15 @@ def test_non_utf8_names_file_and_line(tmp_path):
     (tmp_path / "dir" / "a.txt").write_bytes(b"line one\nline \xff two\n")
     with pytest.raises(InputError, match=r"a\.txt:2: not valid UTF-8"):
         load_corpus(tmp_path / "dir")
+
+
+def test_a_folder_where_a_file_is_expected(tmp_path):
+    (tmp_path / "qrels.tsv").mkdir()
+    (tmp_path / "c.jsonl").mkdir()
+    with pytest.raises(InputError, match=r"expected a file but .*qrels\.tsv is a directory"):
+        load_qrels(tmp_path / "qrels.tsv")
+    with pytest.raises(InputError, match=r"expected a file but .*c\.jsonl is a directory"):
+        list(iter_jsonl(tmp_path / "c.jsonl"))
 
 
 def test_bad_json_names_file_and_line(tmp_path):

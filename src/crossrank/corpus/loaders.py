@@ -37,15 +37,20 @@ def _check_exists(path: Path, what: str) -> None:
         raise InputError(f"{what} not found: {path}")
 
 
+def _read_error(path: Path, e: OSError) -> InputError:
+    """The user-facing error for a file that exists but cannot be read."""
+    if isinstance(e, PermissionError):
+        return InputError(f"cannot read {path}: permission denied")
+    if isinstance(e, IsADirectoryError):
+        return InputError(f"expected a file but {path} is a directory")
+    return InputError(f"cannot read {path}: {e.strerror or e}")
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
-    except PermissionError:
-        raise InputError(f"cannot read {path}: permission denied") from None
-    except IsADirectoryError:
-        raise InputError(f"expected a file but {path} is a directory") from None
     except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+        raise _read_error(path, e) from None
 
 
 def _decode(raw: bytes, path: Path, line_offset: int = 0) -> str:
@@ -68,12 +73,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     _check_exists(path, "file")
     try:
         f = open(path, "rb")  # streamed line by line: memory stays flat for large corpora
-    except PermissionError:
-        raise InputError(f"cannot read {path}: permission denied") from None
-    except IsADirectoryError:
-        raise InputError(f"expected a file but {path} is a directory") from None
     except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+        raise _read_error(path, e) from None
     with f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
