@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+from crossrank.errors import InputError
 
 
 @dataclass(slots=True)
@@ -69,6 +71,26 @@ def rank_by_scores(texts: Sequence[str], scores: Sequence[float], top_n: int | N
     if top_n is not None:
         order = order[: max(0, top_n)]
     return [RankedText(index=i, score=float(scores[i]), text=texts[i]) for i in order]
+
+
+def check_query(query: Any) -> str:
+    """``query`` if it is a non-blank string; otherwise the InputError every reranker raises for it."""
+    if not isinstance(query, str):
+        raise InputError(f"query must be a string, not {type(query).__name__}")
+    if not query.strip():
+        raise InputError("query is empty")
+    return query
+
+
+def check_texts(texts: Iterable[Any]) -> list[str]:
+    """``texts`` as a list of strings; a lone string or a non-string item is an InputError."""
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, not one string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InputError(f"text {i} must be a string, not {type(t).__name__}")
+    return out
 
 
 def accepts_timeout(reranker: Any) -> bool:

@@ -41,14 +41,14 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError, RerankTimeout
 from crossrank.hardware import cpu_flags
-from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
+from crossrank.rerank.base import RankedText, RerankScores, check_query, check_texts, rank_by_scores
 
 log = logging.getLogger(__name__)
 
@@ -576,8 +576,8 @@ class CrossEncoderReranker:
         ``timeout_s``: time budget; when it runs out between two forward passes the rest is dropped and
         :class:`crossrank.errors.RerankTimeout` is raised (so a caller that gave up stops costing CPU)."""
         deadline = _deadline(timeout_s)
-        _check_query(query)
-        texts = _check_texts(texts)
+        check_query(query)
+        texts = check_texts(texts)
         if not texts:
             return RerankScores(scores=[], truncated=[])
         q_ids, q_cut = self._prepare_query(query)
@@ -597,9 +597,9 @@ class CrossEncoderReranker:
                 raise InputError("score_pairs takes (query, text) pairs")
             q = p[0]
             if q not in queries:
-                _check_query(q)
+                check_query(q)
                 queries[q] = self._prepare_query(q)
-        texts = _check_texts([p[1] for p in pairs])
+        texts = check_texts([p[1] for p in pairs])
         docs = self._encode_docs(texts)
         qs = [queries[p[0]] for p in pairs]
         return self._score_ids([q for q, _ in qs], [c for _, c in qs], docs, deadline)
@@ -610,9 +610,9 @@ class CrossEncoderReranker:
     def pair_inputs(self, query: str, text: str) -> list[dict[str, list[int]]]:
         """What the model is fed for one pair: ``input_ids`` and ``token_type_ids`` per window (one unless
         ``long_documents="chunk"`` splits the text). For debugging and tests."""
-        _check_query(query)
+        check_query(query)
         q, _ = self._prepare_query(query)
-        d = self._encode_docs(_check_texts([text]))[0]
+        d = self._encode_docs(check_texts([text]))[0]
         windows, _ = self._windows(d, self._avail - len(q))
         return [dict(zip(("input_ids", "token_type_ids"), self.template.build(q, w))) for w in windows]
 
@@ -751,21 +751,3 @@ def _clip_at_whitespace(text: str, limit: int) -> str:
         return text
     cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
     return text[:cut] if cut > limit // 2 else text
-
-
-def _check_query(query: Any) -> None:
-    if not isinstance(query, str):
-        raise InputError(f"query must be a string, not {type(query).__name__}")
-    if not query.strip():
-        raise InputError("query is empty")
-
-
-def _check_texts(texts: Iterable[Any]) -> list[str]:
-    if isinstance(texts, str):
-        raise InputError("texts must be a list of strings, not one string")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise InputError(f"text {i} must be a string, not {type(t).__name__}")
-    return out
-

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from crossrank.errors import InputError, RerankerUnavailable
-from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
+from crossrank.rerank.base import RankedText, RerankScores, check_query, check_texts, rank_by_scores
 
 APIS = ("auto", "tei", "cohere", "jina")
 _PATHS = {"tei": "/rerank", "cohere": "/v2/rerank", "jina": "/v1/rerank"}
@@ -172,16 +172,8 @@ class RemoteReranker:
 
     # ---------------------------------------------------------------- Reranker protocol
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
-        if not isinstance(query, str):
-            raise InputError(f"query must be a string, not {type(query).__name__}")
-        if not query.strip():
-            raise InputError("query is empty")
-        if isinstance(texts, str):
-            raise InputError("texts must be a list of strings, not one string")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"text {i} must be a string, not {type(t).__name__}")
+        check_query(query)
+        texts = check_texts(texts)
         scores: list[float] = []
         truncated = 0
         tokens = 0
