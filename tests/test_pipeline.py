@@ -11,7 +11,7 @@ from crossrank.errors import InputError
 from crossrank.pipeline import Fusion, Pipeline, fuse
 from crossrank.rerank import CachedReranker, CrossEncoderReranker
 from crossrank.retrieve import BM25Retriever
-from crossrank.types import Document
+from crossrank.types import Candidate, Document, first_per_document
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +201,9 @@ def test_engine_stops_when_its_time_budget_runs_out(tiny_model_dir):
     assert len(one_per_pass.score("plants", texts[:3], timeout_s=30.0)) == 3
     with pytest.raises(InputError, match="timeout_s"):
         one_per_pass.score("plants", texts[:3], timeout_s=0)
+
+
+def test_first_per_document_keeps_each_documents_first_passage_in_order():
+    ranked = [Candidate(id=p, doc_id=p.split("#")[0], text="", score=s, rank=r)
+              for r, (p, s) in enumerate([("a#1", 9.0), ("b#0", 8.0), ("a#0", 7.0), ("c", 6.0), ("b#2", 5.0)], 1)]
+    assert [c.id for c in first_per_document(ranked)] == ["a#1", "b#0", "c"]

@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 from crossrank.errors import InputError, RerankTimeout
 from crossrank.rerank.base import Reranker, RerankScores, accepts_timeout
 from crossrank.retrieve.base import Retriever
-from crossrank.types import Candidate, Hit, SearchResult, Timings
+from crossrank.types import Candidate, Hit, SearchResult, Timings, first_per_document
 
 FusionMethod = Literal["none", "rrf", "interpolate"]
 Unit = Literal["passage", "document"]
@@ -234,7 +234,7 @@ class Pipeline:
 
         hits = _compose(candidates, outcome, fusion_spec)
         if unit == "document":
-            hits = _best_per_document(hits)
+            hits = first_per_document(hits)
         hits = hits[:n]
         for rank, hit in enumerate(hits, start=1):
             hit.rank = rank
@@ -367,15 +367,4 @@ def _document_candidates(passages: list[Candidate], k: int, per_doc: int) -> lis
         if count < per_doc:
             kept[c.doc_id] = count + 1
             out.append(c)
-    return out
-
-
-def _best_per_document(hits: list[Hit]) -> list[Hit]:
-    """Keep each document's best passage (hits are already in final order, so the first seen is the max)."""
-    seen: set[str] = set()
-    out = []
-    for h in hits:
-        if h.doc_id not in seen:
-            seen.add(h.doc_id)
-            out.append(h)
     return out

@@ -7,7 +7,7 @@ Data flows one way: ``Document`` -> ``Passage`` (chunked, remembers its parent) 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable, Protocol, TypeVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +117,23 @@ class SearchResult:
             "timings": self.timings.to_dict(),
             "hits": [h.to_dict() for h in self.hits],
         }
+
+
+class _HasDocId(Protocol):
+    @property
+    def doc_id(self) -> str: ...
+
+
+_D = TypeVar("_D", bound=_HasDocId)
+
+
+def first_per_document(items: Iterable[_D]) -> list[_D]:
+    """The first item of each document, in order. Over a ranking of passages that is each document's best
+    passage, so a chunked index yields one entry per document."""
+    seen: set[str] = set()
+    out = []
+    for it in items:
+        if it.doc_id not in seen:
+            seen.add(it.doc_id)
+            out.append(it)
+    return out

@@ -38,7 +38,7 @@ from crossrank.evaluate._util import (
 from crossrank.evaluate.cache import LatencyStore, ScoreCache, reranker_fingerprint
 from crossrank.evaluate.metrics import gold_answers, ranking_metrics, wins_losses_ties
 from crossrank.hardware import cpu_model
-from crossrank.types import Candidate
+from crossrank.types import Candidate, first_per_document
 
 SCHEMA_VERSION = 1
 KNOWN_RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -173,17 +173,6 @@ def _load_reranker(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, A
         reranker = CrossEncoderReranker(name, **dict(options or {}))
     label = "default" if name == "default" else (Path(name).name if Path(name).exists() else name)
     return label, reranker
-
-
-def _dedupe_docs(cands: Sequence[Candidate]) -> list[Candidate]:
-    """One candidate per document (its best passage), keeping order: a chunked index is scored per document."""
-    seen: set[str] = set()
-    out = []
-    for c in cands:
-        if c.doc_id not in seen:
-            seen.add(c.doc_id)
-            out.append(c)
-    return out
 
 
 def _machine_info() -> dict[str, Any]:
@@ -421,7 +410,7 @@ def evaluate_beir(
                 except InputError:
                     cands, failures[rname] = [], failures[rname] + 1
                 fs_ms[rname][q] = (time.perf_counter() - t0) * 1000.0
-                runs[rname][q] = _dedupe_docs(cands)
+                runs[rname][q] = first_per_document(cands)
                 bars.advance(task)
 
     # ---- rerankers: timing sample first (fills the cache), then the rest of the union
