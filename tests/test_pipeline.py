@@ -207,3 +207,13 @@ def test_first_per_document_keeps_each_documents_first_passage_in_order():
     ranked = [Candidate(id=p, doc_id=p.split("#")[0], text="", score=s, rank=r)
               for r, (p, s) in enumerate([("a#1", 9.0), ("b#0", 8.0), ("a#0", 7.0), ("c", 6.0), ("b#2", 5.0)], 1)]
     assert [c.id for c in first_per_document(ranked)] == ["a#1", "b#0", "c"]
+
+
+@pytest.mark.parametrize("query, message", [("  ", "query is empty"), (None, "query must be a string, not NoneType"),
+                                            (["a"], "query must be a string, not list")])
+def test_every_stage_rejects_a_bad_query_with_the_same_error(bm25, engine, query, message):
+    with Pipeline(bm25, engine, k=6, n=3) as pipe:
+        for call in (lambda: bm25.search(query, k=3), lambda: engine.score(query, ["a text"]),
+                     lambda: pipe.search(query)):
+            with pytest.raises(InputError, match=message):
+                call()

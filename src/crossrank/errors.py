@@ -1,5 +1,9 @@
 """Errors with messages meant for people. The CLI prints them without a traceback; the server maps them to 4xx."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class CrossrankError(Exception):
     """Base class: anything raised on purpose, with a message a user can act on."""
@@ -23,3 +27,12 @@ class RerankerUnavailable(CrossrankError):
 
 class RerankTimeout(RerankerUnavailable):
     """A reranker's time budget (``timeout_s``) ran out before every pair was scored; the work left was dropped."""
+
+
+def check_query(query: Any) -> str:
+    """``query`` if it is a non-blank string, else the one InputError every stage raises for a bad query."""
+    if not isinstance(query, str):
+        raise InputError(f"query must be a string, not {type(query).__name__}")
+    if not query.strip():
+        raise InputError("query is empty")
+    return query

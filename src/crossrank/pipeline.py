@@ -25,7 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from crossrank.errors import InputError, RerankTimeout
+from crossrank.errors import InputError, RerankTimeout, check_query
 from crossrank.rerank.base import Reranker, RerankScores, accepts_timeout
 from crossrank.retrieve.base import Retriever
 from crossrank.types import Candidate, Hit, SearchResult, Timings, first_per_document
@@ -203,8 +203,7 @@ class Pipeline:
     ) -> SearchResult:
         """Run one query through the pipeline. Raises ``InputError`` only for bad input (empty query, bad k/n)."""
         start = time.perf_counter()
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("query is empty")
+        check_query(query)
         k = self.k if k is None else k
         n = self.n if n is None else n
         _check_k_n(k, n)

@@ -73,15 +73,6 @@ def rank_by_scores(texts: Sequence[str], scores: Sequence[float], top_n: int | N
     return [RankedText(index=i, score=float(scores[i]), text=texts[i]) for i in order]
 
 
-def check_query(query: Any) -> str:
-    """``query`` if it is a non-blank string; otherwise the InputError every reranker raises for it."""
-    if not isinstance(query, str):
-        raise InputError(f"query must be a string, not {type(query).__name__}")
-    if not query.strip():
-        raise InputError("query is empty")
-    return query
-
-
 def check_texts(texts: Iterable[Any]) -> list[str]:
     """``texts`` as a list of strings; a lone string or a non-string item is an InputError."""
     if isinstance(texts, str):

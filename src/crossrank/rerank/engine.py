@@ -46,9 +46,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from crossrank.errors import InputError, ModelLoadError, RerankTimeout
+from crossrank.errors import InputError, ModelLoadError, RerankTimeout, check_query
 from crossrank.hardware import cpu_flags
-from crossrank.rerank.base import RankedText, RerankScores, check_query, check_texts, rank_by_scores
+from crossrank.rerank.base import RankedText, RerankScores, check_texts, rank_by_scores
 
 log = logging.getLogger(__name__)
 

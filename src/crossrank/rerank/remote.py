@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from crossrank.errors import InputError, RerankerUnavailable
-from crossrank.rerank.base import RankedText, RerankScores, check_query, check_texts, rank_by_scores
+from crossrank.errors import InputError, RerankerUnavailable, check_query
+from crossrank.rerank.base import RankedText, RerankScores, check_texts, rank_by_scores
 
 APIS = ("auto", "tei", "cohere", "jina")
 _PATHS = {"tei": "/rerank", "cohere": "/v2/rerank", "jina": "/v1/rerank"}

@@ -15,14 +15,6 @@ def passage_text(p: Passage) -> str:
     return f"{p.title} {p.text}" if p.title else p.text
 
 
-def check_query(query: str) -> str:
-    if not isinstance(query, str):
-        raise InputError(f"query must be a string, got {type(query).__name__}")
-    if not query.strip():
-        raise InputError("query is empty")
-    return query
-
-
 def check_k(k: int) -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")

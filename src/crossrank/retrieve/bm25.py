@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from crossrank.corpus.chunking import as_passages
-from crossrank.errors import IndexLoadError, InputError
-from crossrank.retrieve._common import check_k, check_query, make_candidates, passage_text, top_k
+from crossrank.errors import IndexLoadError, InputError, check_query
+from crossrank.retrieve._common import check_k, make_candidates, passage_text, top_k
 from crossrank.types import Candidate, Document, Passage
 
 DEFAULT_PARAMS = {"k1": 0.9, "b": 0.4, "method": "lucene", "stopwords": "en", "stemmer": "english"}

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from crossrank.corpus.chunking import as_passages
-from crossrank.errors import InputError, ModelLoadError
-from crossrank.retrieve._common import check_k, check_query, make_candidates, passage_text, top_k
+from crossrank.errors import InputError, ModelLoadError, check_query
+from crossrank.retrieve._common import check_k, make_candidates, passage_text, top_k
 from crossrank.types import Candidate, Document, Passage
 
 DEFAULT_MODEL = "default"

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from crossrank.errors import InputError
-from crossrank.retrieve._common import check_k, check_query
+from crossrank.errors import InputError, check_query
+from crossrank.retrieve._common import check_k
 from crossrank.retrieve.base import Retriever
 from crossrank.types import Candidate
 
