@@ -118,6 +118,10 @@ def test_export_matches_engine_and_sentence_transformers(bundle_dir, tmp_path):
     ours = engine.score(QUERY, DOCS).scores
 
     out = export_bundle(tmp_path / "exported", bundle_dir)
+    # safetensors writes 0600; an exported model must be readable by a server running as another user
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
+    mode = {f.name: f.stat().st_mode & 0o777 for f in bundle_dir.iterdir()}
+    assert mode["delta.safetensors"] == mode["config.json"], "the packed delta gets a plain file's permissions"
     assert (out / "model.safetensors").is_file() and (out / "README.md").read_text() == "# test model\n"
     theirs = CrossEncoder(str(out), device="cpu").predict([(QUERY, d) for d in DOCS])
     assert ours == pytest.approx([float(x) for x in theirs], abs=1e-4)

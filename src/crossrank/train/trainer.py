@@ -29,6 +29,7 @@ import torch
 
 from crossrank.errors import InputError, ModelLoadError
 from crossrank.hardware import cpu_flags
+from crossrank.rerank.bundled import share_files
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe
 from crossrank.train.losses import compute_loss
@@ -199,6 +200,7 @@ def _save_hf(model, tokenizer, path: Path) -> None:
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    share_files(tmp)
     _atomic_dir_replace(tmp, path)
 
 
