@@ -597,3 +597,12 @@ def test_frontier_labels_of_close_points_do_not_overlap():
     after = [t.get_window_extent(renderer) for t in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(after) for b in after[i + 1:])
     plt.close(fig)
+
+
+def test_atomic_writes_get_a_plain_files_permissions(tmp_path):
+    from crossrank.evaluate._util import atomic_write_text
+
+    atomic_write_text(tmp_path / "report.json", "{}")  # through mkstemp, which creates 0600
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "report.json"]  # no probe left behind

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from crossrank.errors import InputError
+from crossrank.files import plain_file_mode
 
 
 def latency_summary(values_ms: Iterable[float]) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, plain_file_mode(path.parent))  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from crossrank.errors import ModelLoadError
+from crossrank.files import share_files
 
 log = logging.getLogger(__name__)
 
@@ -240,20 +241,6 @@ def _default_card(manifest: dict[str, Any]) -> str:
         f"# {manifest['name']}\n\nA MiniLM-L6 cross-encoder reranker packed by crossrank as a delta on "
         f"all-MiniLM-L6-v2 ({BASE_PACKAGE} {manifest['base']['version']}).\n"
     )
-
-
-def share_files(directory: Path) -> None:
-    """Give the files in ``directory`` the permissions a plain write would (0644 under the usual umask).
-
-    safetensors writes its files 0600 whatever the umask, so an exported model could not be read by another
-    user, e.g. a serving container that runs under its own uid."""
-    probe = Path(directory) / ".umask-probe"
-    probe.write_bytes(b"")  # created as a plain write is: its mode is what the umask allows (no global umask swap)
-    mode = probe.stat().st_mode & 0o666
-    probe.unlink()
-    for f in Path(directory).iterdir():
-        if f.is_file():
-            os.chmod(f, mode)
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:

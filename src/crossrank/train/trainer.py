@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError
+from crossrank.files import share_files
 from crossrank.hardware import cpu_flags
-from crossrank.rerank.bundled import share_files
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe
 from crossrank.train.losses import compute_loss
