@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -10,7 +11,7 @@ def plain_file_mode(directory: str | os.PathLike) -> int:
     """The mode a plain ``open(..., "w")`` gives a new file in ``directory`` (0644 under the usual umask).
 
     Found by creating an empty probe file, so the process-wide umask is never changed (that would race threads)."""
-    probe = Path(directory) / f".mode-probe-{os.getpid()}"
+    probe = Path(directory) / f".mode-probe-{os.getpid()}-{threading.get_ident()}"  # unique per writer
     probe.write_bytes(b"")
     try:
         return probe.stat().st_mode & 0o666
