@@ -210,7 +210,6 @@ def pack_bundle(
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(delta, str(tmp / DELTA), metadata={"format": "pt"})
-        share_files(tmp)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -229,6 +228,7 @@ def pack_bundle(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card if model_card is not None else _default_card(manifest), encoding="utf-8")
+        share_files(tmp)
         _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
