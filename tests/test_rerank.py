@@ -43,7 +43,8 @@ def test_scores_in_input_order_and_equal_to_one_by_one(raw):
 
 
 def test_batches_respect_token_budget_and_change_nothing(tiny_model_dir, raw):
-    small = CrossEncoderReranker(tiny_model_dir, max_length=64, activation="raw", batch_tokens=100, max_batch_size=3)
+    small = CrossEncoderReranker(tiny_model_dir, max_length=64, activation="raw", batch_tokens=100, max_batch_size=3,
+                                 dtype="fp32")
     lengths = [64, 5, 30, 64, 12, 12, 40, 7, 7, 7, 7, 3]
     batches = small._batches(lengths)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
@@ -77,7 +78,7 @@ def test_long_documents_chunk_scores_max_over_windows(tiny_model_dir, raw):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     chunker = CrossEncoderReranker(
-        tiny_model_dir, max_length=48, activation="raw", long_documents="chunk", chunk_overlap=8
+        tiny_model_dir, max_length=48, activation="raw", long_documents="chunk", chunk_overlap=8, dtype="fp32"
     )
     doc = " ".join(f"sentence {i} about glucose, volcanoes or insulin." for i in range(30))
     got = chunker.score(QUERY, [doc, "short doc"])
@@ -104,7 +105,7 @@ def test_long_documents_chunk_scores_max_over_windows(tiny_model_dir, raw):
     assert len(chunker.pair_inputs(QUERY, doc)) == len(starts)
     assert got.scores[0] == pytest.approx(max(logits), abs=1e-5)
 
-    truncating = CrossEncoderReranker(tiny_model_dir, max_length=48, activation="raw")
+    truncating = CrossEncoderReranker(tiny_model_dir, max_length=48, activation="raw", dtype="fp32")
     assert truncating.score(QUERY, [doc]).scores[0] == pytest.approx(logits[0], abs=1e-5)
 
     capped = CrossEncoderReranker(tiny_model_dir, max_length=48, long_documents="chunk", chunk_overlap=8, max_chunks=2)
@@ -112,8 +113,8 @@ def test_long_documents_chunk_scores_max_over_windows(tiny_model_dir, raw):
 
 
 def test_sigmoid_vs_raw(tiny_model_dir, raw):
-    sig = CrossEncoderReranker(tiny_model_dir, max_length=64, activation="sigmoid")
-    auto = CrossEncoderReranker(tiny_model_dir, max_length=64)
+    sig = CrossEncoderReranker(tiny_model_dir, max_length=64, activation="sigmoid", dtype="fp32")
+    auto = CrossEncoderReranker(tiny_model_dir, max_length=64, dtype="fp32")
     assert auto.activation == "sigmoid"
     r, s = raw.score(QUERY, DOCS).scores, sig.score(QUERY, DOCS).scores
     assert s == pytest.approx([1 / (1 + math.exp(-x)) for x in r], abs=1e-7)
@@ -129,7 +130,7 @@ def test_agrees_with_sentence_transformers(tiny_model_dir, raw):
     ours = raw.score_pairs(pairs)
     theirs = ce.predict(pairs, activation_fn=torch.nn.Identity())
     assert ours.scores == pytest.approx([float(x) for x in theirs], abs=1e-4)
-    sig = CrossEncoderReranker(tiny_model_dir, max_length=64).score_pairs(pairs).scores
+    sig = CrossEncoderReranker(tiny_model_dir, max_length=64, dtype="fp32").score_pairs(pairs).scores
     assert sig == pytest.approx([float(x) for x in ce.predict(pairs)], abs=1e-4)
     # score_pairs across queries == score per query
     per_query = [s for q in queries for s in raw.score(q, DOCS).scores]
@@ -147,11 +148,11 @@ def test_two_label_model_uses_probability_of_label_one(tmp_path, tiny_model_dir)
     AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(tmp_path)
     pairs = [(QUERY, d) for d in DOCS]
     probs = CrossEncoder(str(tmp_path), max_length=64).predict(pairs, apply_softmax=True)[:, 1]
-    rr = CrossEncoderReranker(tmp_path, max_length=64)
+    rr = CrossEncoderReranker(tmp_path, max_length=64, dtype="fp32")
     assert rr.num_labels == 2
     assert rr.score_pairs(pairs).scores == pytest.approx([float(p) for p in probs], abs=1e-5)
     logits = CrossEncoder(str(tmp_path), max_length=64).predict(pairs, activation_fn=torch.nn.Identity())
-    diff = CrossEncoderReranker(tmp_path, max_length=64, activation="raw").score_pairs(pairs).scores
+    diff = CrossEncoderReranker(tmp_path, max_length=64, activation="raw", dtype="fp32").score_pairs(pairs).scores
     assert diff == pytest.approx([float(b - a) for a, b in logits], abs=1e-4)
 
 

@@ -311,16 +311,18 @@ def train(ctx: typer.Context) -> None:
 
 @model_app.command("export")
 def model_export(
-    name: str = typer.Argument(..., help="'default' (the bundled model)."),
+    name: str = typer.Argument(..., help="'default' (the bundled model) or a crossrank bundle directory."),
     out_dir: Path = typer.Argument(..., help="Directory to write a standard Hugging Face checkpoint into."),
 ) -> None:
     """Write a model as a standard Hugging Face checkpoint (loads in transformers, sentence-transformers, TEI)."""
-    if name != "default":
-        raise InputError(f"only the bundled model can be exported, got {name!r}")
-    from crossrank.rerank.bundled import export_bundle
+    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, MANIFEST, export_bundle
 
-    export_bundle(out_dir)
-    err.print(f"exported the default reranker to {out_dir}")
+    # a bundle directory from `crossrank train --pack` or from the repository's history (an earlier default)
+    bundle_dir = DEFAULT_BUNDLE_DIR if name == "default" else Path(name)
+    if not (Path(bundle_dir) / MANIFEST).is_file():
+        raise InputError(f"{name!r} is neither 'default' nor a crossrank bundle directory (no {MANIFEST} in it)")
+    export_bundle(out_dir, bundle_dir)
+    err.print(f"exported {'the default reranker' if name == 'default' else name} to {out_dir}")
 
 
 def _quiet_libraries() -> None:
