@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -315,6 +316,8 @@ def test_cli_eval_reuses_a_given_index_and_rejects_one_that_lacks_a_method(tmp_p
     cmd = ["eval", str(root), "--retrievers", "bm25", "--rerankers", "none", "--k", "3", "--n", "1", "--out", str(out)]
     proc = run_cli(*cmd, "--index", str(shared_index))
     assert proc.returncode == 0, proc.stderr
+    # stderr is a pipe here, as in a logged background run: progress comes as plain lines, not a redrawn bar
+    assert re.search(r"^retrieve bm25 \(k=3\): (\d+)/\1 \(100%\)", proc.stderr, re.M), proc.stderr
     index_info = json.loads((out / "results.json").read_text())["index"]
     assert index_info["path"] == str(shared_index) and index_info["status"] == "loaded"
     assert not (out / "index").exists()
@@ -606,3 +609,27 @@ def test_atomic_writes_get_a_plain_files_permissions(tmp_path):
     (tmp_path / "plain.txt").write_text("x")
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "report.json"]  # no probe left behind
+
+
+def test_line_progress_prints_at_most_every_interval_and_once_at_the_end():
+    import io
+
+    from crossrank.evaluate._util import LineProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    bars = LineProgress(out, every_s=30.0, clock=lambda: now[0])
+    task = bars.add_task("rerank x (100 new pairs)", total=100)
+    for _ in range(99):  # one pair a second: a line at 30 s, 60 s, 90 s
+        now[0] += 1.0
+        bars.advance(task)
+    now[0] += 1.0
+    bars.advance(task)
+    bars.advance(task, 0)  # already finished: no second end line
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "rerank x (100 new pairs): 30/100 (30%), 30 s, eta 70 s",
+        "rerank x (100 new pairs): 60/100 (60%), 60 s, eta 40 s",
+        "rerank x (100 new pairs): 90/100 (90%), 90 s, eta 10 s",
+        "rerank x (100 new pairs): 100/100 (100%), 100 s, eta 0 s",
+    ]
