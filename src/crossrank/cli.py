@@ -315,12 +315,14 @@ def model_export(
     out_dir: Path = typer.Argument(..., help="Directory to write a standard Hugging Face checkpoint into."),
 ) -> None:
     """Write a model as a standard Hugging Face checkpoint (loads in transformers, sentence-transformers, TEI)."""
-    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, MANIFEST, export_bundle
+    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, bundle_available, export_bundle
 
-    # a bundle directory from `crossrank train --pack` or from the repository's history (an earlier default)
+    # a bundle directory from `crossrank train --pack` or from the repository's history (an earlier default);
+    # a missing default is reported by export_bundle itself
     bundle_dir = DEFAULT_BUNDLE_DIR if name == "default" else Path(name)
-    if not (Path(bundle_dir) / MANIFEST).is_file():
-        raise InputError(f"{name!r} is neither 'default' nor a crossrank bundle directory (no {MANIFEST} in it)")
+    if name != "default" and not bundle_available(bundle_dir):
+        raise InputError(f"{name!r} is neither 'default' nor a complete crossrank bundle directory "
+                         "(config.json, delta.safetensors, crossrank_bundle.json)")
     export_bundle(out_dir, bundle_dir)
     err.print(f"exported {'the default reranker' if name == 'default' else name} to {out_dir}")
 
