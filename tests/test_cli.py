@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,201 @@ def test_model_that_is_not_a_reranker_is_a_clean_error(bm25_index):
 
 def test_unknown_retriever_is_a_clean_error(bm25_index):
     assert_clean_error(run_cli("search", str(bm25_index), "q", "--retriever", "splade", "--reranker", "none"), "splade")
+
+
+# ---------------------------------------------------------------------------------------------- exit codes, help
+LONG = "/nonexistent/" + "a-very-long-folder-name/" * 6  # longer than a piped console's 80 columns
+
+
+def assert_one_error_line(proc, code: int, *needles: str) -> str:
+    """Status ``code``, nothing on stdout and exactly one unwrapped ``error: ...`` line on stderr."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.stdout == ""
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    ((), ("missing command; commands: index, search,", "(see 'crossrank --help')")),
+    (("bogus",), ("no such command 'bogus'", "(see 'crossrank --help')")),
+    (("serch",), ("no such command 'serch'; did you mean 'search'",)),
+    (("search", "idx", "q", "--kk"), ("no such option: --kk", "(see 'crossrank search --help')")),
+    (("search", "idx", "q", "--k", "abc"), ("'--k'", "(see 'crossrank search --help')")),
+    (("search", "idx"), ("missing argument 'query'", "(see 'crossrank search --help')")),
+    (("model",), ("missing command; commands: export (see 'crossrank model --help')",)),
+    (("index", LONG + "corpus.jsonl", "--out", "x"), ("corpus path not found", LONG)),
+    (("train",), ("no training sources",)),
+    (("train", "--beir", LONG), ("training source not found", LONG)),
+    (("train", "--steps", "x"), ("--steps", "(see 'crossrank train --help')")),
+])
+def test_usage_and_input_errors_exit_2_with_one_line(args, needles):
+    assert_one_error_line(run_cli(*args), 2, *needles)
+
+
+def test_train_help_lists_the_training_options():
+    proc = run_cli("train", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: crossrank train")
+    for option in ("--beir", "--tsv", "--steps", "--loss", "--output", "--pack"):
+        assert option in proc.stdout
+
+
+def test_every_option_has_help_and_batching_is_one_flag_pair():
+    import typer
+
+    from crossrank.cli import app
+
+    commands = typer.main.get_command(app).commands
+    for name in ("index", "search", "quickstart", "serve", "eval", "tune"):
+        for param in commands[name].params:
+            assert param.help, (name, param.name)
+    flag = next(p for p in commands["serve"].params if p.name == "dynamic_batching")
+    assert (flag.opts, flag.secondary_opts) == (["--dynamic-batching"], ["--no-dynamic-batching"])
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path):
+    """A real SIGINT while ``crossrank index`` waits for its input (a FIFO nobody writes to yet)."""
+    import errno
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fifo = tmp_path / "corpus.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "crossrank.cli", "index", str(fifo), "--out", str(tmp_path / "i")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:  # opening the write end succeeds once the command has opened the FIFO for reading
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO and proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.1)
+    try:
+        time.sleep(0.5)  # let it block in read()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        os.close(writer)
+        proc.kill()
+    assert_one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), 130, "interrupted")
+    assert not (tmp_path / "i").exists()
+
+
+def test_a_bug_exits_1_with_the_traceback_hint(monkeypatch, capsys):
+    import crossrank.corpus
+    from crossrank.cli import main
+
+    def broken(path):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("CROSSRANK_DEBUG", raising=False)
+    monkeypatch.setattr(crossrank.corpus, "load_corpus", broken)
+    assert main(["index", "corpus.jsonl", "--out", "unused"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["error: unexpected RuntimeError: boom (set CROSSRANK_DEBUG=1 for a traceback)"]
+
+
+# ---------------------------------------------------------------------------------------------- search output
+LONG_DOCS = [
+    {"_id": "volcanoes", "title": "Volcanoes", "text": " ".join(
+        f"Magma rises through the crust and a volcano erupts lava and ash, observation {i}." for i in range(12))},
+    {"_id": "eruptions", "title": "Eruptions", "text": "An eruption sends lava, ash and gas from a volcano."},
+    {"_id": "bread", "title": "Sourdough", "text": "A sourdough starter is flour and water fermented by yeast."},
+]
+
+
+def run_wide(*args: str) -> subprocess.CompletedProcess:
+    """``run_cli`` with a console wide enough that table cells and headers do not wrap."""
+    env = {**os.environ, "COLUMNS": "240"}
+    return subprocess.run([sys.executable, "-m", "crossrank.cli", *args], capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+@pytest.fixture(scope="module")
+def hybrid_index(tmp_path_factory) -> Path:
+    """BM25 + dense over passages of 30 tokens: the long document becomes several passages."""
+    root = tmp_path_factory.mktemp("cli-hybrid")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in LONG_DOCS), encoding="utf-8")
+    proc = run_cli("index", str(corpus), "--out", str(root / "index"), "--chunk-tokens", "30", "--chunk-overlap", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert "it/s" not in proc.stderr and "\r" not in proc.stderr  # no progress bars in a pipe
+    return root / "index"
+
+
+def test_first_deadline_query_of_a_cli_search_reranks(hybrid_index, tiny_model_dir):
+    """A cold CLI process: the bi-encoder loads in the warm-up, not inside the 1 s budget of the query."""
+    proc = run_cli("search", str(hybrid_index), "volcano lava", "--reranker", str(tiny_model_dir),
+                   "--deadline-ms", "1000", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["reranked"] is True and 0 < result["n_reranked"] == result["n_candidates"], result["reason"]
+    assert result["load_ms"] > result["timings"]["total_ms"]
+    assert set(result["timings"]) == {"retrieve_ms", "rerank_ms", "total_ms"}
+
+
+def test_search_defaults_to_one_row_per_document(hybrid_index, tiny_model_dir):
+    common = ("search", str(hybrid_index), "volcano magma lava", "--retriever", "bm25",
+              "--reranker", str(tiny_model_dir), "--json")
+    passages = json.loads(run_cli(*common, "--unit", "passage").stdout)["hits"]
+    assert [h["doc_id"] for h in passages].count("volcanoes") > 1  # the index does hold several passages each
+    documents = json.loads(run_cli(*common).stdout)["hits"]
+    ids = [h["doc_id"] for h in documents]
+    assert sorted(ids) == ["eruptions", "volcanoes"]  # each document once
+    scores = [h["score"] for h in documents]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_table_shows_the_score_it_is_sorted_by(hybrid_index, tiny_model_dir):
+    proc = run_wide("search", str(hybrid_index), "volcano magma lava", "--reranker", str(tiny_model_dir),
+                    "--fusion", "interpolate:0.5")
+    assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if "rank" in line and "text" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == [
+        "rank", "document", "score", "relevance", "first stage (RRF)", "text"]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│") and line.split("│")[1].strip()]
+    assert len(rows) == 3  # three documents, one row each
+    assert sorted(row.split("│")[2].strip() for row in rows) == ["bread", "eruptions", "volcanoes"]
+    scores = [float(row.split("│")[3]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert all(row.split("│")[5].strip().startswith("#") for row in rows)
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"reranked (\d+)/\1 candidate passages; sorted by score = 0\.5 z\(relevance\) "
+                        r"\+ 0\.5 z\(first stage\)", lines[-2]), lines[-2]
+    assert lines[-1].startswith("query: retrieve ") and "; loading and warm-up took " in lines[-1]
+
+
+def test_first_stage_table_labels_bm25_scores(bm25_index):
+    proc = run_wide("search", str(bm25_index), "volcano magma", "--retriever", "bm25", "--reranker", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "first stage (BM25)" in proc.stdout and "relevance" not in proc.stdout
+    assert proc.stdout.splitlines()[-2] == "first-stage order (no reranker configured)"
+
+
+def test_n_more_than_k_is_a_usage_error(bm25_index):
+    assert_one_error_line(run_cli("search", str(bm25_index), "volcano", "--k", "3", "--n", "5"), 2,
+                          "n=5 is more than k=3", "raise k or lower n")
+
+
+def test_a_query_with_no_matches_prints_one_line(bm25_index):
+    args = ("search", str(bm25_index), "zebra quasar", "--retriever", "bm25", "--reranker", "none")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "no results: nothing in the index matches this query"
+    assert "┏" not in proc.stdout
+    assert json.loads(run_cli(*args, "--json").stdout)["hits"] == []
+
+
+def test_search_json_stdout_is_clean(bm25_index, tiny_model_dir):
+    proc = run_cli("search", str(bm25_index), "volcano", "--retriever", "bm25", "--reranker", str(tiny_model_dir),
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["hits"]  # stdout is exactly one JSON document
+    assert "it/s" not in proc.stderr and "\r" not in proc.stderr and "\r" not in proc.stdout

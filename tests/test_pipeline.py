@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -85,6 +86,7 @@ def test_reranker_exception_falls_back_to_first_stage(bm25):
 def test_reranker_timeout_falls_back_within_deadline(bm25, engine):
     slow = SlowReranker(engine, delay_s=2.0)
     with Pipeline(bm25, slow, k=6, n=6) as pipe:
+        pipe.throughput.update(600, 1.0)  # measured fast earlier (no automatic warm-up), overloaded now
         start = time.perf_counter()
         result = pipe.search(BROAD, deadline_ms=150)
         elapsed = time.perf_counter() - start
@@ -148,10 +150,14 @@ def test_bad_input_is_an_input_error(bm25):
             pipe.search("   ")
         with pytest.raises(InputError, match="k must be"):
             pipe.search("x", k=0)
+        with pytest.raises(InputError, match="n=10 is more than k=5: .* raise k or lower n"):
+            pipe.search("x", k=5)
         with pytest.raises(InputError, match="deadline"):
             pipe.search("x", deadline_ms=-5)
     with pytest.raises(InputError, match="fusion"):
         Fusion.parse("borda")
+    with pytest.raises(InputError, match="n=4 is more than k=3"):
+        Pipeline(bm25, None, k=3, n=4)
 
 
 def test_fusion_math():
@@ -186,8 +192,8 @@ def test_pipeline_hands_its_remaining_deadline_to_the_reranker(bm25, engine):
         result = pipe.search(BROAD, deadline_ms=5000)  # through the cache's pass-through
         pipe.search("black hole gravity light")  # no deadline: no budget
     assert result.reranked is True
-    assert 0 < rec.budgets[0] <= 5.0
-    assert rec.budgets[1] is None
+    assert 0 < rec.budgets[-2] <= 5.0  # after the automatic warm-up's calls
+    assert rec.budgets[-1] is None
 
 
 def test_engine_stops_when_its_time_budget_runs_out(tiny_model_dir):
@@ -228,3 +234,94 @@ def test_every_stage_rejects_a_bad_query_with_the_same_error(bm25, engine, query
                      lambda: pipe.search(query)):
             with pytest.raises(InputError, match=message):
                 call()
+
+
+def test_auto_fusion_follows_the_rerankers_recommendation(bm25, tiny_model_dir):
+    rr = CrossEncoderReranker(str(tiny_model_dir), dtype="fp32")
+    assert Pipeline(bm25, rr).fusion == Fusion("none")  # recommends nothing: cross-encoder order
+    rr.recommended = {"fusion": {"method": "interpolate", "weight": 0.3}}
+    assert Pipeline(bm25, rr).fusion == Fusion("interpolate", 0.3)
+    assert Pipeline(bm25, CachedReranker(rr)).fusion == Fusion("interpolate", 0.3)  # through the cache
+    assert Pipeline(bm25, rr, fusion="rrf").fusion == Fusion("rrf")
+    with Pipeline(bm25, rr, k=6, n=6) as pipe:
+        auto = pipe.search(BROAD)
+        explicit = pipe.search(BROAD, fusion="interpolate:0.3")
+    assert [h.id for h in auto.hits] == [h.id for h in explicit.hits]
+
+
+def test_min_score_drops_reranked_hits_below_the_threshold(bm25, engine):
+    with Pipeline(bm25, engine, k=6, n=6, fusion="none") as pipe:
+        everything = pipe.search(BROAD)
+        scores = sorted(h.rerank_score for h in everything.hits)
+        cut = (scores[2] + scores[3]) / 2
+        kept = pipe.search(BROAD, min_score=cut)
+        none_left = pipe.search(BROAD, min_score=scores[-1] + 1e-3)
+        without_reranking = pipe.search(BROAD, min_score=cut, rerank=False)
+    assert [h.id for h in kept.hits] == [h.id for h in everything.hits[:3]]
+    assert kept.below_min_score == 3 and kept.to_dict()["below_min_score"] == 3
+    assert none_left.hits == [] and none_left.below_min_score == 6
+    assert len(without_reranking.hits) == 6  # nothing is dropped on scores that were never computed
+
+
+def test_min_score_auto_uses_the_recommended_threshold(bm25, tiny_model_dir):
+    rr = CrossEncoderReranker(str(tiny_model_dir), dtype="fp32")
+    assert Pipeline(bm25, rr, min_score="auto").min_score is None
+    rr.recommended = {"min_score": 0.25}
+    assert Pipeline(bm25, rr, min_score="auto").min_score == 0.25
+    for bad in ("high", float("nan"), True):
+        with pytest.raises(InputError):
+            Pipeline(bm25, rr, min_score=bad)
+
+
+class ColdStart:
+    """A real retriever or reranker whose first call pays a one-time cost, as lazy model loading does."""
+
+    def __init__(self, inner, cold_s: float):
+        self.inner, self.cold_s, self.name, self.calls = inner, cold_s, "cold-" + inner.name, 0
+        self._lock = threading.Lock()
+
+    def _first_call(self):
+        with self._lock:
+            if self.calls == 0:
+                time.sleep(self.cold_s)
+            self.calls += 1
+
+    def search(self, query, k=100):
+        self._first_call()
+        return self.inner.search(query, k)
+
+    def score(self, query, texts):
+        self._first_call()
+        return self.inner.score(query, texts)
+
+
+def test_cold_pipeline_reranks_a_head_on_its_very_first_deadline_query(bm25, tiny_model_dir):
+    # each cold load alone is longer than the deadline: without a warm-up nothing could be reranked
+    retriever = ColdStart(bm25, 1.2)
+    reranker = ColdStart(CrossEncoderReranker(str(tiny_model_dir)), 1.2)  # a fresh engine, never run
+    with Pipeline(retriever, reranker, k=6, n=6, deadline_ms=1000) as pipe:
+        result = pipe.search(BROAD)
+    assert result.reranked is True and result.n_reranked > 0, result.reason
+    assert pipe.warm_up_ms >= 2400 and pipe.throughput.pairs_per_s > 0
+    assert result.timings.total_ms < pipe.warm_up_ms  # the cold loads are not in the query's timings
+
+
+def test_warm_up_measures_throughput_and_reports_a_broken_reranker(bm25, tiny_model_dir):
+    with Pipeline(bm25, CrossEncoderReranker(str(tiny_model_dir)), k=6, n=6) as pipe:
+        assert pipe.warm_up_ms is None and pipe.throughput.pairs_per_s is None
+        assert pipe.warm_up() is None
+        assert pipe.warm_up_ms > 0 and pipe.throughput.pairs_per_s > 0
+    with Pipeline(bm25, BrokenReranker(), k=6, n=6) as pipe:
+        assert pipe.warm_up() == "reranker warm-up failed: ConnectionError: connection refused"
+        result = pipe.search(BROAD, deadline_ms=1000)  # warmed (and failed) once: no second warm-up
+    assert result.reranked is False and "connection refused" in result.reason
+    with Pipeline(bm25, None) as pipe:
+        assert pipe.warm_up() is None and pipe.warm_up_ms > 0
+
+
+def test_cached_hits_do_not_inflate_the_throughput_estimate(bm25, engine):
+    with Pipeline(bm25, CachedReranker(engine, max_entries=100), k=6, n=6) as pipe:
+        pipe.search(BROAD)
+        measured = pipe.throughput.pairs_per_s
+        assert pipe.search(BROAD).cache_hits == 6
+        assert pipe.throughput.pairs_per_s == measured

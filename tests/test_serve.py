@@ -259,10 +259,12 @@ def test_jina_wire_format(client, engine):
     for x in body["results"]:
         assert x["document"] == {"text": DOCS[x["index"]]}
         assert x["relevance_score"] == pytest.approx(expected[x["index"]], abs=1e-6)
-    # Voyage-style request: top_k, no documents echoed; documents as {"text": ...} objects.
-    r = client.post("/v1/rerank", json={"query": QUERY, "documents": [{"text": t} for t in DOCS], "top_k": 1,
+    # Jina documents as {"text": ...} objects, not echoed; a Voyage request (top_k) gets Voyage's shape.
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": [{"text": t} for t in DOCS], "top_n": 1,
                                         "return_documents": False})
     assert r.status_code == 200 and len(r.json()["results"]) == 1 and "document" not in r.json()["results"][0]
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_k": 1})
+    assert r.status_code == 200 and len(r.json()["data"]) == 1 and "document" not in r.json()["data"][0]
     r = client.post("/v1/rerank", json={"query": QUERY, "documents": [DOCS[0], LONG], "truncation": False})
     assert r.status_code == 422 and set(r.json()) == {"detail"}
     r = client.post("/v1/rerank", json={"query": QUERY})

@@ -1,8 +1,8 @@
 """The ``crossrank`` command: a thin shell over the Python API.
 
 Every command maps to one API call; the shell adds argument parsing, progress display and exit codes.
-Errors raised on purpose (``CrossrankError``) print one ``error: ...`` line and exit with status 2; nothing
-prints a traceback unless ``CROSSRANK_DEBUG=1``.
+Exit status: 0 success; 2 usage or input error (bad command, option or value; ``CrossrankError``); 130 Ctrl-C;
+1 a bug. Each failure prints one unwrapped ``error: ...`` line on stderr; a traceback only with ``CROSSRANK_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer._click.exceptions import ClickException, UsageError  # typer bundles its own click
 
 from crossrank.errors import CrossrankError, InputError
 
 app = typer.Typer(
     name="crossrank",
     help="Retrieve-then-rerank: index a corpus, search it with BM25/dense/hybrid retrieval, rerank with a cross-encoder.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-model_app = typer.Typer(help="Manage reranker models (export the bundled default).", no_args_is_help=True)
+# no no_args_is_help: a missing command is a usage error (status 2, one line), not a help page
+model_app = typer.Typer(help="Manage reranker models (export the bundled default).")
 app.add_typer(model_app, name="model")
 
 out = Console()
@@ -56,31 +58,74 @@ def _load_reranker_option(name: str, **options):
     return load_reranker(name, **options)
 
 
-def _print_result_table(result, title: str) -> None:
+def _first_stage_label(retriever: str) -> str | None:
+    """What the first-stage score of this retriever is (None: not worth showing)."""
+    if retriever.startswith("hybrid-rrf"):
+        return "RRF"
+    return {"bm25": "BM25", "dense": "cosine"}.get(retriever)
+
+
+def _sort_rule(fusion) -> str:
+    if fusion is None or fusion.method == "none":
+        return "sorted by relevance (the cross-encoder's score)"
+    if fusion.method == "rrf":
+        return "sorted by score = RRF of the relevance and first-stage ranks"
+    return f"sorted by score = {fusion.weight:g} z(relevance) + {1 - fusion.weight:g} z(first stage)"
+
+
+def _print_result_table(result, title: str, *, fusion=None, unit: str = "passage", load_ms: float | None = None,
+                        min_score: float | None = None) -> None:
+    """The hits with the score they are sorted by; a one-line message when there are none."""
+    if not result.hits:
+        _print_no_results(result, min_score)
+    else:
+        out.print(_result_table(result, title, fusion, unit))
+    t = result.timings
+    status = f"reranked {result.n_reranked}/{result.n_candidates} candidate passages" if result.reranked else "first-stage order"
+    if result.reason:
+        status += f" ({result.reason})"
+    if result.reranked:
+        status += "; " + _sort_rule(fusion)
+    load = f"; loading and warm-up took {load_ms:.0f} ms" if load_ms is not None else ""
+    out.print(f"[dim]{escape(status)}[/dim]", soft_wrap=True)
+    out.print(f"[dim]query: retrieve {t.retrieve_ms:.1f} ms, rerank {t.rerank_ms:.1f} ms, "
+              f"total {t.total_ms:.1f} ms{load}[/dim]", soft_wrap=True)
+
+
+def _print_no_results(result, min_score: float | None) -> None:
+    if result.n_candidates == 0:
+        out.print("no results: nothing in the index matches this query", soft_wrap=True)
+    elif result.below_min_score and min_score is not None:
+        out.print(f"no results: all {result.below_min_score} reranked hits scored below --min-score {min_score:g}",
+                  soft_wrap=True)
+    else:
+        out.print("no results", soft_wrap=True)
+
+
+def _result_table(result, title: str, fusion, unit: str) -> Table:
+    reranked = result.reranked
+    fused = reranked and fusion is not None and fusion.method != "none"
+    label = _first_stage_label(result.retriever)
     table = Table(title=title, show_lines=False)
-    table.add_column("rank", justify="right")
-    table.add_column("id")
-    table.add_column("first-stage", justify="right")
-    table.add_column("rerank score", justify="right")
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("document" if unit == "document" else "passage")
+    if fused:
+        table.add_column("score", justify="right", no_wrap=True)
+    if reranked:
+        table.add_column("relevance", justify="right", no_wrap=True)
+    table.add_column(f"first stage ({label})" if label else "first stage", justify="right", no_wrap=True)
     table.add_column("text", overflow="fold", max_width=80)
     for h in result.hits:
         text = (h.title + ": " if h.title else "") + h.text
-        table.add_row(
-            str(h.rank),
-            h.id,
-            f"#{h.first_stage_rank} ({h.first_stage_score:.3f})",
-            "-" if h.rerank_score is None else f"{h.rerank_score:.4f}",
-            text[:160] + ("..." if len(text) > 160 else ""),
-        )
-    out.print(table)
-    t = result.timings
-    status = "reranked" if result.reranked else "first-stage order"
-    if result.reason:
-        status += f" ({result.reason})"
-    out.print(
-        f"[dim]{status}; {result.n_reranked}/{result.n_candidates} candidates reranked; "
-        f"retrieve {t.retrieve_ms:.1f} ms, rerank {t.rerank_ms:.1f} ms, total {t.total_ms:.1f} ms[/dim]"
-    )
+        row = [str(h.rank), h.doc_id if unit == "document" else h.id]
+        if fused:
+            row.append("-" if h.rerank_score is None else f"{h.score:.4f}")
+        if reranked:
+            row.append("-" if h.rerank_score is None else f"{h.rerank_score:.4f}")
+        row.append(f"#{h.first_stage_rank}" + (f" ({h.first_stage_score:.3f})" if label else ""))
+        row.append(text[:160] + ("..." if len(text) > 160 else ""))
+        table.add_row(*(escape(c) for c in row))
+    return table
 
 
 @app.command()
@@ -105,7 +150,7 @@ def index(
         dense_model=dense_model,
         chunk_tokens=chunk_tokens,
         chunk_overlap=chunk_overlap,
-        progress=True,
+        progress=err.is_terminal,  # no progress bars in pipes and logs
     )
     err.print(
         f"indexed {len(docs)} documents as {len(idx.passages)} passages into {out_dir} "
@@ -123,15 +168,22 @@ def search(
     reranker: str = typer.Option("default", help="'default' (bundled), 'none', a model id/path, or a rerank service URL."),
     fusion: str = typer.Option("auto", help="Final order: none (cross-encoder), rrf, interpolate[:w], or auto (the model's recommendation)."),
     deadline_ms: Optional[float] = typer.Option(None, help="Time budget; the reranker is cut short to meet it."),
-    unit: str = typer.Option("passage", help="passage or document (best passage per document)."),
+    min_score: Optional[str] = typer.Option(
+        None, help="Drop reranked hits whose relevance (0-1) is below this; 'auto': the model's 'nothing relevant' threshold."),
+    unit: str = typer.Option(
+        "document", help="document (one row per document, its best passage) or passage (every matching passage)."),
     as_json: bool = typer.Option(False, "--json", help="Print the documented JSON schema instead of a table."),
 ) -> None:
     """Search an index: retrieve K, rerank, return N."""
-    from crossrank.pipeline import Pipeline
+    from crossrank.errors import check_query
+    from crossrank.pipeline import Pipeline, check_k_n
     from crossrank.retrieve import load_index
 
     if retriever not in RETRIEVERS:
         raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
+    check_query(query)  # bad input fails before seconds of model loading
+    check_k_n(k, n)
+    start = time.perf_counter()
     idx = load_index(index_dir)
     rr = _load_reranker_option(reranker)
     pipe = Pipeline(
@@ -140,72 +192,75 @@ def search(
         k=k,
         n=n,
         deadline_ms=deadline_ms,
-        fusion=_resolve_fusion(fusion, reranker),
+        fusion=fusion,
+        min_score=min_score,
         unit=unit,  # type: ignore[arg-type]
     )
-    result = pipe.search(query)
-    pipe.close()
+    with pipe:
+        pipe.warm_up()  # lazy loads and the throughput estimate stay out of the query's timings and deadline
+        load_ms = (time.perf_counter() - start) * 1000.0
+        result = pipe.search(query)
     if as_json:
-        out.print_json(json.dumps(result.to_dict()))
+        out.print_json(json.dumps({**result.to_dict(), "load_ms": round(load_ms, 3)}))
     else:
-        _print_result_table(result, f"{retriever} top-{k} -> {reranker} -> top-{n}")
+        _print_result_table(result, f"{retriever} top-{k} -> {reranker} -> top-{n}", fusion=pipe.fusion,
+                            unit=unit, load_ms=load_ms, min_score=pipe.min_score)
 
 
-def _resolve_fusion(fusion: str, reranker_name: str) -> str | dict | None:
-    """``auto``: the reranker's recommended setting if it ships one (the bundled default does), else none."""
-    if fusion != "auto":
-        return fusion
-    if reranker_name.lower() == "none" or reranker_name.startswith(("http://", "https://")):
-        return "none"
-    from crossrank.rerank import recommended_fusion
-
-    return recommended_fusion(reranker_name) or "none"
 
 
 @app.command()
 def quickstart(
     query: str = typer.Argument("why can't I sleep after drinking coffee in the afternoon?", help="Query to run."),
     reranker: str = typer.Option("default", help="Reranker to use ('default' is bundled)."),
-    k: int = typer.Option(20, "--k"),
-    n: int = typer.Option(5, "--n"),
+    k: int = typer.Option(20, "--k", help="Candidates from the first stage."),
+    n: int = typer.Option(5, "--n", help="Results shown."),
 ) -> None:
     """Index the bundled sample corpus and show first-stage vs reranked order, with timings. Offline."""
     from crossrank.corpus import load_corpus
-    from crossrank.pipeline import Pipeline
+    from crossrank.pipeline import Pipeline, check_k_n
     from crossrank.retrieve import build_index
 
+    check_k_n(k, n)
     sample = Path(__file__).parent / "data" / "sample_corpus.jsonl"
     start = time.perf_counter()
     docs = load_corpus(sample)
-    idx = build_index(docs, None, progress=True)
+    idx = build_index(docs, None, progress=err.is_terminal)
     err.print(f"indexed {len(docs)} sample documents ({len(idx.passages)} passages) in {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
     rr = _load_reranker_option(reranker)
-    with Pipeline(idx.retriever("hybrid"), rr, k=k, n=n, fusion=_resolve_fusion("auto", reranker), unit="document") as pipe:
-        pipe.retriever.search("warm up", k=1)  # lazy model loads stay out of the printed timings
+    with Pipeline(idx.retriever("hybrid"), rr, k=k, n=n, fusion="auto", unit="document") as pipe:
+        pipe.warm_up()  # lazy model loads stay out of the printed timings
+        load_ms = (time.perf_counter() - start) * 1000.0
         first = pipe.search(query, rerank=False)
         final = pipe.search(query)
-    out.print(f"\n[bold]query:[/bold] {query}\n")
-    _print_result_table(first, f"first stage (hybrid BM25 + all-MiniLM-L6-v2), top {n}")
-    _print_result_table(final, f"reranked by {reranker}, top {n}")
+    out.print(f"\n[bold]query:[/bold] {escape(query)}\n")
+    _print_result_table(first, f"first stage (hybrid BM25 + all-MiniLM-L6-v2), top {n}", unit="document")
+    _print_result_table(final, f"reranked by {reranker}, top {n}", fusion=pipe.fusion, unit="document",
+                        load_ms=load_ms)
 
 
 @app.command()
 def serve(
     model: str = typer.Option("default", help="Reranker: 'default', a model id or path."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
-    port: int = typer.Option(8080),
+    port: int = typer.Option(8080, help="TCP port to listen on."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve POST /search over this index."),
     retriever: str = typer.Option("hybrid", help="First stage for /search: bm25, dense or hybrid."),
     k: int = typer.Option(100, "--k", help="Default K for /search."),
     n: int = typer.Option(10, "--n", help="Default N for /search."),
     api_key: Optional[str] = typer.Option(None, envvar="CROSSRANK_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    api_key_file: Optional[Path] = typer.Option(None, help="Read the API key from this file (keeps it out of 'ps')."),
+    allowed_hosts: Optional[str] = typer.Option(
+        None, envvar="CROSSRANK_ALLOWED_HOSTS", help="Comma-separated Host names accepted besides loopback; '*' for any."),
     max_documents: int = typer.Option(1000, help="Most documents per request."),
     max_body_bytes: int = typer.Option(8 * 1024 * 1024, help="Largest request body."),
     max_queue_pairs: int = typer.Option(20000, help="Pairs waiting before requests get 429."),
     max_queue_requests: int = typer.Option(512, help="Requests waiting before requests get 429."),
     batch_wait_ms: float = typer.Option(0.0, help="Wait this long for more requests before a forward pass."),
     batch_tokens: int = typer.Option(16384, help="Token budget per forward pass."),
-    no_dynamic_batching: bool = typer.Option(False, help="Run each request alone (for comparison)."),
+    dynamic_batching: bool = typer.Option(
+        True, "--dynamic-batching/--no-dynamic-batching", help="Batch concurrent requests together (off: each alone, for comparison)."),
     long_documents: str = typer.Option("truncate", help="truncate or chunk (max-score over windows)."),
     deadline_ms: Optional[float] = typer.Option(None, help="Default per-request deadline."),
 ) -> None:
@@ -221,13 +276,15 @@ def serve(
         k=k,
         n=n,
         api_key=api_key,
+        api_key_file=api_key_file,
+        allowed_hosts=allowed_hosts,
         max_documents=max_documents,
         max_body_bytes=max_body_bytes,
         max_queue_pairs=max_queue_pairs,
         max_queue_requests=max_queue_requests,
         batch_wait_ms=batch_wait_ms,
         batch_tokens=batch_tokens,
-        dynamic_batching=not no_dynamic_batching,
+        dynamic_batching=dynamic_batching,
         long_documents=long_documents,
         deadline_ms=deadline_ms,
     )
@@ -237,17 +294,17 @@ def serve(
 def eval_cmd(
     dataset: Path = typer.Argument(..., help="A BEIR-layout dataset dir, or an answer-selection dir/TSV."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (default: test, or dev where there is no test)."),
-    retrievers: str = typer.Option("bm25,dense,hybrid"),
-    rerankers: str = typer.Option("none,default"),
-    k: str = typer.Option("10,20,50,100,200", "--k"),
-    n: str = typer.Option("5,10,20", "--n"),
+    retrievers: str = typer.Option("bm25,dense,hybrid", help="Comma-separated first stages: bm25, dense, hybrid."),
+    rerankers: str = typer.Option("none,default", help="Comma-separated rerankers: none, default, model ids/paths or URLs."),
+    k: str = typer.Option("10,20,50,100,200", "--k", help="Comma-separated first-stage depths K to sweep."),
+    n: str = typer.Option("5,10,20", "--n", help="Comma-separated result counts N to report."),
     fusion: str = typer.Option("none,auto", help="Comma-separated fusions to report: none, rrf, interpolate[:w], auto (the model's recommendation)."),
     rerank_max_k: Optional[str] = typer.Option(
         None, help="Rerank some first stages only up to a depth, e.g. 'bm25=100,dense=100' (saves scoring time)."),
     backend: Optional[str] = typer.Option(
         None, help="Rerank backend: torch, torch-int8, onnx, onnx-int8, auto (default: the engine's)."),
     max_length: Optional[int] = typer.Option(None, help="Tokens per (query, document) pair (default: the model's)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and the reports (default: ./crossrank-eval/DATASET-SPLIT)."),
     index_dir: Optional[Path] = typer.Option(
         None, "--index", help="Saved crossrank index of the BEIR corpus, whole documents (default: built under --out)."),
     max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first M queries (quick look)."),
@@ -286,10 +343,10 @@ def eval_cmd(
 
 @app.command()
 def tune(
-    dataset: Path = typer.Argument(...),
+    dataset: Path = typer.Argument(..., help="A BEIR-layout dataset dir, or an answer-selection dir/TSV."),
     latency_budget_ms: float = typer.Option(..., help="p95 end-to-end latency budget on this machine."),
-    split: Optional[str] = typer.Option(None),
-    out_dir: Optional[Path] = typer.Option(None, "--out"),
+    split: Optional[str] = typer.Option(None, help="Split to tune on (default: test, or dev where there is no test)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Evaluation folder to reuse or write (default: ./crossrank-eval/DATASET-SPLIT)."),
 ) -> None:
     """Recommend K, N, retriever and reranker maximising quality under a latency budget."""
     from crossrank.evaluate import run_tune
@@ -300,12 +357,16 @@ def tune(
     out.print(f"Pipeline settings: {recommendation.search_command()}", soft_wrap=True, markup=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# every argument, --help included, goes to the argparse parser of crossrank.train.cli
+@app.command(add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(ctx: typer.Context) -> None:
-    """Fine-tune a cross-encoder (see 'crossrank train --help' for all options)."""
-    from crossrank.train.__main__ import main as train_main
+    """Fine-tune a cross-encoder ('crossrank train --help' lists the options)."""
+    from crossrank.train.cli import main as train_main
 
-    code = train_main(list(ctx.args))
+    try:
+        code = train_main(list(ctx.args), prog="crossrank train")
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        code = exc.code
     raise typer.Exit(code or 0)
 
 
@@ -334,33 +395,55 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _fail(message: str, code: int = 2) -> int:
+    """Print one ``error: ...`` line on stderr (never wrapped, even when piped) and return ``code``."""
+    err.print("[red]error:[/red]", escape(" ".join(str(message).split())), soft_wrap=True, highlight=False)
+    return code
+
+
+def _usage_message(exc: UsageError) -> str:
+    message = exc.format_message().strip().rstrip(".").replace(". Did you mean", "; did you mean")
+    message = message[:1].lower() + message[1:]
+    ctx = exc.ctx
+    if ctx is None:
+        return message
+    if hasattr(ctx.command, "list_commands") and "did you mean" not in message:  # name the valid commands
+        message += "; commands: " + ", ".join(ctx.command.list_commands(ctx))
+    return f"{message} (see '{ctx.command_path} --help')"
+
+
+def _run(argv: list[str] | None) -> int:
+    """Invoke the app without typer's standalone handling, so that every exception reaches ``main``."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with command.make_context("crossrank", args) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as exc:  # --help, or a command's own status
+        return exc.exit_code
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning expected errors into one line and exit code 2."""
+    """Entry point: 0 ok, 2 usage/input error, 130 interrupted, 1 bug; one ``error:`` line for each failure."""
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        return _run(argv)
     except CrossrankError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        return 2
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        err.print("aborted")
-        return 130
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+        return _fail(str(exc))
+    except UsageError as exc:
+        return _fail(_usage_message(exc))
+    except ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
         if os.environ.get("CROSSRANK_DEBUG"):
             raise
-        err.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {exc} (set CROSSRANK_DEBUG=1 for a traceback)")
-        return 1
-    return 0
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (set CROSSRANK_DEBUG=1 for a traceback)", 1)
 
 
 if __name__ == "__main__":

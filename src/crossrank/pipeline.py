@@ -8,11 +8,17 @@ three promises:
   deadline yields the first-stage ranking, flagged ``reranked=False`` with the reason;
 * under a tight deadline it does better than all-or-nothing: it reranks the head of the candidate list that
   fits the time left (estimated from the reranker's measured throughput) and keeps first-stage order for the
-  tail, reporting ``n_reranked``.
+  tail, reporting ``n_reranked``. A cold pipeline is warmed up first (:meth:`Pipeline.warm_up`), so its very
+  first deadline-bounded query does not spend the budget on lazy loads.
 
 The final order is the cross-encoder's (``fusion="none"``, the classic pattern) or a fusion of the
 cross-encoder with the first stage: reciprocal rank fusion (``"rrf"``) or an interpolation of z-normalised
-scores (``"interpolate"``, ``weight`` on the cross-encoder).
+scores (``"interpolate"``, ``weight`` on the cross-encoder). ``fusion="auto"`` (the default, and what the CLI,
+the server and the evaluator use) takes the reranker's own recommendation
+(:func:`crossrank.rerank.recommendation`; the bundled models ship one chosen on held-out training queries) and is
+the cross-encoder's order for a reranker that recommends none. ``min_score`` drops hits whose calibrated
+relevance is below it (``"auto"``: the reranker's recommended threshold), so a query with nothing relevant can
+return nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from crossrank.errors import InputError, RerankTimeout, check_query
+from crossrank.rerank import recommendation
 from crossrank.rerank.base import Reranker, RerankScores, accepts_timeout
 from crossrank.retrieve.base import Retriever
 from crossrank.types import Candidate, Hit, SearchResult, Timings, first_per_document
@@ -37,6 +44,11 @@ RRF_K = 60
 DOC_OVERSAMPLE = 4
 # Share of the remaining time budget we plan to spend reranking; the rest absorbs estimation error.
 _DEADLINE_SAFETY = 0.8
+# warm-up: a cold call (lazy loads), then a timed call on a few pairs; two queries, so a score cache cannot answer
+_WARM_QUERIES = ("crossrank warm-up", "crossrank warm-up, timed")
+_WARM_PAIRS = 8
+WARM_UP_TIMEOUT_S = 10.0  # the automatic warm-up's bound on each reranker call (a hung reranker)
+_WARM_TEXT = "A short passage the reranker scores once while warming up, about as long as a typical one. " * 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +149,25 @@ class Pipeline:
         k: candidates fetched from the first stage and offered to the reranker.
         n: results returned.
         deadline_ms: default end-to-end time budget per search (``None``: no deadline).
-        fusion: final-order fusion (``Fusion``, ``"rrf"``, ``"interpolate:0.6"``...).
+        fusion: final-order fusion (``Fusion``, ``"rrf"``, ``"interpolate:0.6"``, ``"none"``...); ``"auto"``
+            (default): the reranker's recommendation, else the cross-encoder's order.
+        min_score: drop reranked hits whose relevance (the reranker's score) is below this; ``"auto"``: the
+            reranker's recommended threshold (none if it has none); ``None`` (default): keep every hit. Hits the
+            reranker did not reach (deadline) are kept, and nothing is dropped when reranking failed.
         unit: ``"passage"`` returns passages; ``"document"`` returns one hit per document, scored by its best
             passage (max-score aggregation). In document mode K counts documents: the first stage is read
             ``DOC_OVERSAMPLE`` times deeper and up to ``passages_per_doc`` passages of each of the first K
             documents are reranked.
         workers: threads that run reranker calls under a deadline (a call that overruns keeps its thread
             until it ends, so more than one lets the next search proceed).
+
+    Cold start: retrievers and rerankers load lazily (bi-encoder, tokenizer, ONNX sessions) and have no
+    throughput estimate before their first call. :meth:`warm_up` runs the retriever and the reranker once on a
+    tiny input and measures the reranker's pairs/s; call it after construction (the CLI does) to keep load time
+    out of the first query. The first search with a deadline on a pipeline that was never warmed or measured
+    warms it up automatically before its clock starts (each reranker call bounded by ``WARM_UP_TIMEOUT_S`` or
+    the deadline, whichever is longer), so it reranks what fits from the first query; that one call takes the
+    cold-load time longer than its deadline, its timings exclude the warm-up (``warm_up_ms`` holds it).
 
     Example::
 
@@ -162,12 +186,13 @@ class Pipeline:
         k: int = 100,
         n: int = 10,
         deadline_ms: float | None = None,
-        fusion: "Fusion | str | dict | None" = None,
+        fusion: "Fusion | str | dict | None" = "auto",
+        min_score: "float | str | None" = None,
         unit: Unit = "passage",
         workers: int = 4,
         passages_per_doc: int = 3,
     ) -> None:
-        _check_k_n(k, n)
+        check_k_n(k, n)
         if unit not in ("passage", "document"):
             raise InputError(f"unit must be 'passage' or 'document', got {unit!r}")
         self.retriever = retriever
@@ -175,14 +200,62 @@ class Pipeline:
         self.k = k
         self.n = n
         self.deadline_ms = deadline_ms
-        self.fusion = Fusion.parse(fusion)
+        self.fusion = resolve_fusion(fusion, reranker)
+        self.min_score = resolve_min_score(min_score, reranker)
         self.unit: Unit = unit
         self.passages_per_doc = max(1, passages_per_doc)
         self.throughput = _Throughput()
+        self.warm_up_ms: float | None = None  # time the last warm_up took (None: never warmed)
+        self._warm_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crossrank-rerank")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def warm_up(self, *, timeout_s: float | None = None) -> "str | None":
+        """Run the retriever and the reranker once on a tiny input, so lazy loads happen now, and measure the
+        reranker's throughput (pairs/s) for the deadline logic. ``timeout_s`` bounds each reranker call.
+
+        Returns None, or why the reranker part failed (a failing reranker is left to the searches to report).
+        Retriever errors propagate. Sets ``warm_up_ms`` and ``throughput.pairs_per_s``."""
+        start = time.perf_counter()
+        try:
+            candidates = self.retriever.search(_WARM_QUERIES[0], _WARM_PAIRS)
+            return self._measure(candidates, timeout_s) if self.reranker is not None else None
+        finally:
+            self.warm_up_ms = (time.perf_counter() - start) * 1000.0
+
+    def _measure(self, candidates: list[Candidate], timeout_s: float | None) -> "str | None":
+        texts = [c.full_text for c in candidates] or [_WARM_TEXT] * _WARM_PAIRS
+        try:
+            self._score(self.reranker, _WARM_QUERIES[0], texts[:1], timeout_s)  # cold: lazy loads
+            call_start = time.perf_counter()
+            scores = self._score(self.reranker, _WARM_QUERIES[1], texts, timeout_s)
+        except (FutureTimeout, RerankTimeout):
+            return "reranker warm-up timed out" + (f" after {timeout_s:g} s" if timeout_s is not None else "")
+        except Exception as exc:  # noqa: BLE001 - searches report a broken reranker with their fallback
+            return f"reranker warm-up failed: {type(exc).__name__}: {exc}"
+        self.throughput.update(len(texts) - getattr(scores, "cache_hits", 0), time.perf_counter() - call_start)
+        return None
+
+    def _auto_warm_up(self, deadline_ms: float) -> None:
+        """Once, before the first deadline-bounded search of a pipeline with no throughput estimate."""
+        with self._warm_lock:
+            if self.warm_up_ms is None and self.throughput.pairs_per_s is None:
+                self.warm_up(timeout_s=max(WARM_UP_TIMEOUT_S, deadline_ms / 1000.0))
+
+    def _score(self, reranker: Reranker, query: str, texts: list[str], timeout_s: float | None):
+        """``reranker.score``, bounded by ``timeout_s`` (raises ``FutureTimeout`` / ``RerankTimeout``)."""
+        if timeout_s is None:
+            return reranker.score(query, texts)
+        # a reranker that takes the budget stops working when it runs out (instead of finishing for nobody)
+        extra = {"timeout_s": timeout_s} if accepts_timeout(reranker) else {}
+        future = self._executor.submit(reranker.score, query, texts, **extra)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -198,19 +271,24 @@ class Pipeline:
         n: int | None = None,
         deadline_ms: float | None = None,
         fusion: "Fusion | str | dict | None" = None,
+        min_score: "float | str | None" = None,
         rerank: bool = True,
         unit: Unit | None = None,
     ) -> SearchResult:
-        """Run one query through the pipeline. Raises ``InputError`` only for bad input (empty query, bad k/n)."""
-        start = time.perf_counter()
+        """Run one query through the pipeline. Raises ``InputError`` only for bad input (empty query, bad k/n,
+        n > k). A deadline on a cold pipeline warms it up first (see the class docstring)."""
         check_query(query)
         k = self.k if k is None else k
         n = self.n if n is None else n
-        _check_k_n(k, n)
+        check_k_n(k, n)
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         if deadline_ms is not None and deadline_ms <= 0:
             raise InputError(f"deadline_ms must be positive, got {deadline_ms}")
-        fusion_spec = self.fusion if fusion is None else Fusion.parse(fusion)
+        if deadline_ms is not None and rerank and self.reranker is not None:
+            self._auto_warm_up(deadline_ms)
+        start = time.perf_counter()
+        fusion_spec = self.fusion if fusion is None else resolve_fusion(fusion, self.reranker)
+        threshold = self.min_score if min_score is None else resolve_min_score(min_score, self.reranker)
         unit = self.unit if unit is None else unit
 
         if unit == "document":
@@ -234,6 +312,10 @@ class Pipeline:
         hits = _compose(candidates, outcome, fusion_spec)
         if unit == "document":
             hits = first_per_document(hits)
+        below = 0
+        if threshold is not None and outcome.scores:
+            kept = [h for h in hits if h.rerank_score is None or h.rerank_score >= threshold]
+            below, hits = len(hits) - len(kept), kept
         hits = hits[:n]
         for rank, hit in enumerate(hits, start=1):
             hit.rank = rank
@@ -254,6 +336,7 @@ class Pipeline:
             reranker=getattr(reranker, "name", None) if reranker is not None else None,
             truncated=outcome.truncated,
             cache_hits=outcome.cache_hits,
+            below_min_score=below,
         )
 
     def _rerank(
@@ -278,25 +361,18 @@ class Pipeline:
 
         call_start = time.perf_counter()
         try:
-            if timeout_s is None:
-                scores = reranker.score(query, texts[:head])
-            else:
-                # a reranker that takes the budget stops working when it runs out (instead of finishing for nobody)
-                extra = {"timeout_s": timeout_s} if accepts_timeout(reranker) else {}
-                future = self._executor.submit(reranker.score, query, texts[:head], **extra)
-                try:
-                    scores = future.result(timeout=timeout_s)
-                except (FutureTimeout, RerankTimeout):
-                    future.cancel()
-                    elapsed = time.perf_counter() - call_start
-                    self.throughput.cap(head / max(elapsed, 1e-6) * 0.5)
-                    return _RerankOutcome(
-                        reason=f"reranker timed out: deadline of {deadline_ms:g} ms reached while scoring "
-                        f"{head} candidates"
-                    )
+            scores = self._score(reranker, query, texts[:head], timeout_s)
+        except (FutureTimeout, RerankTimeout) as exc:
+            if timeout_s is None:  # the reranker's own time limit, not our deadline
+                return _RerankOutcome(reason=f"reranker failed: {type(exc).__name__}: {exc}")
+            self.throughput.cap(head / max(time.perf_counter() - call_start, 1e-6) * 0.5)
+            return _RerankOutcome(
+                reason=f"reranker timed out: deadline of {deadline_ms:g} ms reached while scoring {head} candidates"
+            )
         except Exception as exc:  # noqa: BLE001 - the promise: a search never fails because the reranker did
             return _RerankOutcome(reason=f"reranker failed: {type(exc).__name__}: {exc}")
-        self.throughput.update(head, time.perf_counter() - call_start)
+        # pairs answered from a score cache cost nothing: they must not inflate the estimate
+        self.throughput.update(head - getattr(scores, "cache_hits", 0), time.perf_counter() - call_start)
 
         values = [float(s) for s in scores]
         if len(values) != head:
@@ -319,11 +395,39 @@ class _RerankOutcome:
     cache_hits: int = 0
 
 
-def _check_k_n(k: int, n: int) -> None:
+def resolve_fusion(spec: "Fusion | str | dict | None", reranker: Reranker | None) -> Fusion:
+    """A fusion spec with ``"auto"`` replaced by the reranker's recommendation (cross-encoder order if none)."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        spec = recommendation(reranker).get("fusion") if reranker is not None else None
+    return Fusion.parse(spec)
+
+
+def resolve_min_score(spec: "float | str | None", reranker: Reranker | None) -> float | None:
+    """A relevance threshold: a number, ``"auto"`` (the reranker's recommended one, or None) or None."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec.strip().lower() == "auto":
+            value = recommendation(reranker).get("min_score") if reranker is not None else None
+            return None if value is None else float(value)
+        try:
+            spec = float(spec)
+        except ValueError as exc:
+            raise InputError(f"min_score must be a number or 'auto', got {spec!r}") from exc
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not math.isfinite(spec):
+        raise InputError(f"min_score must be a finite number or 'auto', got {spec!r}")
+    return float(spec)
+
+
+def check_k_n(k: int, n: int) -> None:
+    """K candidates and N results: positive integers, N no more than K (the pipeline returns at most K)."""
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
     if not isinstance(n, int) or n < 1:
         raise InputError(f"n must be a positive integer, got {n!r}")
+    if n > k:
+        raise InputError(f"n={n} is more than k={k}: at most k candidates are retrieved and reranked, "
+                         f"so raise k or lower n")
 
 
 def _compose(candidates: list[Candidate], outcome: _RerankOutcome, fusion: Fusion) -> list[Hit]:

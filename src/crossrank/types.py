@@ -101,6 +101,7 @@ class SearchResult:
     reranker: str | None = None
     truncated: int = 0
     cache_hits: int = 0
+    below_min_score: int = 0  # reranked hits dropped for a relevance under the min_score threshold
 
     def to_dict(self) -> dict[str, Any]:
         """The documented ``--json`` / HTTP schema (see README, "JSON output")."""
@@ -114,6 +115,7 @@ class SearchResult:
             "n_reranked": self.n_reranked,
             "truncated": self.truncated,
             "cache_hits": self.cache_hits,
+            "below_min_score": self.below_min_score,
             "timings": self.timings.to_dict(),
             "hits": [h.to_dict() for h in self.hits],
         }

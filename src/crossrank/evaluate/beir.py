@@ -98,57 +98,15 @@ def parse_fusions(specs: Any) -> list[Any]:
     return out
 
 
-def recommended_fusion(reranker: Any, spec: Any = None) -> tuple[Any, str]:
-    """The fusion a reranker recommends: ``settings`` of its crossrank bundle (``crossrank_bundle.json``, for
-    "default" or a bundle folder), else ``reranker.settings``, else a ``settings.json`` next to its weights;
-    keys ``fusion`` ("rrf", "interpolate:0.7", {"method", "weight"}) and optionally ``fusion_weight``.
-    ``(Fusion("none"), reason)`` when there is none."""
-    import json
+def recommended_fusion(reranker: Any) -> tuple[Any, str]:
+    """``(Fusion, why)``: the final order ``reranker`` recommends (:func:`crossrank.rerank.recommendation`, the
+    same rule as the pipeline's ``fusion="auto"``), or the cross-encoder's order when it recommends none."""
+    from crossrank.pipeline import resolve_fusion
+    from crossrank.rerank import recommendation
 
-    from crossrank.pipeline import Fusion
-
-    settings = None
-    if isinstance(spec, (str, os.PathLike)):
-        try:
-            from crossrank.rerank import bundled
-
-            bdir = bundled.DEFAULT_BUNDLE_DIR if str(spec) == "default" else Path(spec)
-            if (Path(bdir) / bundled.MANIFEST).is_file():
-                settings = bundled.read_manifest(bdir).get("settings")
-        except Exception:  # noqa: BLE001 - no bundle support: fall through to the reranker's own settings
-            settings = None
-    if not isinstance(settings, Mapping):
-        settings = getattr(reranker, "settings", None)
-    if callable(settings):
-        try:
-            settings = settings()
-        except Exception:  # noqa: BLE001
-            settings = None
-    if not isinstance(settings, Mapping):
-        settings = None
-        for attr in ("path", "model_path", "model_dir", "bundle_dir"):
-            d = getattr(reranker, attr, None)
-            if isinstance(d, (str, os.PathLike)) and Path(d).is_dir():
-                for name in ("settings.json", "crossrank.json", "bundle.json"):
-                    f = Path(d) / name
-                    if f.is_file():
-                        try:
-                            settings = json.loads(f.read_text(encoding="utf-8"))
-                        except (OSError, ValueError):
-                            settings = None
-                        break
-            if settings:
-                break
-    if not isinstance(settings, Mapping) or "fusion" not in settings:
-        return Fusion.parse("none"), "reranker declares no recommended fusion; using none"
-    fspec = settings["fusion"]
-    weight = settings.get("fusion_weight", settings.get("weight"))
-    if isinstance(fspec, str) and ":" not in fspec and weight is not None:
-        fspec = {"method": fspec, "weight": weight}
-    try:
-        return Fusion.parse(fspec), "from the reranker's recommended settings"
-    except InputError as e:
-        return Fusion.parse("none"), f"recommended fusion {fspec!r} not understood ({e}); using none"
+    if "fusion" not in recommendation(reranker):
+        return resolve_fusion("none", reranker), "reranker declares no recommended fusion; using none"
+    return resolve_fusion("auto", reranker), "from the reranker's recommended settings"
 
 
 def _load_reranker(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, Any]:
@@ -488,7 +446,7 @@ def evaluate_beir(
         fl = []
         for f in fusion_specs:
             if f == "auto":
-                fz, why = recommended_fusion(reranker, spec)
+                fz, why = recommended_fusion(reranker)
                 fl.append((_fusion_label(fz), fz, f"auto: {why}"))
             else:
                 fl.append((_fusion_label(f), f, ""))

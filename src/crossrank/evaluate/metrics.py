@@ -14,6 +14,8 @@ import unicodedata
 import warnings
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "map@100")
 _NO_RESULT = "\x00no-result"
 
@@ -122,3 +124,19 @@ def gold_answers(metadata: Mapping | None) -> list[str]:
     if isinstance(answers, Mapping):  # SQuAD json style {"text": [...]}
         answers = answers.get("text", [])
     return [str(a) for a in answers if str(a).strip()]
+
+
+def paired_bootstrap(
+    before: Mapping[str, float], after: Mapping[str, float], n_resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Mean of ``after - before`` over the queries of ``before`` with a 95% percentile bootstrap interval
+    (queries resampled with replacement), plus wins / losses / ties: the paired comparison a quality claim needs."""
+    qids = sorted(before)
+    diff = np.array([after.get(q, 0.0) - before[q] for q in qids], dtype=float)
+    if diff.size == 0:
+        return {"mean_diff": float("nan"), "low": float("nan"), "high": float("nan"), "queries": 0,
+                **wins_losses_ties(before, after)}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_resamples, diff.size))].mean(axis=1)
+    return {"mean_diff": float(diff.mean()), "low": float(np.percentile(means, 2.5)),
+            "high": float(np.percentile(means, 97.5)), "queries": int(diff.size), **wins_losses_ties(before, after)}

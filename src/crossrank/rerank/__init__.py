@@ -25,6 +25,7 @@ __all__ = [
     "RerankScores",
     "load_reranker",
     "rank_by_scores",
+    "recommendation",
 ]
 
 DEFAULT_CACHE_SIZE = 100_000
@@ -66,25 +67,26 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     return CachedReranker(inner, max_entries=cache_size) if cache_size else inner
 
 
-def recommended_fusion(name_or_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The final-ranking fusion a bundled model recommends, as ``{"method": ..., "weight": ...}``, else None.
+def recommendation(reranker: Any) -> dict[str, Any]:
+    """What ``reranker`` recommends around its scores (``{}`` when nothing): ``fusion`` (``{"method", "weight"}``,
+    the final order chosen on held-out training queries) and ``min_score`` (the "nothing here is relevant"
+    threshold on its calibrated scores). The bundled models carry both; a plain checkpoint or a remote service
+    recommends nothing. The pipeline, the CLI, the server and the evaluator all read it here."""
+    info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
+    rec = info.get("recommended") if isinstance(info, dict) else None
+    return dict(rec) if isinstance(rec, dict) else {}
 
-    Read from the ``settings`` of its ``crossrank_bundle.json``: ``fusion`` is a method name with an optional
-    ``weight`` beside it (the form ``crossrank train`` writes), or a dict. The bundled default ships the setting
-    chosen on held-out training queries; ``crossrank.pipeline.Fusion.parse`` accepts the result as is."""
+
+def recommended_fusion(name_or_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The final-order fusion a bundle (``"default"`` or a bundle folder) recommends, read from its manifest
+    without loading the model; None when it recommends none."""
     spec = os.fspath(name_or_path).strip()
-    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, read_manifest
+    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, read_manifest, recommended_settings
 
     bundle_dir = DEFAULT_BUNDLE_DIR if spec == "default" else spec
     if not os.path.isfile(os.path.join(bundle_dir, "crossrank_bundle.json")):
         return None
-    settings = read_manifest(bundle_dir).get("settings", {})
-    fusion = settings.get("fusion")
-    if fusion is None:
-        return None
-    if isinstance(fusion, dict):
-        return {"method": fusion.get("method", "none"), "weight": float(fusion.get("weight", 0.5))}
-    return {"method": str(fusion), "weight": float(settings.get("weight", 0.5))}
+    return recommended_settings(read_manifest(bundle_dir).get("settings", {})).get("fusion")
 
 
 def __getattr__(name: str) -> Any:

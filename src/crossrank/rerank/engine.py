@@ -49,6 +49,7 @@ import torch
 from crossrank.errors import InputError, ModelLoadError, RerankTimeout, check_query
 from crossrank.hardware import cpu_flags
 from crossrank.rerank.base import RankedText, RerankScores, check_texts, rank_by_scores
+from crossrank.rerank.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +357,7 @@ class CrossEncoderReranker:
         trust_remote_code: bool = False,
         name: str | None = None,
         backend: str = "auto",
+        calibration: "Calibration | dict | None" = None,
     ) -> None:
         model, tokenizer, loaded_name = load_sequence_classifier(
             model_name_or_path,
@@ -369,7 +371,7 @@ class CrossEncoderReranker:
             model, tokenizer, name=name or loaded_name, max_length=max_length, batch_tokens=batch_tokens,
             max_batch_size=max_batch_size, dtype=dtype, device=device, activation=activation,
             num_threads=num_threads, long_documents=long_documents, chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks, backend=backend,
+            max_chunks=max_chunks, backend=backend, calibration=calibration,
         )
 
     @classmethod
@@ -384,7 +386,7 @@ class CrossEncoderReranker:
         defaults = dict(
             max_length=None, batch_tokens=16384, max_batch_size=128, dtype="auto", device="auto",
             activation="auto", num_threads=None, long_documents="truncate", chunk_overlap=64, max_chunks=16,
-            backend="auto",
+            backend="auto", calibration=None,
         )
         unknown = set(options) - set(defaults)
         if unknown:
@@ -396,7 +398,7 @@ class CrossEncoderReranker:
 
     def _setup(
         self, model, tokenizer, *, name, max_length, batch_tokens, max_batch_size, dtype, device, activation,
-        num_threads, long_documents, chunk_overlap, max_chunks, backend="auto",
+        num_threads, long_documents, chunk_overlap, max_chunks, backend="auto", calibration=None,
     ) -> None:
         if activation not in _ACTIVATIONS:
             raise InputError(f"activation must be one of {', '.join(_ACTIVATIONS)}, not {activation!r}")
@@ -425,6 +427,11 @@ class CrossEncoderReranker:
         self._num_threads = int(num_threads) if num_threads is not None else None
         self.tokenizer = tokenizer
         self.activation = self._resolve_activation(activation, config)
+        # "sigmoid" scores are calibration.prob(logit): the plain sigmoid unless the model ships a calibration
+        self.calibration = Calibration.parse(calibration)
+        # what the model's publisher recommends around the scores (final-order fusion, relevance threshold);
+        # set by the bundle loader, shown in info()
+        self.recommended: dict[str, Any] = {}
         self.long_documents = long_documents
         self.batch_tokens = int(batch_tokens)
         self.max_batch_size = int(max_batch_size)
@@ -631,6 +638,8 @@ class CrossEncoderReranker:
             "pass_tokens": self.pass_tokens,
             "max_batch_size": self.max_batch_size,
             "long_documents": self.long_documents,
+            "calibration": self.calibration.to_dict(),
+            "recommended": dict(self.recommended),
         }
 
     def __repr__(self) -> str:
@@ -674,10 +683,7 @@ class CrossEncoderReranker:
     def _activate(self, logit: float) -> float:
         if self.activation == "raw":
             return float(logit)
-        if logit >= 0:
-            return 1.0 / (1.0 + math.exp(-logit))
-        e = math.exp(logit)
-        return e / (1.0 + e)
+        return self.calibration.prob(logit)
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices grouped into batches, longest first, each within the token budget once padded.

@@ -15,7 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--index", default=None)
     p.add_argument("--retriever", default="hybrid")
-    p.add_argument("--api-key", default=None)
+    p.add_argument("--api-key", default=None, help="or CROSSRANK_API_KEY, or --api-key-file (not shown in ps)")
+    p.add_argument("--api-key-file", default=None, help="read the API key from this file")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="Host names served besides loopback (comma-separated, '*': any; or CROSSRANK_ALLOWED_HOSTS)")
     p.add_argument("--max-documents", type=int, default=1000)
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     p.add_argument("--max-queue-pairs", type=int, default=20000)
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         options["cache_size"] = a.cache_size
     try:
         run(a.model, host=a.host, port=a.port, index=a.index, retriever=a.retriever, api_key=a.api_key,
+            api_key_file=a.api_key_file, allowed_hosts=a.allowed_hosts,
             max_documents=a.max_documents, max_body_bytes=a.max_body_bytes, max_queue_pairs=a.max_queue_pairs,
             max_queue_requests=a.max_queue_requests, batch_tokens=a.batch_tokens, max_batch_pairs=a.max_batch_pairs,
             batch_wait_ms=a.batch_wait_ms, dynamic_batching=not a.no_dynamic_batching,

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,8 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossrank.errors import CrossrankError, IndexLoadError, InputError, ModelLoadError, RerankerUnavailable
 from crossrank.rerank.base import RerankScores
+from crossrank.rerank.calibration import Calibration
 from crossrank.serve import dialects as d
-from crossrank.serve.batcher import BatchedReranker, Cancelled, DeadlineExceeded, DynamicBatcher, JobResult, Overloaded
+from crossrank.serve.batcher import (BatchedReranker, Cancelled, DeadlineExceeded, DynamicBatcher, JobResult,
+                                     Overloaded, estimate_tokens)
 from crossrank.serve.config import ServeConfig
 from crossrank.serve.metrics import Metrics
 from crossrank.serve.page import PAGE_HTML
@@ -60,16 +62,16 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+class Usage(NamedTuple):
+    """What a request used: tokens the model reads, and windows scored (one per document unless chunked)."""
 
+    tokens: int
+    windows: int
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-7), 1.0 - 1e-7)
-    return math.log(p / (1.0 - p))
+    @property
+    def search_units(self) -> int:
+        """Cohere's billing: 100 documents a unit, each chunk of a long document counted as one."""
+        return max(1, math.ceil(self.windows / 100))
 
 
 # --------------------------------------------------------------------------------------------------- engine side
@@ -82,6 +84,7 @@ class _Engines:
         self.base = reranker
         self.info = _engine_info(reranker)
         self.activation = self.info.get("activation", "sigmoid")
+        self.calibration = Calibration.parse(self.info.get("calibration"))
         self.max_length = int(self.info.get("max_length") or 512)
         self.base_mode = getattr(reranker, "long_documents", self.info.get("long_documents"))
         self.default_mode = default_mode or self.base_mode or "truncate"
@@ -116,7 +119,8 @@ class _Engines:
                     inner.model, inner.tokenizer, name=inner.name, long_documents=mode,
                     max_length=self.max_length, batch_tokens=info.get("batch_tokens", 16384),
                     max_batch_size=info.get("max_batch_size", 128), dtype=info.get("dtype", "auto"),
-                    device=info.get("device", "auto"), activation=self.activation, **extra,
+                    device=info.get("device", "auto"), activation=self.activation, calibration=self.calibration,
+                    **extra,
                 )
             return self._variants[mode]
 
@@ -145,6 +149,23 @@ class _Engines:
             flags = result.truncated if len(result.truncated) == len(pairs) else [False] * len(pairs)
             result.truncated = [a or b for a, b in zip(flags, cut)]
         return result
+
+    def usage(self, query: str, texts: Sequence[str], options: dict[str, Any], result: RerankScores) -> Usage:
+        """Tokens the model reads for these pairs and the windows scored, counted whether or not a pair came from
+        the score cache (a cache saves compute, not usage) and whatever else shared its batch."""
+        eng = _innermost(self.get(options.get("long_documents")))
+        if not all(hasattr(eng, a) for a in ("_prepare_query", "_encode_docs", "_windows", "_avail", "template")):
+            if result.cache_hits:  # not a local engine: estimate what the cache answered
+                return Usage(sum(estimate_tokens(query, t, self.max_length) for t in texts), len(texts))
+            return Usage(result.tokens, len(texts))
+        q = len(eng._prepare_query(query)[0])
+        cap = options.get("max_tokens_per_doc")  # Cohere's cut, made before scoring
+        tokens = windows = 0
+        for ids in eng._encode_docs(list(texts)):
+            pieces, _ = eng._windows(ids[:cap], eng._avail - q)
+            windows += len(pieces)
+            tokens += sum(q + len(w) + eng.template.n_special for w in pieces)
+        return Usage(tokens, windows)
 
     def _doc_budget(self, query: str) -> int:
         avail = self.max_length - self.n_special
@@ -325,6 +346,11 @@ class _Gate:
         path = scope.get("path", "")
         dialect = d.dialect_of(path)
         config = self.state.config
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not config.host_allowed(host):  # DNS rebinding: a browser sends the attacker's name here
+            message = f"Host {host[:100]!r} is not allowed; add it with --allowed-hosts (or '*' for any)"
+            await _json(scope, receive, send, 400, d.error_body(dialect, message, "invalid_host"))
+            return
         if config.api_key and path not in OPEN_PATHS:
             headers = dict(scope.get("headers") or [])
             auth = headers.get(b"authorization", b"").decode("latin-1")
@@ -405,6 +431,15 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+def _check_query(query: str, dialect: str, config: ServeConfig) -> None:
+    """The query rules every route shares (the message never echoes the query)."""
+    if not query.strip():
+        raise ApiError(400, "`query` cannot be empty", "empty")
+    if len(query) > config.max_query_chars:
+        raise ApiError(d.status_for("too_long", dialect),
+                       f"query is {len(query)} characters; the limit is {config.max_query_chars}", "validation")
+
+
 def _deadline_ms(request: Request, body_value: float | None, default: float) -> float:
     if body_value is not None:
         return float(body_value)
@@ -458,7 +493,8 @@ def create_app(
     )
     state = _State(reranker, config, engines, metrics, batcher)
     if pipeline is not None or index is not None:
-        batched = BatchedReranker(batcher, state.model_name, timeout_s=config.default_deadline_ms / 1000.0)
+        batched = BatchedReranker(batcher, state.model_name, timeout_s=config.default_deadline_ms / 1000.0,
+                                  info=_engine_info(reranker))
         state.search = _Search(pipeline, index, batched, default_retriever=retriever, k=k, n=n,
                                deadline_ms=search_deadline_ms)
 
@@ -479,7 +515,8 @@ def create_app(
         version=_version(),
         description=(
             "Cross-encoder reranking over HTTP. Dialects: Hugging Face TEI (`POST /rerank`), Cohere v2 "
-            "(`POST /v2/rerank`), Jina (`POST /v1/rerank`; Voyage's `top_k` accepted). Optional `POST /search` "
+            "(`POST /v2/rerank`), Jina / Cohere v1, Voyage and infinity (`POST /v1/rerank`, told apart by the body; "
+            "infinity also on `/rerank`). Optional `POST /search` "
             "over an index. Time budget per request: `X-Crossrank-Deadline-Ms` header or `deadline_ms` field. "
             "Pairs cut to the model's maximum length are counted in the `X-Crossrank-Truncated` header."
         ),
@@ -500,11 +537,7 @@ def create_app(
             raise ApiError(d.status_for("too_many_documents", dialect),
                            f"batch size {len(texts)} > maximum allowed batch size {config.max_documents}",
                            "validation")
-        if not query.strip():
-            raise ApiError(400, "`query` cannot be empty", "empty")
-        if len(query) > config.max_query_chars:
-            raise ApiError(d.status_for("too_long", dialect),
-                           f"query is {len(query)} characters; the limit is {config.max_query_chars}", "validation")
+        _check_query(query, dialect, config)
         mode = options.get("long_documents")
         if mode is not None and not engines.supports(mode):
             raise ApiError(400, f"this reranker cannot switch long_documents to {mode!r}", "validation")
@@ -568,23 +601,31 @@ def create_app(
             "x-inference-time": str(int(result.inference_ms)),
         }
 
+    # the engine answers calibrated relevance ("sigmoid") or logits ("raw"); the wire gets either on request
     def to_prob(s: float) -> float:
-        return s if engines.activation == "sigmoid" else _sigmoid(s)
+        return s if engines.activation == "sigmoid" else engines.calibration.prob(s)
 
     def to_raw(s: float) -> float:
-        return _logit(s) if engines.activation == "sigmoid" else s
+        return engines.calibration.raw(s) if engines.activation == "sigmoid" else s
 
     def order(scores: Sequence[float], top: int | None) -> list[int]:
         idx = sorted(range(len(scores)), key=lambda i: -scores[i])
         return idx[:top] if top is not None else idx
 
     # ------------------------------------------------------------------ routes
-    @app.post("/rerank", tags=["rerank"], summary="Hugging Face TEI rerank",
+    async def usage_of(query: str, texts: list[str], options: dict[str, Any], result: JobResult) -> Usage:
+        options = {key: v for key, v in options.items() if v is not None}
+        return await run_in_threadpool(engines.usage, query, texts, options, result.scores)
+
+    @app.post("/rerank", tags=["rerank"], summary="Hugging Face TEI rerank (infinity requests accepted)",
               responses={400: {"description": "Batch is empty"}, 413: {"description": "Batch size error"},
                          422: {"description": "Tokenization error (input too long with truncate=false)"},
                          429: {"description": "Model is overloaded"}, 504: {"description": "Deadline exceeded"}})
-    async def rerank_tei(body: d.TEIRerankRequest, request: Request) -> Response:
-        """TEI's wire format: a bare array of ``{index, score, text?}``, best first."""
+    async def rerank_tei(body: d.RootRerankRequest, request: Request) -> Response:
+        """TEI's wire format: a bare array of ``{index, score, text?}``, best first. A body with ``documents``
+        instead of ``texts`` is infinity's, answered as on ``/v1/rerank``."""
+        if isinstance(body, d.InfinityRerankRequest):
+            return await infinity(body, request)
         started = time.perf_counter()
         truncate = config.auto_truncate if body.truncate is None else body.truncate
         result = await run_job(
@@ -607,43 +648,77 @@ def create_app(
         """Cohere's wire format: ``{id, results: [{index, relevance_score}], meta}``."""
         started = time.perf_counter()
         texts = [d.text_of(doc) for doc in body.documents]
-        result = await run_job(request, body.query, texts, deadline_ms=body.deadline_ms,
-                               options={"long_documents": body.long_documents,
-                                        "max_tokens_per_doc": body.max_tokens_per_doc})
+        options = {"long_documents": body.long_documents, "max_tokens_per_doc": body.max_tokens_per_doc}
+        result = await run_job(request, body.query, texts, deadline_ms=body.deadline_ms, options=options)
+        usage = await usage_of(body.query, texts, options, result)
         scores = result.scores.scores
         return JSONResponse(
             {
                 "id": str(uuid.uuid4()),
                 "results": [{"index": i, "relevance_score": to_prob(scores[i])} for i in order(scores, body.top_n)],
-                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+                "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": usage.search_units}},
             },
             headers=timing_headers(result, started),
         )
 
-    @app.post("/v1/rerank", tags=["rerank"], summary="Jina rerank (Voyage/infinity requests accepted)")
-    async def rerank_jina(body: d.JinaRerankRequest, request: Request) -> Response:
-        """Jina's wire format: ``{model, usage: {total_tokens, prompt_tokens}, results: [{index,
-        relevance_score, document: {text}}]}`` (``document`` only with ``return_documents``, default true)."""
+    @app.post("/v1/rerank", tags=["rerank"], summary="Jina / Cohere v1, Voyage or infinity rerank (by the body)")
+    async def rerank_v1(body: d.V1RerankRequest, request: Request) -> Response:
+        """Jina's wire format, with Cohere v1's ``id`` and ``meta``: ``{id, model, usage: {total_tokens,
+        prompt_tokens}, results: [{index, relevance_score, document}], meta}``. A Voyage body (``top_k`` or
+        ``truncation``) gets ``{object: "list", data, model, usage}``; an infinity body (``raw_scores``) gets
+        infinity's ``{object: "rerank", results: [{index, relevance_score, document: str | null}], ...}``."""
+        if isinstance(body, d.VoyageRerankRequest):
+            return await voyage(body, request)
+        if isinstance(body, d.InfinityRerankRequest):
+            return await infinity(body, request)
         started = time.perf_counter()
-        texts = [d.text_of(doc) for doc in body.documents]
-        query = d.text_of(body.query)
-        result = await run_job(request, query, texts, deadline_ms=body.deadline_ms,
-                               options={"long_documents": body.long_documents},
-                               too_long="set truncation=true to cut it" if body.truncation is False else None)
+        query, options = d.text_of(body.query), {"long_documents": body.long_documents}
+        result = await run_job(request, query, body.texts, deadline_ms=body.deadline_ms, options=options)
+        usage = await usage_of(query, body.texts, options, result)
         scores = result.scores.scores
-        top = body.top_n if body.top_n is not None else body.top_k
         results = []
-        for i in order(scores, top):
+        for i in order(scores, body.top_n):
             item: dict[str, Any] = {"index": i, "relevance_score": to_prob(scores[i])}
-            if body.return_documents:
-                item["document"] = {"text": texts[i]}
+            if body.echo:
+                doc = body.documents[i]
+                item["document"] = {"text": doc} if isinstance(doc, str) else doc
             results.append(item)
-        tokens = result.scores.tokens
         return JSONResponse(
-            {"model": body.model or state.model_name, "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
-             "results": results},
+            {"id": str(uuid.uuid4()), "model": body.model or state.model_name,
+             "usage": {"total_tokens": usage.tokens, "prompt_tokens": usage.tokens}, "results": results,
+             "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": usage.search_units}}},
             headers=timing_headers(result, started),
         )
+
+    async def voyage(body: d.VoyageRerankRequest, request: Request) -> Response:
+        started = time.perf_counter()
+        options = {"long_documents": body.long_documents}
+        result = await run_job(request, body.query, body.documents, deadline_ms=body.deadline_ms, options=options,
+                               too_long=None if body.truncation else "set truncation=true to cut it")
+        usage = await usage_of(body.query, body.documents, options, result)
+        scores = result.scores.scores
+        data = []
+        for i in order(scores, body.top_k):
+            item: dict[str, Any] = {"relevance_score": to_prob(scores[i]), "index": i}
+            if body.return_documents:
+                item["document"] = body.documents[i]
+            data.append(item)
+        return JSONResponse({"object": "list", "data": data, "model": body.model or state.model_name,
+                             "usage": {"total_tokens": usage.tokens}}, headers=timing_headers(result, started))
+
+    async def infinity(body: d.InfinityRerankRequest, request: Request) -> Response:
+        started = time.perf_counter()
+        options = {"long_documents": body.long_documents}
+        result = await run_job(request, body.query, body.documents, deadline_ms=body.deadline_ms, options=options)
+        usage = await usage_of(body.query, body.documents, options, result)
+        scores = result.scores.scores
+        results = [{"relevance_score": to_raw(scores[i]) if body.raw_scores else to_prob(scores[i]), "index": i,
+                    "document": body.documents[i] if body.return_documents else None}
+                   for i in order(scores, body.top_n)]
+        return JSONResponse({"object": "rerank", "results": results, "model": state.model_name,
+                             "usage": {"prompt_tokens": usage.tokens, "total_tokens": usage.tokens},
+                             "id": f"infinity-{uuid.uuid4()}", "created": int(time.time())},
+                            headers=timing_headers(result, started))
 
     if state.search is not None:
         search = state.search
@@ -651,8 +726,7 @@ def create_app(
         @app.post("/search", tags=["search"], summary="Retrieve K, rerank, return N")
         async def search_route(body: d.SearchRequest, request: Request) -> Response:
             """``SearchResult.to_dict()``: hits with first-stage and rerank scores, timings, fallback reason."""
-            if not body.query.strip():
-                raise ApiError(400, "`query` cannot be empty", "empty")
+            _check_query(body.query, d.NATIVE, config)
             if body.k is not None and body.k > config.max_search_k:
                 raise ApiError(422, f"k={body.k} is above the limit of {config.max_search_k}", "validation")
             deadline = body.deadline_ms
@@ -661,7 +735,8 @@ def create_app(
             try:
                 pipe = await run_in_threadpool(search.get, body.retriever)
                 result = await run_in_threadpool(
-                    lambda: pipe.search(body.query, k=body.k, n=body.n, deadline_ms=deadline, rerank=body.rerank)
+                    lambda: pipe.search(body.query, k=body.k, n=body.n, deadline_ms=deadline, rerank=body.rerank,
+                                        fusion=body.fusion, min_score=body.min_score)
                 )
             except InputError as exc:
                 raise ApiError(400, str(exc), "validation")
@@ -690,15 +765,14 @@ def create_app(
 
     @app.get("/info", tags=["service"])
     async def info() -> Response:
+        """TEI's ``Info`` at top level (what tei-client and huggingface_hub read), plus crossrank's own fields."""
         einfo = _engine_info(reranker)
         return JSONResponse({
+            **_tei_info(state, engines, einfo),
             "model": state.model_name,
-            "model_id": state.model_name,
             "dtype": einfo.get("dtype"),
-            "model_dtype": einfo.get("dtype"),
             "device": einfo.get("device"),
             "max_length": engines.max_length,
-            "max_input_length": engines.max_length,
             "activation": engines.activation,
             "long_documents": engines.default_mode,
             "version": _version(),
@@ -735,6 +809,32 @@ def create_app(
     return app
 
 
+_TEI_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
+
+
+def _tei_info(state: _State, engines: _Engines, einfo: dict[str, Any]) -> dict[str, Any]:
+    """text-embeddings-inference's ``Info`` schema (router/src/lib.rs), for a reranker."""
+    config = state.config
+    id2label = getattr(getattr(getattr(engines.inner, "model", None), "config", None), "id2label", None)
+    id2label = {str(k): str(v) for k, v in (id2label or {0: "LABEL_0"}).items()}
+    dtype = str(einfo.get("dtype") or "float32")
+    return {
+        "model_id": state.model_name,
+        "model_sha": None,
+        "model_dtype": _TEI_DTYPES.get(dtype, dtype),
+        "model_type": {"reranker": {"id2label": id2label, "label2id": {v: int(k) for k, v in id2label.items()}}},
+        "max_concurrent_requests": config.max_queue_requests,
+        "max_input_length": engines.max_length,
+        "max_batch_tokens": config.batch_tokens,
+        "max_batch_requests": config.max_batch_pairs,  # pairs per step bound requests per batch
+        "max_client_batch_size": config.max_documents,
+        "auto_truncate": config.auto_truncate,
+        "tokenization_workers": 1,  # the inference worker tokenises
+        "sha": None,
+        "docker_label": None,
+    }
+
+
 def _install_handlers(app: FastAPI) -> None:
     def render(request: Request, status: int, message: str, error_type: str,
                headers: dict[str, str] | None = None) -> JSONResponse:
@@ -753,7 +853,8 @@ def _install_handlers(app: FastAPI) -> None:
             return render(request, 400, "invalid JSON body", "validation")
         parts = []
         for e in errors[:5]:
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            loc = ".".join(str(x) for j, x in enumerate(e.get("loc", ()))
+                           if x != "body" and not (j == 1 and x in d.SHAPES))  # the shape's tag
             parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
         message = "invalid request: " + "; ".join(parts)
         return render(request, d.status_for("schema", dialect), message, "validation")

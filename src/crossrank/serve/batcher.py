@@ -409,10 +409,16 @@ class BatchedReranker:
 
     Queue full or deadline passed raise ``RerankerUnavailable`` subclasses, on which the pipeline falls back."""
 
-    def __init__(self, batcher: DynamicBatcher, name: str, *, timeout_s: float | None = None) -> None:
+    def __init__(self, batcher: DynamicBatcher, name: str, *, timeout_s: float | None = None,
+                 info: dict[str, Any] | None = None) -> None:
         self.batcher = batcher
         self.name = name
         self.timeout_s = timeout_s
+        self._info = dict(info or {"model": name})
+
+    def info(self) -> dict[str, Any]:
+        """The batched engine's ``info()`` (its recommendation included, so pipelines on top fuse as it says)."""
+        return dict(self._info)
 
     def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
         """Queue the pairs and wait; ``timeout_s`` (the caller's remaining budget, e.g. the pipeline's deadline)

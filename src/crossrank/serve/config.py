@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from crossrank.errors import InputError
@@ -37,7 +38,14 @@ class ServeConfig:
       (score windows that each carry the query, keep the maximum). Requests may ask for either per call. ``auto_truncate``: what TEI's ``truncate`` means when the request leaves it out.
     Auth
       ``api_key``: when set, every route except ``/health``, ``/``, ``/docs`` and ``/openapi.json`` needs
-      ``Authorization: Bearer <key>``.
+      ``Authorization: Bearer <key>``. ``from_env`` also takes it from ``CROSSRANK_API_KEY`` or a file.
+      ``allowed_hosts``: Host header names accepted besides the loopback names (``LOOPBACK_HOSTS``); any other
+      Host is answered 400 (DNS rebinding). ``"*"`` accepts any. ``run`` adds the address it binds.
+    Connections (passed to uvicorn by ``server.uvicorn_options``)
+      ``header_timeout_s`` / ``body_timeout_s``: a request's headers, then its body, must arrive within this long,
+      or the connection is closed. ``keep_alive_s``: idle time before a kept-alive connection is closed.
+      ``max_connections``: open connections; a request beyond them is answered 503. ``max_header_bytes``:
+      request line plus headers.
     """
 
     model_name: str = "crossrank"
@@ -56,10 +64,17 @@ class ServeConfig:
     auto_truncate: bool = True
     api_key: str | None = None
     max_search_k: int = 1000
+    allowed_hosts: tuple[str, ...] = ()
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 768
+    max_header_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         positive = ("max_documents", "max_body_bytes", "max_query_chars", "max_queue_pairs", "max_queue_requests",
-                    "batch_tokens", "max_batch_pairs", "step_passes", "max_search_k")
+                    "batch_tokens", "max_batch_pairs", "step_passes", "max_search_k", "max_connections",
+                    "max_header_bytes")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -70,20 +85,74 @@ class ServeConfig:
             raise InputError(f"serve option default_deadline_ms must be > 0, got {self.default_deadline_ms!r}")
         if self.long_documents not in (None, "truncate", "chunk"):
             raise InputError(f"long_documents must be 'truncate' or 'chunk', got {self.long_documents!r}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"serve option {name} must be > 0, got {getattr(self, name)!r}")
         if self.api_key is not None and not self.api_key.strip():
             self.api_key = None
+        self.allowed_hosts = parse_hosts(self.allowed_hosts)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "ServeConfig":
-        """Defaults, then ``CROSSRANK_API_KEY`` from the environment, then ``overrides`` (None means unset)."""
+    def from_env(cls, api_key_file: str | os.PathLike | None = None, **overrides: Any) -> "ServeConfig":
+        """Defaults, then ``CROSSRANK_API_KEY`` and ``CROSSRANK_ALLOWED_HOSTS`` (comma-separated) from the
+        environment, then ``overrides`` (None means unset). ``api_key_file``: read the key from this file (so it
+        is not in ``ps``); giving it and ``api_key`` both is an error."""
         values: dict[str, Any] = {}
         if os.environ.get("CROSSRANK_API_KEY"):
             values["api_key"] = os.environ["CROSSRANK_API_KEY"]
+        if os.environ.get("CROSSRANK_ALLOWED_HOSTS"):
+            values["allowed_hosts"] = os.environ["CROSSRANK_ALLOWED_HOSTS"]
+        if api_key_file is not None:
+            if overrides.get("api_key") is not None:
+                raise InputError("give the API key or an API key file, not both")
+            values["api_key"] = read_key_file(api_key_file)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a request with this Host header may be served (one without any may not)."""
+        if "*" in self.allowed_hosts:
+            return True
+        return bool(host) and normalize_host(host) in LOOPBACK_HOSTS + self.allowed_hosts
+
+    def allow_bound(self, host: str) -> None:
+        """Also accept the address the server binds (not a wildcard one, which stands for every address)."""
+        if host not in WILDCARD_HOSTS:
+            self.allowed_hosts = parse_hosts((*self.allowed_hosts, host))
 
     def public(self) -> dict[str, Any]:
         """Settings safe to show on ``/info`` (no key)."""
         out = asdict(self)
         out["api_key"] = bool(self.api_key)
         return out
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+def normalize_host(name: str) -> str:
+    """A Host header or allowlist entry as compared: lower case, no port, no trailing dot, IPv6 in brackets."""
+    name = name.strip().lower()
+    if name.startswith("["):
+        return name[: name.find("]") + 1] if "]" in name else name
+    if name.count(":") > 1:  # a bare IPv6 address
+        return f"[{name}]"
+    return name.partition(":")[0].rstrip(".")
+
+
+def parse_hosts(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """``"a.example, b"`` or a sequence -> normalized names; ``"*"`` stays ``"*"``."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(dict.fromkeys("*" if h.strip() == "*" else normalize_host(h) for h in items if h.strip()))
+
+
+def read_key_file(path: str | os.PathLike) -> str:
+    """The API key in ``path`` (surrounding whitespace dropped); an empty or unreadable file is an error."""
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the API key file {path}: {exc}") from None
+    if not key:
+        raise InputError(f"the API key file {path} is empty")
+    return key

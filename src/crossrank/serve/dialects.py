@@ -1,16 +1,36 @@
 """Wire dialects: request bodies and error shapes of each API the server speaks.
 
-| route          | dialect                  | request                                                    | error body                     |
-|----------------|--------------------------|------------------------------------------------------------|--------------------------------|
-| POST /rerank   | Hugging Face TEI         | query, texts, truncate, truncation_direction, raw_scores,   | {"error", "error_type"}        |
-|                |                          | return_text                                                |                                |
-| POST /v2/rerank| Cohere v2                | model, query, documents, top_n, max_tokens_per_doc          | {"id", "message"}              |
-| POST /v1/rerank| Jina (Voyage/infinity)   | model, query, documents, top_n or top_k, return_documents   | {"detail"}                     |
-| everything else| crossrank                | (see /docs)                                                | {"error", "error_type"}        |
+| route           | dialect (told by)           | request                                                   | error body              |
+|-----------------|-----------------------------|-----------------------------------------------------------|-------------------------|
+| POST /rerank    | Hugging Face TEI            | query, texts, truncate, truncation_direction, raw_scores, | {"error", "error_type"} |
+|                 |                             | return_text                                               |                         |
+|                 | infinity (`documents`)      | as on /v1/rerank                                          |                         |
+| POST /v2/rerank | Cohere v2                   | model, query, documents, top_n, max_tokens_per_doc        | {"id", "message"}       |
+| POST /v1/rerank | Jina and Cohere v1          | model, query, documents, top_n, return_documents,         | {"detail"}              |
+|                 |                             | rank_fields, max_chunks_per_doc (Cohere v1)               |                         |
+|                 | Voyage (`top_k`, `truncation`) | model, query, documents, top_k, return_documents,     |                         |
+|                 |                             | truncation                                                |                         |
+|                 | infinity (`raw_scores`)     | model, query, documents, top_n, return_documents,         |                         |
+|                 |                             | raw_scores                                                |                         |
+| everything else | crossrank                   | (see /docs)                                               | {"error", "error_type"} |
+
+Shared routes. Jina, Voyage, infinity and Cohere v1 all serve ``POST /v1/rerank`` (infinity also ``/rerank``), so
+their SDKs reach crossrank with the same ``base_url`` as the real service. The body says which one it is, by
+fields only one provider sends (``shape_v1`` / ``shape_tei``): ``raw_scores`` is infinity's, ``top_k`` or
+``truncation`` Voyage's, anything else Jina's; on ``/rerank`` a body with ``documents`` and no ``texts`` is
+infinity's. Each is validated against that provider's schema alone and answered in its response shape (Voyage
+``{object: "list", data, model, usage}``, infinity ``{object: "rerank", results: [{document: str}], ...}``). The
+Jina answer also carries Cohere v1's ``id`` and ``meta``, so one body satisfies both (their requests are the same
+unless Cohere's ``rank_fields`` / ``max_chunks_per_doc`` appear: then ``return_documents`` defaults to false, as
+Cohere's does). A separate ``/voyage/v1/rerank`` route was rejected: the SDKs would then need a URL that is not
+the provider's. A body with none of the marker fields is Jina's. Token usage in every answer that reports it
+(``usage``, ``search_units``) counts the pairs' tokens, those answered from the score cache included.
 
 Every rerank body also takes ``deadline_ms`` (a time budget; the ``X-Crossrank-Deadline-Ms`` header does the
 same) and ``long_documents`` ("truncate" | "chunk"). Unknown fields are ignored (Cohere's SDK sends
 ``priority`` and ``relevant_spans``). Types are strict: ``"yes"`` is not a boolean and ``1`` is not a string.
+Every string field is ``Text``: one that cannot be encoded as UTF-8 (a lone surrogate such as ``"\ud800"``) is a
+schema error, answered like any other in the route's dialect.
 """
 
 from __future__ import annotations
@@ -18,9 +38,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt,
+                      StrictStr, PrivateAttr, Tag, field_validator, model_validator)
 
 TEI, COHERE, JINA, NATIVE = "tei", "cohere", "jina", "native"
+VOYAGE, INFINITY = "voyage", "infinity"  # request shapes sharing a route with another dialect
+SHAPES = frozenset({TEI, JINA, VOYAGE, INFINITY})
 
 # HTTP status per dialect for the failures the dialects disagree on.
 _STATUS = {
@@ -48,6 +71,8 @@ def status_for(kind: str, dialect: str) -> int:
 
 def error_body(dialect: str, message: str, error_type: str) -> dict[str, Any]:
     """The JSON error body of ``dialect``."""
+    if not message.isascii():  # a message quoting unencodable input must not turn the error into a 500
+        message = message.encode("utf-8", "replace").decode("utf-8")
     if dialect == COHERE:
         return {"id": str(uuid.uuid4()), "message": message}
     if dialect == JINA:
@@ -55,6 +80,17 @@ def error_body(dialect: str, message: str, error_type: str) -> dict[str, Any]:
     return {"error": message, "error_type": error_type}
 
 
+def _encodable(value: str) -> str:
+    """Tokenizers and the JSON encoder need UTF-8; the message does not echo the text."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"text cannot be encoded as UTF-8 (lone surrogate at character {exc.start})") from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
 Deadline = Annotated[Union[StrictInt, StrictFloat], Field(gt=0, le=3_600_000)]
 LongDocuments = Literal["truncate", "chunk"]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
@@ -74,8 +110,8 @@ class _Body(BaseModel):
 class TEIRerankRequest(_Body):
     """Hugging Face text-embeddings-inference ``/rerank``."""
 
-    query: StrictStr = Field(examples=["What is Deep Learning?"])
-    texts: list[StrictStr] = Field(examples=[["Deep Learning is ..."]])
+    query: Text = Field(examples=["What is Deep Learning?"])
+    texts: list[Text] = Field(examples=[["Deep Learning is ..."]])
     truncate: StrictBool | None = Field(
         default=None, description="Cut inputs longer than the model's maximum; false: 422 instead. "
         "Unset: the server's auto_truncate.")
@@ -92,17 +128,17 @@ class TEIRerankRequest(_Body):
 
 class TextObject(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    text: StrictStr
+    text: Text
 
 
-Document = Union[StrictStr, TextObject]
+Document = Union[Text, TextObject]
 
 
 class CohereRerankRequest(_Body):
     """Cohere ``/v2/rerank``."""
 
-    model: StrictStr | None = Field(default=None, examples=["crossrank"])
-    query: StrictStr = Field(examples=["What is the capital of the United States?"])
+    model: Text | None = Field(default=None, examples=["crossrank"])
+    query: Text = Field(examples=["What is the capital of the United States?"])
     documents: list[Document] = Field(description="Texts (strings; {'text': ...} objects are accepted too).")
     top_n: PositiveInt | None = None
     max_tokens_per_doc: PositiveInt | None = Field(
@@ -110,28 +146,118 @@ class CohereRerankRequest(_Body):
 
 
 class JinaRerankRequest(_Body):
-    """Jina ``/v1/rerank`` (also Voyage and infinity requests: ``top_k`` is ``top_n``)."""
+    """Jina ``/v1/rerank``, which is also Cohere v1's: dict documents, ``rank_fields``."""
 
-    model: StrictStr | None = Field(default=None, examples=["crossrank"])
-    query: Union[StrictStr, TextObject] = Field(examples=["Organic skincare products for sensitive skin"])
-    documents: list[Document]
+    model: Text | None = Field(default=None, examples=["crossrank"])
+    query: Union[Text, TextObject] = Field(examples=["Organic skincare products for sensitive skin"])
+    documents: list[Union[Text, dict[str, Any]]] = Field(
+        description="Strings or objects: their 'text', or with rank_fields those fields as 'key: value' lines.")
     top_n: PositiveInt | None = None
-    top_k: PositiveInt | None = Field(default=None, description="Voyage's name for top_n.")
-    return_documents: StrictBool = Field(default=True, description="Include {'text': ...} per result (Jina default).")
-    truncation: StrictBool | None = Field(
-        default=None, description="Voyage: false answers 422 for inputs over the model's maximum length.")
+    return_documents: StrictBool | None = Field(
+        default=None, description="Echo each document in its result; default true (Jina), false when the request "
+                                  "has rank_fields or max_chunks_per_doc (Cohere v1).")
+    rank_fields: list[Text] | None = Field(default=None, description="Cohere v1: the object fields ranked on.")
+    max_chunks_per_doc: PositiveInt | None = Field(default=None, description="Cohere v1: accepted, not used.")
+    _ranked: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _texts(self) -> "JinaRerankRequest":
+        self._ranked = [_rank_text(doc, self.rank_fields, i) for i, doc in enumerate(self.documents)]
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return self._ranked
+
+    @property
+    def echo(self) -> bool:
+        if self.return_documents is not None:
+            return self.return_documents
+        return self.rank_fields is None and self.max_chunks_per_doc is None
+
+
+def _rank_text(doc: Any, fields: list[str] | None, i: int) -> str:
+    """What is ranked of a document: a string itself; of an object, its ``text`` or its ``fields`` as lines."""
+    if isinstance(doc, str):
+        return doc
+    keys = fields if fields is not None else ["text"]
+    for key in keys:
+        if key in doc and not isinstance(doc[key], str):
+            raise ValueError(f"documents[{i}].{key} must be a string")
+        _encodable(doc.get(key, ""))
+    if fields is None:
+        if "text" not in doc:
+            raise ValueError(f"documents[{i}] has no 'text' field (or give rank_fields)")
+        return doc["text"]
+    lines = [f"{key}: {doc[key]}" for key in fields if key in doc]
+    if not lines:
+        raise ValueError(f"documents[{i}] has none of the rank_fields")
+    return "\n".join(lines)
+
+
+class VoyageRerankRequest(_Body):
+    """Voyage ``/v1/rerank`` (told from Jina's by ``top_k`` or ``truncation``)."""
+
+    model: Text | None = Field(default=None, examples=["rerank-2"])
+    query: Text
+    documents: list[Text]
+    top_k: PositiveInt | None = None
+    return_documents: StrictBool = False
+    truncation: StrictBool = Field(default=True, description="false: 422 for inputs over the model's maximum.")
+
+
+class InfinityRerankRequest(_Body):
+    """infinity ``/rerank`` (told from TEI's by ``documents``, from Jina's by ``raw_scores``)."""
+
+    model: Text | None = Field(default=None, examples=["default/not-specified"])
+    query: Text
+    documents: list[Text]
+    return_documents: StrictBool = False
+    raw_scores: StrictBool = Field(default=False, description="true: model logits instead of [0, 1] scores.")
+    top_n: PositiveInt | None = None
+
+
+def shape_v1(body: Any) -> str:
+    """Which provider's request a ``/v1/rerank`` body is (see the module docstring)."""
+    if isinstance(body, dict):
+        if "raw_scores" in body:
+            return INFINITY
+        if "top_k" in body or "truncation" in body:
+            return VOYAGE
+    return JINA
+
+
+def shape_tei(body: Any) -> str:
+    return INFINITY if isinstance(body, dict) and "documents" in body and "texts" not in body else TEI
+
+
+V1RerankRequest = Annotated[
+    Union[Annotated[JinaRerankRequest, Tag(JINA)], Annotated[VoyageRerankRequest, Tag(VOYAGE)],
+          Annotated[InfinityRerankRequest, Tag(INFINITY)]],
+    Discriminator(shape_v1),
+]
+RootRerankRequest = Annotated[
+    Union[Annotated[TEIRerankRequest, Tag(TEI)], Annotated[InfinityRerankRequest, Tag(INFINITY)]],
+    Discriminator(shape_tei),
+]
 
 
 class SearchRequest(BaseModel):
     """crossrank ``/search``: retrieve K from the index, rerank, return N."""
 
     model_config = ConfigDict(extra="ignore")
-    query: StrictStr = Field(examples=["what causes earthquakes"])
+    query: Text = Field(examples=["what causes earthquakes"])
     k: PositiveInt | None = Field(default=None, description="Candidates from the first stage.")
     n: PositiveInt | None = Field(default=None, description="Results returned.")
     retriever: Literal["bm25", "dense", "hybrid"] | None = None
     deadline_ms: Deadline | None = None
     rerank: StrictBool = True
+    fusion: StrictStr = Field(default="auto", examples=["auto", "none", "rrf", "interpolate:0.3"],
+                              description="Final order: auto (the model's recommendation), none (cross-encoder "
+                                          "order), rrf, interpolate[:w] (w on the cross-encoder).")
+    min_score: float | Literal["auto"] | None = Field(
+        default=None, description="Drop reranked hits whose relevance is below this; auto: the model's "
+                                  "recommended 'nothing relevant' threshold.")
 
 
 def text_of(doc: Any) -> str:

@@ -9,10 +9,10 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from crossrank.errors import InputError
-from crossrank.serve.config import ServeConfig
+from crossrank.serve.config import WILDCARD_HOSTS, ServeConfig
 
 log = logging.getLogger("crossrank.serve")
 
@@ -23,6 +23,9 @@ def build_app(
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
     api_key: str | None = None,
+    api_key_file: str | os.PathLike | None = None,
+    allowed_hosts: str | Sequence[str] | None = None,
+    host: str | None = None,
     max_documents: int = 1000,
     max_body_bytes: int = 8 * 1024 * 1024,
     max_queue_pairs: int = 20000,
@@ -37,7 +40,8 @@ def build_app(
     n: int = 10,
     reranker_options: dict[str, Any] | None = None,
 ):
-    """Load the reranker (and the index), and return the FastAPI app ``run`` serves."""
+    """Load the reranker (and the index), and return the FastAPI app ``run`` serves (``host``: the address it
+    will bind, accepted as a Host header)."""
     from crossrank.rerank import load_reranker
     from crossrank.serve.app import create_app
 
@@ -48,10 +52,10 @@ def build_app(
     if not remote:
         options.setdefault("long_documents", long_documents)
         options.setdefault("batch_tokens", batch_tokens)
-    reranker = load_reranker(model, **options)
-    config = ServeConfig.from_env(
-        model_name=str(getattr(reranker, "name", model)),
+    config = ServeConfig.from_env(  # before the model loads: a bad key file fails fast
+        api_key_file=api_key_file,
         api_key=api_key,
+        allowed_hosts=allowed_hosts,
         max_documents=max_documents,
         max_body_bytes=max_body_bytes,
         max_queue_pairs=max_queue_pairs,
@@ -62,6 +66,10 @@ def build_app(
         batching=dynamic_batching,
         default_deadline_ms=deadline_ms,
     )
+    if host is not None:
+        config.allow_bound(host)
+    reranker = load_reranker(model, **options)
+    config.model_name = str(getattr(reranker, "name", model))
     loaded_index = None
     if index is not None:
         from crossrank.retrieve import load_index
@@ -79,6 +87,8 @@ def run(
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
     api_key: str | None = None,
+    api_key_file: str | os.PathLike | None = None,
+    allowed_hosts: str | Sequence[str] | None = None,
     max_documents: int = 1000,
     max_body_bytes: int = 8 * 1024 * 1024,
     max_queue_pairs: int = 20000,
@@ -98,7 +108,10 @@ def run(
 
     ``model``: "default", a hub id, a local checkpoint, or an http(s) URL (a remote reranker, proxied).
     ``index``: an index directory; adds ``POST /search`` (``retriever`` the default kind, K ``k``, N ``n``).
-    ``api_key`` (or ``CROSSRANK_API_KEY``): require ``Authorization: Bearer <key>`` (``/health`` and ``/`` stay open).
+    ``api_key`` (or ``CROSSRANK_API_KEY``, or ``api_key_file``, which keeps it out of ``ps``): require
+    ``Authorization: Bearer <key>`` (``/health`` and ``/`` stay open).
+    ``allowed_hosts`` (or ``CROSSRANK_ALLOWED_HOSTS``; comma-separated, ``*`` for any): Host names served besides
+    the loopback names and ``host``; other Host headers get 400 (DNS rebinding).
     ``dynamic_batching=False`` runs each request alone (comparison baseline).
     ``deadline_ms``: default time budget per request (30 s when unset) and the search pipeline's deadline.
     ``reranker_options``: extra keyword arguments for ``load_reranker`` (``dtype``, ``device``, ``max_length``...).
@@ -108,7 +121,8 @@ def run(
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(
-        model, index=index, retriever=retriever, api_key=api_key, max_documents=max_documents,
+        model, index=index, retriever=retriever, api_key=api_key, api_key_file=api_key_file,
+        allowed_hosts=allowed_hosts, host=host, max_documents=max_documents,
         max_body_bytes=max_body_bytes, max_queue_pairs=max_queue_pairs, max_queue_requests=max_queue_requests,
         batch_tokens=batch_tokens, max_batch_pairs=max_batch_pairs, batch_wait_ms=batch_wait_ms,
         dynamic_batching=dynamic_batching, long_documents=long_documents, deadline_ms=deadline_ms, k=k, n=n,
@@ -117,9 +131,70 @@ def run(
     state = app.state.crossrank
     if host not in ("127.0.0.1", "localhost", "::1") and not state.config.api_key:
         log.warning("binding %s without an API key: anyone who can reach this port can use the service", host)
+    if host in WILDCARD_HOSTS and "*" not in state.config.allowed_hosts:
+        log.warning("bound to %s, but only Host names %s and the loopback names are served: add others with "
+                    "--allowed-hosts (or '*')", host, list(state.config.allowed_hosts))
     log.info("crossrank: serving %s on http://%s:%d (batching %s%s)", state.model_name, host, port,
              "dynamic" if state.config.batching else "off", ", /search" if state.search else "")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
+                **uvicorn_options(state.config))
+
+
+def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
+    """``config``'s connection settings as ``uvicorn.Config`` keywords."""
+    return {
+        "http": _timed_h11(config.header_timeout_s, config.body_timeout_s),
+        "ws": "none",
+        "timeout_keep_alive": config.keep_alive_s,
+        "limit_concurrency": config.max_connections + 1,  # uvicorn refuses at >= limit, the new one counted
+        "h11_max_incomplete_event_size": config.max_header_bytes,
+    }
+
+
+def _timed_h11(header_s: float, body_s: float) -> type:
+    """uvicorn's h11 protocol plus what uvicorn lacks: each request's headers, then its body, must arrive within
+    ``header_s`` / ``body_s`` or the connection is closed (slow clients)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11(H11Protocol):
+        _phase: str | None = None
+        _timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._watch()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            self._watch()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._arm(None)
+            super().connection_lost(exc)
+
+        def _watch(self) -> None:
+            state = self.conn.their_state
+            self._arm("headers" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None)
+
+        def _arm(self, phase: str | None) -> None:
+            if phase == self._phase:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._phase, self._timer = phase, None
+            if phase is not None and not self.transport.is_closing():
+                self._timer = self.loop.call_later(header_s if phase == "headers" else body_s, self._expire)
+
+        def _expire(self) -> None:
+            log.debug("closing a connection too slow sending its request %s", self._phase)
+            self.transport.close()
+
+    return TimedH11
 
 
 class ServerThread:
@@ -151,8 +226,12 @@ class ServerThread:
         sock.listen(128)
         self.port = sock.getsockname()[1]
         self._sock = sock
+        state = getattr(getattr(self.app, "state", None), "crossrank", None)
+        if state is not None:
+            state.config.allow_bound(self.host)
+        options = uvicorn_options(state.config if state is not None else ServeConfig())
         config = uvicorn.Config(self.app, log_level=self.log_level, access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=2)
+                                timeout_graceful_shutdown=2, **options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=f"uvicorn-{self.port}", daemon=True)

@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from crossrank.errors import CrossrankError
 from crossrank.train.config import AUTOCAST, LOSSES, MINE_RETRIEVERS, SourceSpec, TrainConfig
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one ``error: ...`` line and status 2, as the ``crossrank`` command does."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "python -m crossrank.train") -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = parser or argparse.ArgumentParser(
-        prog="python -m crossrank.train",
+    p = parser or _Parser(
+        prog=prog,
         description="Train a cross-encoder reranker: BEIR datasets (negatives mined from the first stage) and "
                     "answer-selection TSVs, listwise / pairwise / BCE loss, dev selection on held-out train queries.")
     g = p.add_argument_group("data")
@@ -114,8 +121,9 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
     return cfg
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m crossrank.train") -> int:
+    """Parse and train; 0 done, 2 bad input (argparse exits 2 itself on a usage error, 0 after --help)."""
+    args = build_parser(prog=prog).parse_args(argv)
     try:
         from crossrank.train.trainer import train
 

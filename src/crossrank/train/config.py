@@ -10,7 +10,7 @@ from typing import Any
 
 from crossrank.errors import InputError
 
-LOSSES = ("listwise", "pairwise", "bce")
+LOSSES = ("listwise", "listwise+bce", "pairwise", "bce")
 MINE_RETRIEVERS = ("bm25", "dense", "hybrid")
 AUTOCAST = ("auto", "off", "bf16", "fp16")
 SOURCE_KINDS = ("beir", "tsv", "titles")

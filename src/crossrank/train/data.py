@@ -242,8 +242,13 @@ def build_sources(config: TrainConfig, cache_dir: Path) -> list[Source]:
             groups = read_tsv_groups(path)
             if not groups:
                 raise InputError(f"{path}: no question has both a correct and a wrong sentence")
-            sources.append(Source(spec=spec, groups=groups, max_length=spec.max_length or config.qa_max_length))
-            log.info("source %s: %d questions (tsv)", spec.name, len(groups))
+            train_q, dev_q = split_dev([g.qid for g in groups], config.dev_fraction, config.split_seed)
+            held = set(dev_q)
+            dev = [_tsv_dev_query(g, config.split_seed) for g in groups if g.qid in held]
+            groups = [g for g in groups if g.qid not in held]
+            sources.append(Source(spec=spec, groups=groups, max_length=spec.max_length or config.qa_max_length,
+                                  dev=dev))
+            log.info("source %s: %d questions (tsv), %d held out", spec.name, len(groups), len(dev))
             continue
         corpus, queries, qrels = read_beir(path, spec.split)
         qids = [q for q in qrels if q in queries]
@@ -280,10 +285,29 @@ def _dev_queries(dev_q, mined, corpus, queries, qrels) -> list[DevQuery]:
     return dev
 
 
+def _tsv_dev_query(g: Group, seed: int) -> DevQuery:
+    """A held-out answer-selection question as a dev query: its candidates in a seeded shuffle (file order can
+    put the correct answers first), no first-stage scores (there is no first stage to fuse with)."""
+    texts = g.positives + g.negatives
+    ids = [f"{g.qid}:{i}" for i in range(len(texts))]
+    perm = np.random.default_rng([seed, int(hashlib.sha256(g.qid.encode()).hexdigest()[:8], 16)]).permutation(len(texts))
+    return DevQuery(qid=g.qid, query=g.query, doc_ids=[ids[i] for i in perm], texts=[texts[i] for i in perm],
+                    first_stage_scores=[], qrels={ids[i]: 1 for i in range(len(g.positives))})
+
+
+def interleave(lists: list[list[DevQuery]]) -> list[DevQuery]:
+    """Round-robin over the sources' held-out queries, so the first N dev queries come from every source."""
+    out: list[DevQuery] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
 def selection_queries(config: TrainConfig, sources: list[Source], cache_dir: Path) -> list[DevQuery]:
-    """Held-out queries with the selection first stage's top ``select_k`` (the mining stage's when the same)."""
+    """Held-out BEIR queries with the selection first stage's top ``select_k`` (the mining stage's when the same).
+    Answer-selection sources have no first stage to fuse with, so they take no part in choosing the fusion."""
     if config.select_retriever in (None, config.mine_retriever):
-        return [q for s in sources for q in s.dev]
+        return interleave([s.dev for s in sources if s.spec.kind != "tsv"])
     out: list[DevQuery] = []
     for s in sources:
         if s.spec.kind != "beir" or not s.dev:

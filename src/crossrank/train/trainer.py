@@ -31,7 +31,7 @@ from crossrank.errors import InputError, ModelLoadError
 from crossrank.files import share_files
 from crossrank.hardware import cpu_flags
 from crossrank.train.config import TrainConfig
-from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe
+from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe, interleave
 from crossrank.train.losses import compute_loss
 from crossrank.train.metrics import ndcg_at_k, order_by
 
@@ -306,7 +306,7 @@ def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -
     t_data = time.time()
     sources = build_sources(config, out / "data")
     schedule = build_schedule(sources, config)
-    dev_all = [q for s in sources for q in s.dev]
+    dev_all = interleave([s.dev for s in sources])
     dev_eval = dev_all[: config.dev_queries]
     dev_max_len = next((s.max_length for s in sources if s.dev), config.max_length)
     log.info("data ready in %.1fs: %s; dev queries %d (eval on %d x top-%d)", time.time() - t_data,

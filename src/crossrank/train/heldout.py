@@ -1,0 +1,481 @@
+"""The held-out decision run: what a trained reranker ships with, chosen on held-out TRAINING queries only.
+
+``python -m crossrank.train.heldout --run RUN --reranker old=default --reranker new=RUN/model ...`` reads the
+training run's sources and held-out split (``RUN/config.json``: the same queries the trainer held out, by
+``split_seed``), fetches each held-out BEIR query's first-stage top K from a saved index (``--index NAME=DIR``, the
+hybrid first stage used at inference) and scores every candidate with every reranker through the inference engine
+(raw logits, cached under ``--out``). For the last reranker (the candidate) it then
+
+1. fits a Platt calibration on half of the held-out queries' labelled pairs and reports the expected calibration
+   error (ECE) on the other half (:mod:`crossrank.rerank.calibration`);
+2. chooses the "nothing here is relevant" threshold on that first half, from answerable questions with their gold
+   passage against SQuAD 2.0 no-answer questions with theirs and CQA's good against bad answers, and reports its
+   precision and recall on the second half;
+3. chooses the final-order fusion (CE alone, RRF, or ``w * z(CE) + (1 - w) * z(first stage)``) by the mean over
+   BEIR sources of held-out nDCG@10, every source weighing the same;
+
+and compares every reranker with the first (paired per query: mean difference, 95% bootstrap interval,
+wins/losses) per source. It never reads a test split. Results: ``OUT/heldout.json``, ``OUT/heldout.md`` and a
+reliability plot ``OUT/reliability.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from crossrank.errors import CrossrankError, InputError
+from crossrank.evaluate.metrics import paired_bootstrap
+from crossrank.rerank.calibration import (
+    Calibration,
+    expected_calibration_error,
+    fit_platt,
+    reliability,
+)
+from crossrank.train.config import TrainConfig
+from crossrank.train.data import DevQuery, build_sources
+from crossrank.train.metrics import interpolate, ndcg_at_k, order_by, rrf
+
+log = logging.getLogger("crossrank.train")
+
+WEIGHTS = [round(w, 1) for w in np.arange(0.0, 1.01, 0.1)]
+CALIBRATION_DEPTH = 20  # BEIR candidates per held-out query that enter the calibration pairs
+THRESHOLDS = [round(t, 2) for t in np.arange(0.02, 0.99, 0.02)]
+
+
+@dataclass
+class HeldOut:
+    """One source's held-out queries (candidates best first) and whether it has a first stage to fuse with."""
+
+    name: str
+    kind: str
+    queries: list[DevQuery]
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def _half(qid: str) -> int:
+    """0 or 1: a fixed split of held-out queries into a fitting half and a reporting half."""
+    return int(hashlib.sha256(qid.encode()).hexdigest(), 16) % 2
+
+
+def held_out_sets(cfg: TrainConfig, run: Path, indexes: dict[str, str], k: int, per_source: int) -> list[HeldOut]:
+    sources = build_sources(cfg, run / "data")
+    out = []
+    for s in sources:
+        dev = s.dev[:per_source]
+        if not dev:
+            continue
+        name = s.spec.name
+        if s.spec.kind == "beir" and name in indexes:
+            dev = _first_stage(dev, indexes[name], k)
+        elif s.spec.kind == "beir":
+            dev = [DevQuery(q.qid, q.query, q.doc_ids[:k], q.texts[:k], q.first_stage_scores[:k], q.qrels) for q in dev]
+        out.append(HeldOut(name=name, kind=s.spec.kind, queries=dev))
+        log.info("held-out %s: %d queries", name, len(dev))
+    return out
+
+
+def _first_stage(dev: list[DevQuery], index_dir: str, k: int) -> list[DevQuery]:
+    """The held-out queries' candidates from the inference first stage (hybrid top-k of a saved index)."""
+    from crossrank.retrieve import load_index
+    from crossrank.types import first_per_document
+
+    retriever = load_index(index_dir).retriever("hybrid")
+    results = retriever.search_batch([q.query for q in dev], k=k)
+    out = []
+    for q, cands in zip(dev, results):
+        cands = first_per_document(cands)
+        out.append(DevQuery(q.qid, q.query, [c.doc_id for c in cands], [c.full_text for c in cands],
+                            [float(c.score) for c in cands], q.qrels))
+    return out
+
+
+def no_answer_pairs(beir_dir: Path, limit: int, seed: int) -> list[tuple[str, str, str]]:
+    """(qid, question, paragraph) of SQuAD 2.0 no-answer questions (``qrels/noanswer.tsv``, the paragraph they
+    were written against, which does not answer them); a seeded sample of ``limit``."""
+    qrels = beir_dir / "qrels" / "noanswer.tsv"
+    if not qrels.is_file():
+        return []
+    queries = _jsonl_texts(beir_dir / "queries.jsonl", title=False)
+    corpus = _jsonl_texts(beir_dir / "corpus.jsonl", title=True)
+    with open(qrels, encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t") if r and r[0] != "query-id"]
+    pairs = [(q, queries[q], corpus[d]) for q, d, *_ in rows if q in queries and d in corpus]
+    idx = np.random.default_rng(seed).permutation(len(pairs))[:limit]
+    return [pairs[i] for i in sorted(idx)]
+
+
+def _jsonl_texts(path: Path, title: bool) -> dict[str, str]:
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                t = d.get("title") or ""
+                out[str(d["_id"])] = f"{t}\n{d.get('text', '')}" if title and t else d.get("text", "")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+class ScoreStore:
+    """Raw logits per (reranker, source, query), cached as one JSON file per reranker and source."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = out / "scores"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, label: str, spec: str, source: str, items: list[tuple[str, str, list[str]]],
+            engine_factory) -> dict[str, list[float]]:
+        key = hashlib.sha256(json.dumps([spec, [(q, t) for q, _, t in items]]).encode()).hexdigest()[:12]
+        path = self.dir / f"{label}-{source}-{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        engine = engine_factory()
+        scores: dict[str, list[float]] = {}
+        t0, pairs, total = time.time(), 0, sum(len(t) for _, _, t in items)
+        last = t0
+        for qid, query, texts in items:
+            scores[qid] = list(engine.score(query, texts).scores)
+            pairs += len(texts)
+            if time.time() - last > 30:
+                rate = pairs / (time.time() - t0)
+                log.info("%s %s: %d/%d pairs, %.1f pairs/s, ETA %.0fs", label, source, pairs, total, rate,
+                         (total - pairs) / max(rate, 1e-9))
+                last = time.time()
+        log.info("%s %s: %d pairs in %.0fs", label, source, total, time.time() - t0)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(scores), encoding="utf-8")
+        tmp.replace(path)
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------------- analysis
+
+
+def _ap(ranked: Sequence[str], qrels: dict[str, int]) -> float:
+    hits, total = 0, 0.0
+    for i, d in enumerate(ranked, start=1):
+        if qrels.get(d, 0) > 0:
+            hits += 1
+            total += hits / i
+    return total / max(1, sum(1 for g in qrels.values() if g > 0))
+
+
+def _rr(ranked: Sequence[str], qrels: dict[str, int]) -> float:
+    return next((1.0 / i for i, d in enumerate(ranked, start=1) if qrels.get(d, 0) > 0), 0.0)
+
+
+def fusion_table(ho: HeldOut, probs: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per setting, per query nDCG@10 over the first-stage candidates (BEIR sources)."""
+    table: dict[str, dict[str, float]] = {"first_stage": {}, "ce": {}, "rrf": {}}
+    table.update({f"interpolate:{w}": {} for w in WEIGHTS})
+    for q in ho.queries:
+        s, ids = probs[q.qid], q.doc_ids
+        table["first_stage"][q.qid] = ndcg_at_k(ids, q.qrels)
+        table["ce"][q.qid] = ndcg_at_k(order_by(ids, s), q.qrels)
+        table["rrf"][q.qid] = ndcg_at_k(order_by(ids, rrf(s)), q.qrels)
+        for w in WEIGHTS:
+            table[f"interpolate:{w}"][q.qid] = ndcg_at_k(order_by(ids, interpolate(s, q.first_stage_scores, w)), q.qrels)
+    return table
+
+
+def selection_metrics(ho: HeldOut, scores: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Answer-selection sources: per query MAP and MRR of the CE order."""
+    out: dict[str, dict[str, float]] = {"map": {}, "mrr": {}}
+    for q in ho.queries:
+        ranked = order_by(q.doc_ids, scores[q.qid])
+        out["map"][q.qid], out["mrr"][q.qid] = _ap(ranked, q.qrels), _rr(ranked, q.qrels)
+    return out
+
+
+def calibration_pairs(sets: list[HeldOut], scores: dict[str, dict[str, list[float]]]) -> dict[int, dict[str, list]]:
+    """Labelled (logit, relevant) pairs of held-out queries, split into halves 0 (fit) and 1 (report)."""
+    halves: dict[int, dict[str, list]] = {h: {"logits": [], "labels": [], "source": []} for h in (0, 1)}
+    for ho in sets:
+        depth = CALIBRATION_DEPTH if ho.kind == "beir" else None
+        for q in ho.queries:
+            h = halves[_half(q.qid)]
+            for d, x in list(zip(q.doc_ids, scores[ho.name][q.qid]))[:depth]:
+                h["logits"].append(x)
+                h["labels"].append(int(q.qrels.get(d, 0) > 0))
+                h["source"].append(ho.name)
+    return halves
+
+
+def choose_threshold(pos: list[float], neg: list[float]) -> float:
+    """The calibrated relevance cut with the best balanced accuracy (answerable kept, unanswerable dropped)."""
+    p, n = np.asarray(pos), np.asarray(neg)
+    return max(THRESHOLDS, key=lambda t: ((p >= t).mean() + (n < t).mean(), -abs(t - 0.5)))
+
+
+def threshold_report(t: float, pos: list[float], neg: list[float]) -> dict[str, float]:
+    p, n = np.asarray(pos), np.asarray(neg)
+    kept_pos, kept_neg = int((p >= t).sum()), int((n >= t).sum())
+    return {"threshold": t, "relevant_pairs": int(p.size), "not_relevant_pairs": int(n.size),
+            "recall": kept_pos / max(1, p.size), "precision": kept_pos / max(1, kept_pos + kept_neg),
+            "rejected_not_relevant": 1.0 - kept_neg / max(1, n.size)}
+
+
+def choose_fusion(tables: dict[str, dict[str, dict[str, float]]]) -> tuple[str, dict[str, float]]:
+    """The setting with the best mean over sources of held-out nDCG@10; ties go to the simpler setting."""
+    settings = ["ce", "rrf"] + [f"interpolate:{w}" for w in WEIGHTS if w > 0]
+    macro = {s: float(np.mean([np.mean(list(t[s].values())) for t in tables.values()])) for s in settings}
+    best = max(settings, key=lambda s: (round(macro[s], 4), -settings.index(s)))
+    return best, macro
+
+
+def fusion_spec(setting: str) -> dict[str, Any]:
+    if setting == "ce":
+        return {"fusion": "none"}
+    if setting == "rrf":
+        return {"fusion": "rrf"}
+    return {"fusion": "interpolate", "weight": float(setting.split(":")[1]), "normalize": "zscore"}
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from crossrank.rerank import load_reranker
+
+    run_dir, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    indexes = dict(kv.split("=", 1) for kv in args.index)
+    rerankers = [tuple(kv.split("=", 1)) for kv in args.reranker]
+    if len(rerankers) < 1:
+        raise InputError("give at least one --reranker LABEL=SPEC (the last one is the candidate)")
+    sets = held_out_sets(cfg, run_dir, indexes, args.k, args.per_source)
+    squad = next((Path(s.path) for s in cfg.sources if Path(s.path).name == "squad"), None)
+    noans = no_answer_pairs(squad, args.noanswer, cfg.split_seed) if squad else []
+    store = ScoreStore(out)
+
+    raw: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for label, spec in rerankers:
+        opts = {"activation": "raw", "cache_size": 0, "dtype": "fp32"}
+        if label in args.max_length:
+            opts["max_length"] = args.max_length[label]
+        factory = _memo(lambda spec=spec, opts=opts: load_reranker(spec, **opts))
+        raw[label] = {}
+        for ho in sets:
+            items = [(q.qid, q.query, q.texts) for q in ho.queries]
+            raw[label][ho.name] = store.get(label, spec, ho.name, items, factory)
+        if noans:
+            raw[label]["squad-noanswer"] = store.get(label, spec, "squad-noanswer",
+                                                     [(q, query, [p]) for q, query, p in noans], factory)
+
+    report: dict[str, Any] = {"run": str(run_dir), "k": args.k, "per_source": args.per_source,
+                              "sources": {ho.name: len(ho.queries) for ho in sets}, "rerankers": dict(rerankers)}
+    cand = rerankers[-1][0]
+    report["calibration"] = _calibrate(sets, raw[cand], out)
+    cal = Calibration.parse(report["calibration"]["fitted"])
+    probs = {label: {src: {q: [cal.prob(x) for x in v] for q, v in per.items()} if label == cand else per
+                     for src, per in raw[label].items()} for label in raw}
+    report["threshold"] = _threshold(sets, probs[cand], noans)
+    tables = {label: {ho.name: fusion_table(ho, probs[label][ho.name]) for ho in sets if ho.kind == "beir"}
+              for label in raw}
+    best, macro = choose_fusion(tables[cand])
+    report["fusion"] = {"chosen": best, "settings": fusion_spec(best), "macro_ndcg@10": macro,
+                        "per_source": {src: {s: float(np.mean(list(v.values()))) for s, v in t.items()}
+                                       for src, t in tables[cand].items()}}
+    report["comparison"] = _compare(sets, rerankers, tables, probs, args.baseline_fusion, best)
+    (out / "heldout.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "heldout.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def _memo(factory):
+    made: list[Any] = []
+
+    def get():
+        if not made:
+            made.append(factory())
+        return made[0]
+
+    return get
+
+
+def _calibrate(sets: list[HeldOut], scores: dict[str, dict[str, list[float]]], out: Path) -> dict[str, Any]:
+    halves = calibration_pairs(sets, scores)
+    fit, rep = halves[0], halves[1]
+    cal = fit_platt(fit["logits"], fit["labels"])
+    plain = [Calibration().prob(x) for x in rep["logits"]]
+    fitted = [cal.prob(x) for x in rep["logits"]]
+    per_source = {}
+    for src in sorted(set(rep["source"])):
+        m = [i for i, s in enumerate(rep["source"]) if s == src]
+        per_source[src] = {"pairs": len(m), "ece": expected_calibration_error([fitted[i] for i in m],
+                                                                               [rep["labels"][i] for i in m])}
+    _plot_reliability(plain, fitted, rep["labels"], out / "reliability.png")
+    return {"fitted": cal.to_dict(), "fit_pairs": len(fit["logits"]), "report_pairs": len(rep["logits"]),
+            "ece_plain_sigmoid": expected_calibration_error(plain, rep["labels"]),
+            "ece_calibrated": expected_calibration_error(fitted, rep["labels"]),
+            "ece_per_source": per_source, "reliability": reliability(fitted, rep["labels"])}
+
+
+def _plot_reliability(plain: list[float], fitted: list[float], labels: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
+    for name, p in (("plain sigmoid", plain), ("calibrated", fitted)):
+        rows = reliability(p, labels)
+        ax.plot([r["mean_score"] for r in rows], [r["relevant_share"] for r in rows], marker="o",
+                label=f"{name} (ECE {expected_calibration_error(p, labels):.3f})")
+    ax.set_xlabel("predicted relevance")
+    ax.set_ylabel("share of pairs relevant")
+    ax.set_title("held-out pairs (reporting half)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _threshold(sets: list[HeldOut], probs: dict[str, dict[str, list[float]]],
+               noans: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """Fit on half 0, report on half 1: relevant = gold passages of held-out answerable SQuAD questions and CQA
+    good answers; not relevant = SQuAD 2.0 no-answer paragraphs and CQA bad answers."""
+    groups: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
+    by_name = {ho.name: ho for ho in sets}
+    if "squad" in by_name and noans:
+        g = groups.setdefault("squad", {0: ([], []), 1: ([], [])})
+        for q in by_name["squad"].queries:
+            for d, p in zip(q.doc_ids, probs["squad"][q.qid]):
+                if q.qrels.get(d, 0) > 0:
+                    g[_half(q.qid)][0].append(p)
+        for qid, _, _ in noans:
+            g[_half(qid)][1].append(probs["squad-noanswer"][qid][0])
+    for name in ("cqa-train",):
+        if name in by_name:
+            g = groups.setdefault(name, {0: ([], []), 1: ([], [])})
+            for q in by_name[name].queries:
+                for d, p in zip(q.doc_ids, probs[name][q.qid]):
+                    g[_half(q.qid)][0 if q.qrels.get(d, 0) > 0 else 1].append(p)
+    if not groups:
+        return {}
+    pos = [p for g in groups.values() for p in g[0][0]]
+    neg = [p for g in groups.values() for p in g[0][1]]
+    t = choose_threshold(pos, neg)
+    return {"chosen": t, "fit": threshold_report(t, pos, neg),
+            "report": {name: threshold_report(t, g[1][0], g[1][1]) for name, g in groups.items()}}
+
+
+def _compare(sets, rerankers, tables, probs, baseline_fusion: str | None, chosen: str) -> dict[str, Any]:
+    """Every reranker against the first, per source: CE alone, each one's recommended setting, and MAP for the
+    answer-selection sources."""
+    base = rerankers[0][0]
+    rec = {label: chosen for label, _ in rerankers}
+    if baseline_fusion:
+        rec[base] = baseline_fusion
+    out: dict[str, Any] = {}
+    for label, _ in rerankers[1:]:
+        rows = {}
+        for ho in sets:
+            if ho.kind == "beir":
+                b, a = tables[base][ho.name], tables[label][ho.name]
+                rows[ho.name] = {
+                    "first_stage": float(np.mean(list(b["first_stage"].values()))),
+                    "ce": {"before": _mean(b["ce"]), "after": _mean(a["ce"]), **paired_bootstrap(b["ce"], a["ce"])},
+                    "recommended": {"before": _mean(b[rec[base]]), "after": _mean(a[rec[label]]),
+                                    "before_setting": rec[base], "after_setting": rec[label],
+                                    **paired_bootstrap(b[rec[base]], a[rec[label]])},
+                    "recommended_vs_first_stage": paired_bootstrap(a["first_stage"], a[rec[label]]),
+                }
+            else:
+                b = selection_metrics(ho, probs[base][ho.name])["map"]
+                a = selection_metrics(ho, probs[label][ho.name])["map"]
+                rows[ho.name] = {"map": {"before": _mean(b), "after": _mean(a), **paired_bootstrap(b, a)}}
+        out[f"{label} vs {base}"] = rows
+    return out
+
+
+def _mean(d: dict[str, float]) -> float:
+    return float(np.mean(list(d.values()))) if d else float("nan")
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    cal, th, fu = r["calibration"], r.get("threshold", {}), r["fusion"]
+    lines = [f"# Held-out decision run ({r['run']})", "",
+             f"Held-out training queries per source: {r['sources']}; BEIR candidates: first-stage top {r['k']}.", "",
+             "## Calibration", "",
+             f"Platt scale {cal['fitted']['scale']:.4f}, shift {cal['fitted']['shift']:.4f}, fitted on "
+             f"{cal['fit_pairs']} pairs; on the other {cal['report_pairs']}: ECE {cal['ece_calibrated']:.4f} "
+             f"(plain sigmoid {cal['ece_plain_sigmoid']:.4f}).", ""]
+    lines += [f"- {src}: {v['pairs']} pairs, ECE {v['ece']:.4f}" for src, v in cal["ece_per_source"].items()]
+    if th:
+        lines += ["", "## Relevance threshold", "", f"Chosen on the fitting half: {th['chosen']}.", "",
+                  "| reporting half | relevant pairs | not relevant | recall | precision | not-relevant rejected |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {v['relevant_pairs']} | {v['not_relevant_pairs']} | {v['recall']:.3f} | "
+                  f"{v['precision']:.3f} | {v['rejected_not_relevant']:.3f} |" for n, v in th["report"].items()]
+    lines += ["", "## Fusion (candidate, mean over BEIR sources of held-out nDCG@10)", "",
+              f"Chosen: **{fu['chosen']}** ({fu['macro_ndcg@10'][fu['chosen']]:.4f}).", "",
+              "| source | first stage | CE | RRF | " + " | ".join(f"z {w}" for w in WEIGHTS[1:]) + " |",
+              "|---" * (4 + len(WEIGHTS) - 1) + "|"]
+    for src, t in fu["per_source"].items():
+        lines.append(f"| {src} | {t['first_stage']:.4f} | {t['ce']:.4f} | {t['rrf']:.4f} | "
+                     + " | ".join(f"{t[f'interpolate:{w}']:.4f}" for w in WEIGHTS[1:]) + " |")
+    lines += ["", "## Paired comparisons (mean difference, 95% bootstrap interval, wins/losses)", ""]
+    for name, rows in r["comparison"].items():
+        lines += [f"### {name}", "", "| source | measure | before | after | diff | interval | won/lost |",
+                  "|---|---|---|---|---|---|---|"]
+        for src, row in rows.items():
+            for measure in ("ce", "recommended", "map"):
+                if measure in row:
+                    v = row[measure]
+                    lines.append(f"| {src} | {measure} | {v['before']:.4f} | {v['after']:.4f} | "
+                                 f"{v['mean_diff']:+.4f} | {v['low']:+.4f}..{v['high']:+.4f} | "
+                                 f"{v['wins']}/{v['losses']} |")
+            if "recommended_vs_first_stage" in row:
+                v = row["recommended_vs_first_stage"]
+                lines.append(f"| {src} | recommended - first stage ({row['first_stage']:.4f}) | | | "
+                             f"{v['mean_diff']:+.4f} | {v['low']:+.4f}..{v['high']:+.4f} | {v['wins']}/{v['losses']} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m crossrank.train.heldout", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="training run folder (its config.json names sources and split)")
+    p.add_argument("--reranker", action="append", default=[], metavar="LABEL=SPEC",
+                   help="reranker to score with (repeatable; the first is the baseline, the last the candidate)")
+    p.add_argument("--index", action="append", default=[], metavar="SOURCE=DIR",
+                   help="saved index of a BEIR source's corpus: its hybrid top-K are the candidates")
+    p.add_argument("--max-length", action="append", default=[], metavar="LABEL=N", help="tokens per pair")
+    p.add_argument("--k", type=int, default=50, help="first-stage candidates per BEIR query (default: 50)")
+    p.add_argument("--per-source", type=int, default=120, help="held-out queries per source (default: 120)")
+    p.add_argument("--noanswer", type=int, default=600, help="SQuAD 2.0 no-answer questions sampled (default: 600)")
+    p.add_argument("--baseline-fusion", default=None,
+                   help="the baseline's own recommended setting, e.g. interpolate:0.3 (default: the chosen one)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    args.max_length = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.max_length)}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        run(args)
+    except CrossrankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(Path(args.out) / "heldout.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
