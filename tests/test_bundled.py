@@ -168,10 +168,37 @@ def test_default_bundle_loads_or_says_it_is_missing():
         with pytest.raises(ModelLoadError, match="bundled default reranker is missing"):
             load_reranker("default")
         pytest.skip(f"no trained default bundle in {DEFAULT_BUNDLE_DIR} yet")
-    rr = load_reranker("default", dtype="fp32")
+    rr = load_reranker("default", dtype="fp32", activation="raw")
     scores = rr.score(QUERY, DOCS).scores
     # Both cell-biology passages beat the volcano, and the scores are not near-constant (the failure mode of a
     # collapsed model). Raw logits have no fixed scale, so the check is on order and spread, not on a margin that
     # fits one model: the seed-7 default puts mitochondria 0.28 above the volcano, insulin/glucose 2.1 above it.
     assert min(scores[0], scores[2]) > scores[1]
     assert max(scores) - min(scores) > 1.0
+
+
+# Cohere's own rerank documentation example (docs.cohere.com, "Rerank"): one right answer, four lexical traps.
+COHERE_QUERY = "What is the capital of the United States?"
+COHERE_DOCS = [
+    "Carson City is the capital city of the American state of Nevada.",
+    "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean. Its capital is "
+    "Saipan.",
+    "Washington, D.C. (also known as simply Washington or D.C., and officially as the District of Columbia) is the "
+    "capital of the United States. It is a federal district.",
+    "Capitalization or capitalisation in English grammar is the use of a capital letter at the start of a word. "
+    "English usage varies from capitalization in other languages.",
+    "Capital punishment has existed in the United States since beforethe United States was a country. As of 2017, "
+    "capital punishment is legal in 30 of the 50 states.",
+]
+
+
+def test_default_ranks_the_cohere_example_with_unsaturated_calibrated_scores():
+    if not bundle_available():
+        pytest.skip(f"no trained default bundle in {DEFAULT_BUNDLE_DIR} yet")
+    rr = load_reranker("default", dtype="fp32")
+    ranked = rr.rerank(COHERE_QUERY, COHERE_DOCS)
+    assert ranked[0].index == 2, [(r.index, round(r.score, 3)) for r in ranked]
+    scores = [r.score for r in ranked]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert max(scores) - min(scores) >= 0.5  # a usable relevance scale, not five readings of 0.999
+    assert rr.info()["calibration"]["method"] == "platt"

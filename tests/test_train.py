@@ -120,7 +120,7 @@ def test_held_out_split_follows_split_seed_not_training_seed(tiny_model_dir, tin
     # a run continued from another run's checkpoint with a new --seed must hold out the same queries
     def dev_ids(**kw):
         cfg = _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "out", **kw)
-        return sorted(q.qid for s in build_sources(cfg, tmp_path / "cache") for q in s.dev)
+        return sorted(q.qid for s in build_sources(cfg, tmp_path / "cache") for q in s.dev if s.spec.kind == "beir")
 
     first = dev_ids(seed=1, split_seed=42)
     assert len(first) == 3
@@ -211,3 +211,14 @@ def test_finish_switch_ends_early_and_exports(tiny_model_dir, tiny_beir, tiny_ts
     results = json.loads((out_dir / "results.json").read_text())
     assert results["steps"] == 1 and results["finished_early"] and (out / "model.safetensors").is_file()
     assert "1 of 4 planned steps" in (out / "README.md").read_text()
+
+
+def test_answer_selection_sources_hold_out_questions_too(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    cfg = _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "out")
+    tsv = next(s for s in build_sources(cfg, tmp_path / "cache") if s.spec.kind == "tsv")
+    held = {q.qid for q in tsv.dev}
+    assert held and not held & {g.qid for g in tsv.groups}
+    for q in tsv.dev:
+        assert q.first_stage_scores == []  # nothing to fuse with: they take no part in choosing the fusion
+        assert sorted(q.doc_ids) == sorted(q.qrels) + sorted(set(q.doc_ids) - set(q.qrels))
+        assert len(q.qrels) >= 1 and len(q.doc_ids) > len(q.qrels)

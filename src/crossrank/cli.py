@@ -81,7 +81,9 @@ def _print_result_table(result, title: str, *, fusion=None, unit: str = "passage
     else:
         out.print(_result_table(result, title, fusion, unit))
     t = result.timings
-    status = f"reranked {result.n_reranked}/{result.n_candidates} candidate passages" if result.reranked else "first-stage order"
+    status = "first-stage order"
+    if result.reranked:
+        status = f"reranked {result.n_reranked}/{result.n_candidates} candidate passages"
     if result.reason:
         status += f" ({result.reason})"
     if result.reranked:
