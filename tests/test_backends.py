@@ -121,6 +121,36 @@ def test_onnx_cache_is_built_once_and_reused(tiny_model_dir, cache_dir, monkeypa
     assert sorted(p.name for p in (cache_dir / "onnx").iterdir() if not p.name.startswith(".")) == entries
 
 
+def test_onnx_build_removes_temp_folders_that_crashed_builds_left(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 18 item 8: the ONNX cache folder is ours alone, so any entry's old ``.<entry>.tmp-*`` goes when
+    the next graph is built; a fresh one (a build in progress elsewhere) stays."""
+    import os
+    import time
+
+    from crossrank import onnx_graph
+    from crossrank.rerank.engine import load_sequence_classifier
+
+    base = tmp_path / "onnx"
+    base.mkdir()
+    stale, fresh = base / ".bert-fp32-0123.tmp-a1b2c3", base / ".bert-int8-4567.tmp-d4e5f6"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "exported.onnx").write_bytes(b"half a graph")
+    old = time.time() - 7200
+    os.utime(stale / "exported.onnx", (old, old))
+    os.utime(stale, (old, old))
+
+    def crash(*a, **k):
+        raise RuntimeError("simulated crash in the export")
+
+    monkeypatch.setattr(onnx_graph, "_export", crash)
+    model, _, _ = load_sequence_classifier(tiny_model_dir)
+    with pytest.raises(RuntimeError, match="simulated"):
+        onnx_graph.build_graph(model, ["input_ids", "attention_mask", "token_type_ids"], False, root=tmp_path)
+    assert not stale.exists() and fresh.exists()
+    assert not [p for p in base.iterdir() if ".tmp-" in p.name and p != fresh]  # its own temp folder cleaned
+
+
 @needs_onnx
 def test_onnx_cache_key_follows_the_weights(tiny_model_dir):
     import torch

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import SilentServer, assert_clean_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,24 @@ def test_empty_query_is_a_clean_error(bm25_index):
 
 def test_missing_index_is_a_clean_error(tmp_path):
     assert_clean_error(run_cli("search", str(tmp_path / "nope"), "q", "--reranker", "none"))
+
+
+def test_search_exits_once_answered_whatever_a_hung_remote_reranker_does(bm25_index):
+    """Issue 18 item 7: a service that accepts and never answers (each attempt would wait 10 s, with retries);
+    under --deadline-ms 1000 the first-stage results come back and the process exits within seconds."""
+    import time
+
+    with SilentServer() as hung:
+        t0 = time.monotonic()
+        proc = run_cli("search", str(bm25_index), "volcano magma", "--retriever", "bm25", "--reranker", hung.url,
+                       "--deadline-ms", "1000", "--json", timeout=60)
+        elapsed = time.monotonic() - t0
+        assert hung.accepted  # it really was called
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["reranked"] is False and "reranker" in result["reason"], result["reason"]
+    assert result["hits"] and result["hits"][0]["doc_id"] == "d3"  # first-stage order
+    assert elapsed < 15, elapsed  # start-up + warm-up bound (2 s) + deadline (1 s); before: 30+ s
 
 
 def test_empty_corpus_is_a_clean_error(tmp_path):

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from crossrank.errors import InputError, RerankerUnavailable
+from crossrank.errors import InputError, RerankerUnavailable, RerankTimeout
 from crossrank.rerank.remote import CircuitBreaker, RemoteReranker
 from crossrank.serve import ServeConfig, ServerThread, create_app
 
@@ -237,6 +237,34 @@ def test_circuit_opens_on_a_closed_port_then_half_opens_and_recovers(engine):
         time.sleep(0.55)
         assert len(remote.score(QUERY, DOCS)) == len(DOCS)  # trial succeeds
         assert remote.breaker.state == "closed"
+
+
+def test_time_budget_bounds_attempts_and_retries_against_a_hung_service():
+    from conftest import SilentServer
+
+    with SilentServer() as hung:
+        remote = RemoteReranker(hung.url, timeout=10, retries=2, circuit_breaker_failures=1)
+        t0 = time.monotonic()
+        with pytest.raises(RerankTimeout, match="time budget"):
+            remote.score(QUERY, DOCS, timeout_s=0.5)
+        assert time.monotonic() - t0 < 2.0 and remote.attempts == 1  # not 3 x 10 s
+        # our budget, not the service, decided: the circuit stays closed (a 1-failure breaker would open)
+        assert remote.breaker.state == "closed"
+    with pytest.raises(InputError, match="timeout_s"):
+        remote.score(QUERY, DOCS, timeout_s=0)
+
+
+def test_time_budget_leaves_no_room_for_a_long_retry():
+    fake = Fake((503, {"Retry-After": "5"}, {"error": "busy", "error_type": "overloaded"}))
+    try:
+        remote = RemoteReranker(fake.url, retries=2, backoff=0.01)
+        t0 = time.monotonic()
+        with pytest.raises(RerankerUnavailable, match="503.*no room for a retry") as info:
+            remote.score(QUERY, DOCS[:2], timeout_s=1.0)
+        assert not isinstance(info.value, RerankTimeout)  # the service failed; the budget only stopped retries
+        assert time.monotonic() - t0 < 1.0 and len(fake.requests) == 1
+    finally:
+        fake.close()
 
 
 def test_breaker_state_machine():

@@ -112,6 +112,24 @@ def test_long_documents_chunk_scores_max_over_windows(tiny_model_dir, raw):
     assert capped.score(QUERY, [doc]).truncated == [True]
 
 
+@pytest.mark.parametrize("mode", ["truncate", "chunk"])
+def test_count_tokens_is_what_score_runs(tiny_model_dir, mode):
+    engine = CrossEncoderReranker(tiny_model_dir, max_length=48, activation="raw", long_documents=mode,
+                                  chunk_overlap=8, dtype="fp32")
+    long_doc = " ".join(f"sentence {i} about glucose, volcanoes or insulin." for i in range(30))
+    texts = DOCS + [long_doc, "x " * 400]  # empty, short, exactly-over, several windows, clipped before tokenising
+    for query in (QUERY, "why " + "plants and sunlight " * 40):  # the second is cut to half of max_length
+        scored = engine.score(query, texts)
+        assert engine.count_tokens(query, texts) == scored.tokens > 0
+        counted = engine.count_inputs(query, texts)
+        windows = sum(len(engine.pair_inputs(query, t)) for t in texts)
+        assert counted == (scored.tokens, windows)
+        assert counted.windows == len(texts) if mode == "truncate" else counted.windows > len(texts)
+    assert engine.count_tokens(QUERY, []) == engine.score(QUERY, []).tokens == 0
+    with pytest.raises(InputError):
+        engine.count_tokens("", ["text"])
+
+
 def test_sigmoid_vs_raw(tiny_model_dir, raw):
     sig = CrossEncoderReranker(tiny_model_dir, max_length=64, activation="sigmoid", dtype="fp32")
     auto = CrossEncoderReranker(tiny_model_dir, max_length=64, dtype="fp32")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -297,6 +298,23 @@ def test_crash_mid_build_keeps_previous_index(tmp_path, monkeypatch):
     # 3. a successful rebuild replaces it
     build_index(DOCS, target, methods=("bm25",), progress=False)
     assert len(load_index(target)) == 6 and sorted(os.listdir(tmp_path)) == ["idx"]
+
+
+def test_save_removes_what_crashed_saves_left(tmp_path):
+    """Issue 18 item 8: the hidden ``.idx.tmp-*`` of a crashed save goes on the next save once an hour old;
+    a concurrent writer's fresh one and other names stay."""
+    old = time.time() - 7200
+    stale = tmp_path / ".idx.tmp-4242-deadbeef"
+    fresh = tmp_path / ".idx.tmp-4343-cafebabe"
+    other = tmp_path / ".data.tmp-1-abcd"
+    for d in (stale, fresh, other):
+        d.mkdir()
+        (d / "passages.jsonl").write_text("{}\n", encoding="utf-8")
+    for d in (stale, other):
+        os.utime(d / "passages.jsonl", (old, old))
+        os.utime(d, (old, old))
+    build_index(DOCS[:3], tmp_path / "idx", methods=("bm25",), progress=False)
+    assert sorted(os.listdir(tmp_path)) == sorted([".data.tmp-1-abcd", ".idx.tmp-4343-cafebabe", "idx"])
 
 
 def test_save_refuses_to_clobber_foreign_directory(tmp_path):

@@ -245,6 +245,18 @@ def test_cohere_wire_format(client):
         assert r.status_code == 400 and set(r.json()) == {"id", "message"}, r.text
 
 
+def test_usage_is_what_the_engine_ran_after_the_servers_cuts(engine):
+    """Usage comes from the engine's own count (``count_inputs``) of the pairs as scored: Cohere's
+    max_tokens_per_doc and left truncation applied first."""
+    from crossrank.serve.app import _Engines
+
+    engines = _Engines(engine, None)
+    texts = DOCS + [LONG]
+    for options in ({}, {"max_tokens_per_doc": 4}, {"truncation_direction": "left"}):
+        result = engines.score_pairs([(QUERY, t) for t in texts], options)
+        assert engines.usage(QUERY, texts, options, result) == (result.tokens, len(texts)), options
+
+
 # ------------------------------------------------------------------------------------------------ Jina /v1/rerank
 
 
@@ -297,6 +309,35 @@ def test_health_info_metrics_docs_page(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text.lower()
     assert "<textarea" in html and "http://" not in html and "https://" not in html and " src=" not in html
+
+
+def test_docs_pages_load_nothing_from_another_host(client, secured, monkeypatch):
+    """Issue 18 item 10: /docs and /redoc are served from packaged assets, so they work offline."""
+    import re
+
+    from crossrank.serve import docs
+
+    assert docs.assets_dir() is not None, "fastapi-offline (a dependency) is not installed"
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        for c in (client, httpx.Client(base_url=secured.url, timeout=30)):  # open without the API key too
+            got = c.get(page)
+            assert got.status_code == 200 and got.headers["content-type"].startswith("text/html")
+            assert not re.findall(r"(?:https?:)?//[\w.-]+\.\w", got.text), page  # no absolute or protocol-relative URL
+            loaded = re.findall(r"""(?:src|href)=["']([^"']+)["']""", got.text) + re.findall(r"url: ?'([^']+)'", got.text)
+            assert {f"/docs/assets/{a}" for a in assets} <= set(loaded), loaded
+            for url in loaded:
+                assert url.startswith("/"), url
+                fetched = c.get(url)
+                assert fetched.status_code == 200 and len(fetched.content) > 100, url
+    assert client.get("/docs/assets/swagger-ui-bundle.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/docs/assets/..%2Fcore.py").status_code == 404
+    assert client.get("/docs/assets/core.py").status_code == 404
+    assert '"validatorUrl": null' in client.get("/docs").text  # no badge from the online validator
+
+    monkeypatch.setattr(docs, "assets_dir", lambda: None)  # the package missing: say so, point to the document
+    page = client.get("/docs")
+    assert page.status_code == 200 and "fastapi-offline" in page.text and "/openapi.json" in page.text
+    assert "swagger-ui-bundle" not in page.text and "//" not in page.text.replace("<!doctype", "")
 
 
 def test_api_key(secured):

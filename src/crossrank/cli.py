@@ -160,6 +160,19 @@ def index(
     )
 
 
+# the CLI's warm-up bound on each reranker call: the deadline (at least this much, so a cold local model still
+# gets measured), at most the pipeline's own WARM_UP_TIMEOUT_S
+_WARM_UP_MIN_S = 2.0
+
+
+def _warm_up_bound(deadline_ms: float | None) -> float:
+    from crossrank.pipeline import WARM_UP_TIMEOUT_S
+
+    if deadline_ms is None or not deadline_ms > 0:  # a bad deadline is reported by the search itself
+        return WARM_UP_TIMEOUT_S
+    return min(WARM_UP_TIMEOUT_S, max(deadline_ms / 1000.0, _WARM_UP_MIN_S))
+
+
 @app.command()
 def search(
     index_dir: Path = typer.Argument(..., help="Index directory made by 'crossrank index'."),
@@ -199,7 +212,9 @@ def search(
         unit=unit,  # type: ignore[arg-type]
     )
     with pipe:
-        pipe.warm_up()  # lazy loads and the throughput estimate stay out of the query's timings and deadline
+        # lazy loads and the throughput estimate stay out of the query's timings and deadline; bounded, so a
+        # reranker that never answers costs seconds here, not its own timeouts and retries
+        pipe.warm_up(timeout_s=_warm_up_bound(deadline_ms))
         load_ms = (time.perf_counter() - start) * 1000.0
         result = pipe.search(query)
     if as_json:

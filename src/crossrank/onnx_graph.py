@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from crossrank.files import remove_stale_temp_dirs
+
 log = logging.getLogger(__name__)
 
 RECIPE = 1  # bump when export / optimise / quantise steps change: old entries are then simply not used
@@ -255,6 +257,8 @@ def build_graph(model: Any, input_names: list[str], quantize: bool, root: Path |
 
             src_model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
         src_model.eval()
+        # the cache folder is ours alone: any entry's temporary folder a crashed build left goes (once old)
+        remove_stale_temp_dirs(base)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=base))
         try:
             meta: dict[str, Any] = {"weights_sha256": wkey, "int8": bool(quantize), "recipe": RECIPE, "opset": OPSET,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -35,6 +34,7 @@ from crossrank.errors import InputError, RerankTimeout, check_query
 from crossrank.rerank import recommendation
 from crossrank.rerank.base import Reranker, RerankScores, accepts_timeout
 from crossrank.retrieve.base import Retriever
+from crossrank.threads import DaemonThreadPoolExecutor
 from crossrank.types import Candidate, Hit, SearchResult, Timings, first_per_document
 
 FusionMethod = Literal["none", "rrf", "interpolate"]
@@ -207,7 +207,8 @@ class Pipeline:
         self.throughput = _Throughput()
         self.warm_up_ms: float | None = None  # time the last warm_up took (None: never warmed)
         self._warm_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crossrank-rerank")
+        # daemon workers: a reranker call that outlives its deadline never holds the process at exit
+        self._executor = DaemonThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crossrank-rerank")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from crossrank.errors import ModelLoadError
-from crossrank.files import share_files
+from crossrank.files import remove_stale_temp_dirs, share_files
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ def pack_bundle(
     config["architectures"] = [a for a in archs if a.endswith("ForSequenceClassification")][:1]
     config.pop("_name_or_path", None)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out_dir.parent, out_dir.name)  # what earlier crashed writes of out_dir left
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal directory
     try:
@@ -355,6 +356,7 @@ def export_bundle(out_dir: str | os.PathLike, bundle_dir: str | os.PathLike = DE
     out_dir = Path(out_dir)
     model, tokenizer = load_bundle(bundle_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out_dir.parent, out_dir.name)  # what earlier crashed writes of out_dir left
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal directory
     try:

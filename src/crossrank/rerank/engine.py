@@ -40,8 +40,9 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -611,6 +612,22 @@ class CrossEncoderReranker:
         qs = [queries[p[0]] for p in pairs]
         return self._score_ids([q for q, _ in qs], [c for _, c in qs], docs, deadline)
 
+    def count_inputs(self, query: str, texts: Sequence[str]) -> InputCount:
+        """What :meth:`score` would run for these pairs, without running it: ``tokens`` (special tokens and every
+        window of a chunked document included, equal to ``score(query, texts).tokens``) and ``windows`` (one per
+        text unless ``long_documents="chunk"`` splits it). Tokenises only: no forward pass."""
+        check_query(query)
+        texts = check_texts(texts)
+        if not texts:
+            return InputCount(0, 0)
+        q_ids, q_cut = self._prepare_query(query)
+        plan = self._plan([q_ids] * len(texts), [q_cut] * len(texts), self._encode_docs(texts))
+        return InputCount(_plan_tokens(plan, self.template), len(plan.windows))
+
+    def count_tokens(self, query: str, texts: Sequence[str]) -> int:
+        """Tokens :meth:`score` would run for these pairs (``score(query, texts).tokens``), without a forward pass."""
+        return self.count_inputs(query, texts).tokens
+
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
 
@@ -660,25 +677,29 @@ class CrossEncoderReranker:
         dropped = len(starts) > self.max_chunks
         return [d[s : s + budget] for s in starts[: self.max_chunks]], dropped
 
-    def _score_ids(self, q_ids: list[list[int]], q_cut: list[bool], docs: list[list[int]],
-                   deadline: float | None = None) -> RerankScores:
-        seqs: list[tuple[list[int], list[int]]] = []
-        owner: list[int] = []
-        truncated: list[bool] = []
+    def _plan(self, q_ids: list[list[int]], q_cut: list[bool], docs: list[list[int]]) -> "_Plan":
+        """The (query, window) sequences to run for these pairs: what :meth:`_score_ids` scores and what
+        :meth:`count_inputs` counts (one function, so the two cannot disagree)."""
+        plan = _Plan([], [], [])
         for i, (q, cut, d) in enumerate(zip(q_ids, q_cut, docs)):
             windows, dropped = self._windows(d, self._avail - len(q))
-            truncated.append(cut or dropped)
+            plan.truncated.append(cut or dropped)
             for w in windows:
-                seqs.append(self.template.build(q, w))
-                owner.append(i)
+                plan.windows.append((q, w))
+                plan.owner.append(i)
+        return plan
+
+    def _score_ids(self, q_ids: list[list[int]], q_cut: list[bool], docs: list[list[int]],
+                   deadline: float | None = None) -> RerankScores:
+        plan = self._plan(q_ids, q_cut, docs)
+        seqs = [self.template.build(q, w) for q, w in plan.windows]
         logits = self._forward_all(seqs, deadline)
         best = [-math.inf] * len(docs)
-        for o, v in zip(owner, logits):
+        for o, v in zip(plan.owner, logits):
             if v > best[o]:
                 best[o] = v
         scores = [self._activate(v) for v in best]
-        tokens = sum(len(s[0]) for s in seqs)
-        return RerankScores(scores=scores, truncated=truncated, tokens=tokens)
+        return RerankScores(scores=scores, truncated=plan.truncated, tokens=_plan_tokens(plan, self.template))
 
     def _activate(self, logit: float) -> float:
         if self.activation == "raw":
@@ -742,6 +763,26 @@ class CrossEncoderReranker:
             for i, v in zip(batch, rel):
                 out[i] = v
         return out
+
+
+class InputCount(NamedTuple):
+    """What scoring some pairs runs: tokens (special tokens included) and windows (sequences)."""
+
+    tokens: int
+    windows: int
+
+
+@dataclass
+class _Plan:
+    windows: list[tuple[list[int], list[int]]]  # (query ids, document window ids), one per sequence to run
+    owner: list[int]  # the pair each sequence belongs to
+    truncated: list[bool]  # per pair: query cut or part of the document left out
+
+
+def _plan_tokens(plan: _Plan, template: PairTemplate) -> int:
+    """Tokens the sequences of ``plan`` hold once built with ``template`` (its ``build`` adds exactly
+    ``n_special`` ids to each query + window)."""
+    return sum(len(q) + len(w) + template.n_special for q, w in plan.windows)
 
 
 def _deadline(timeout_s: float | None) -> float | None:

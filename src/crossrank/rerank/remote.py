@@ -5,6 +5,10 @@ Resilience, so the pipeline can fall back instead of hanging:
 
 * retries with jittered exponential backoff on 429, 502, 503, 504 and connection errors, honouring
   ``Retry-After`` (capped at ``timeout``);
+* an optional time budget per call (``score(..., timeout_s=)``, what the pipeline passes under a deadline): each
+  attempt's HTTP timeouts are cut to the time left (running out there is a
+  :class:`crossrank.errors.RerankTimeout`) and no retry is waited for past it (so a caller that gave up
+  stops costing a thread and a socket);
 * a circuit breaker: after ``circuit_breaker_failures`` consecutive failed calls it fails fast for
   ``circuit_reset_s`` seconds, then lets one trial call through (half-open); success closes it again;
 * every failure raises :class:`crossrank.errors.RerankerUnavailable` naming the URL, the status and the body.
@@ -24,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from crossrank.errors import InputError, RerankerUnavailable, check_query
+from crossrank.errors import InputError, RerankerUnavailable, RerankTimeout, check_query
 from crossrank.rerank.base import RankedText, RerankScores, check_texts, rank_by_scores
 
 APIS = ("auto", "tei", "cohere", "jina")
@@ -85,6 +89,12 @@ class CircuitBreaker:
             if self.state == "half-open" or self.consecutive >= self.failures:
                 self.state = "open"
                 self.opened_at = self.clock()
+            self._trial = False
+
+    def release(self) -> None:
+        """End a call that says nothing about the service (our own time budget ran out first): no failure
+        counted, and a half-open trial slot is freed for the next call."""
+        with self._lock:
             self._trial = False
 
 
@@ -171,14 +181,23 @@ class RemoteReranker:
         self.last_truncated = 0  # inputs the service reported cut in the last score() (it does not say which)
 
     # ---------------------------------------------------------------- Reranker protocol
-    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+        """Scores in input order. ``timeout_s``: time budget for the whole call (every batch and retry): each
+        HTTP attempt's timeouts are cut to what is left (:class:`crossrank.errors.RerankTimeout` when they run
+        out, not counted against the service by the circuit breaker), and a failed attempt is not retried when the
+        wait before the retry would end past it (the failure is raised, as after the last attempt). httpx
+        timeouts bound each network wait, so a service that trickles bytes can overrun the budget by up to one
+        of those waits."""
+        if timeout_s is not None and not timeout_s > 0:
+            raise InputError(f"timeout_s must be positive, got {timeout_s}")
+        deadline = time.monotonic() + float(timeout_s) if timeout_s is not None else None
         check_query(query)
         texts = check_texts(texts)
         scores: list[float] = []
         truncated = 0
         tokens = 0
         for start in range(0, len(texts), self.batch):
-            part, cut, used = self._call(query, texts[start : start + self.batch])
+            part, cut, used = self._call(query, texts[start : start + self.batch], deadline)
             scores.extend(part)
             truncated += cut
             tokens += used
@@ -259,9 +278,11 @@ class RemoteReranker:
             raise ValueError(f"no score for {len(missing)} of {n} inputs (first: {missing[0]})")
         return scores  # type: ignore[return-value]
 
-    def _call(self, query: str, texts: list[str]) -> tuple[list[float], int, int]:
+    def _call(self, query: str, texts: list[str], deadline: float | None = None) -> tuple[list[float], int, int]:
         if not texts:
             return [], 0, 0
+        if deadline is not None and deadline - time.monotonic() <= 0:
+            raise RerankTimeout(f"time budget ran out before calling {self.endpoint}")
         trial = self.breaker.before_call()
         self.calls += 1
         payload = self._payload(query, texts)
@@ -270,10 +291,20 @@ class RemoteReranker:
         for attempt in range(attempts):
             delay = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
             self.attempts += 1
+            timeout: Any = httpx.USE_CLIENT_DEFAULT
+            budget_cut = False  # this attempt's timeout is our budget's, shorter than the service's own
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left < self.timeout:
+                    timeout, budget_cut = httpx.Timeout(max(left, 0.001), connect=min(max(left, 0.001), 5.0)), True
             try:
-                resp = self._client.post(self.endpoint, json=payload)
+                resp = self._client.post(self.endpoint, json=payload, timeout=timeout)
             except httpx.TransportError as exc:
                 last = f"cannot reach {self.endpoint}: {type(exc).__name__}: {exc}"
+                if budget_cut and isinstance(exc, httpx.TimeoutException):
+                    self.breaker.release()  # our budget, not the service, decided this one
+                    raise RerankTimeout(f"time budget ran out waiting for {self.endpoint} "
+                                        f"(attempt {attempt + 1} of {attempts}): {last}") from None
             else:
                 if resp.status_code == 200:
                     try:
@@ -295,6 +326,10 @@ class RemoteReranker:
                 if after is not None:
                     delay = min(after, self.timeout)
             if attempt + 1 < attempts:
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    self.breaker.failure(last)  # the service failed; the budget only stops the retries
+                    raise RerankerUnavailable(f"{last}; the time budget left no room for a retry "
+                                              f"(after {attempt + 1} of {attempts} attempts)")
                 time.sleep(delay)
         self.breaker.failure(last)
         tries = f" after {attempts} attempts" if attempts > 1 else ""

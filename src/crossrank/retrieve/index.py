@@ -10,7 +10,8 @@ Layout (``FORMAT_VERSION`` 1)::
 Saving is atomic: everything goes into a hidden sibling directory, each file is fsynced, the manifest is written
 last, then the directory is swapped into place (``renameat2(RENAME_EXCHANGE)`` where the kernel has it, else two
 renames) and the previous index deleted. A crash leaves the previous index intact and at most a hidden
-``.<name>.tmp-*`` directory behind (safe to delete). ``load_index`` refuses any directory without a valid manifest.
+``.<name>.tmp-*`` directory behind (safe to delete; the next save of that index removes it once it is an hour
+old, see :func:`crossrank.files.remove_stale_temp_dirs`). ``load_index`` refuses any directory without a valid manifest.
 Nothing is pickled: numpy files are read with ``allow_pickle=False``.
 """
 
@@ -34,6 +35,7 @@ import numpy as np
 from crossrank.corpus.chunking import as_passages, chunk_documents
 from crossrank.corpus.loaders import load_corpus
 from crossrank.errors import IndexLoadError, InputError
+from crossrank.files import remove_stale_temp_dirs
 from crossrank.retrieve.base import Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
 from crossrank.retrieve.dense import DEFAULT_MODEL, DEFAULT_MODEL_ID, DenseRetriever, encode_passages, load_bi_encoder, model_name_of
@@ -138,6 +140,7 @@ class Index:
         target = Path(directory).absolute()
         _check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(target.parent, target.name)  # what earlier crashed saves of this index left
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:

@@ -30,6 +30,7 @@ from crossrank.serve import dialects as d
 from crossrank.serve.batcher import (BatchedReranker, Cancelled, DeadlineExceeded, DynamicBatcher, JobResult,
                                      Overloaded, estimate_tokens)
 from crossrank.serve.config import ServeConfig
+from crossrank.serve.docs import DOC_PATHS, install_docs
 from crossrank.serve.metrics import Metrics
 from crossrank.serve.page import PAGE_HTML
 
@@ -37,7 +38,7 @@ log = logging.getLogger("crossrank.serve")
 
 DEADLINE_HEADER = "x-crossrank-deadline-ms"
 TRUNCATED_HEADER = "X-Crossrank-Truncated"
-OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"} | DOC_PATHS)
 # Client went away: nginx's convention; nobody reads it, but metrics count it.
 CLIENT_CLOSED = 499
 
@@ -126,6 +127,19 @@ class _Engines:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], options: dict[str, Any]) -> RerankScores:
         engine = self.get(options.get("long_documents"))
+        pairs, cut = self._prepare(pairs, options)
+        if hasattr(engine, "score_pairs"):
+            result = engine.score_pairs(pairs)
+        else:
+            result = _score_grouped(engine, pairs)
+        if any(cut):
+            flags = result.truncated if len(result.truncated) == len(pairs) else [False] * len(pairs)
+            result.truncated = [a or b for a, b in zip(flags, cut)]
+        return result
+
+    def _prepare(self, pairs: Sequence[tuple[str, str]], options: dict[str, Any]) -> tuple[list[tuple[str, str]], list[bool]]:
+        """The pairs as the engine gets them (Cohere's ``max_tokens_per_doc`` and left truncation applied
+        here, before scoring), and which of them these cuts shortened."""
         pairs = list(pairs)
         cut = [False] * len(pairs)
         max_doc = options.get("max_tokens_per_doc")
@@ -141,30 +155,22 @@ class _Engines:
 
             pairs, cut2 = self._cut(pairs, budget, keep_end=True)
             cut = [a or b for a, b in zip(cut, cut2)]
-        if hasattr(engine, "score_pairs"):
-            result = engine.score_pairs(pairs)
-        else:
-            result = _score_grouped(engine, pairs)
-        if any(cut):
-            flags = result.truncated if len(result.truncated) == len(pairs) else [False] * len(pairs)
-            result.truncated = [a or b for a, b in zip(flags, cut)]
-        return result
+        return pairs, cut
 
     def usage(self, query: str, texts: Sequence[str], options: dict[str, Any], result: RerankScores) -> Usage:
         """Tokens the model reads for these pairs and the windows scored, counted whether or not a pair came from
-        the score cache (a cache saves compute, not usage) and whatever else shared its batch."""
+        the score cache (a cache saves compute, not usage) and whatever else shared its batch.
+
+        A local engine counts them itself (``count_inputs``: exactly what its ``score`` runs, no forward pass) on
+        the pairs as :meth:`score_pairs` hands them over; any other reranker (a remote one) reports ``tokens``
+        only for what it ran, so cached pairs are estimated."""
         eng = _innermost(self.get(options.get("long_documents")))
-        if not all(hasattr(eng, a) for a in ("_prepare_query", "_encode_docs", "_windows", "_avail", "template")):
+        if not hasattr(eng, "count_inputs"):  # the one capability check: does the reranker count its own input?
             if result.cache_hits:  # not a local engine: estimate what the cache answered
                 return Usage(sum(estimate_tokens(query, t, self.max_length) for t in texts), len(texts))
             return Usage(result.tokens, len(texts))
-        q = len(eng._prepare_query(query)[0])
-        cap = options.get("max_tokens_per_doc")  # Cohere's cut, made before scoring
-        tokens = windows = 0
-        for ids in eng._encode_docs(list(texts)):
-            pieces, _ = eng._windows(ids[:cap], eng._avail - q)
-            windows += len(pieces)
-            tokens += sum(q + len(w) + eng.template.n_special for w in pieces)
+        pairs, _ = self._prepare([(query, t) for t in texts], options)
+        tokens, windows = eng.count_inputs(query, [t for _, t in pairs])
         return Usage(tokens, windows)
 
     def _doc_budget(self, query: str) -> int:
@@ -521,7 +527,10 @@ def create_app(
             "Pairs cut to the model's maximum length are counted in the `X-Crossrank-Truncated` header."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc from packaged assets instead of a CDN: serve/docs.py
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.crossrank = state
     app.add_middleware(_Gate, state=state)
     _install_handlers(app)
