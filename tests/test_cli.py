@@ -300,3 +300,84 @@ def test_search_json_stdout_is_clean(bm25_index, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["hits"]  # stdout is exactly one JSON document
     assert "it/s" not in proc.stderr and "\r" not in proc.stderr and "\r" not in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- issue 19 items 6, 8, 9
+def _tiny_beir(root: Path) -> Path:
+    from conftest import SAMPLE_DOCS
+
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in SAMPLE_DOCS), encoding="utf-8")
+    queries = [("q1", "volcano magma lava", "d3"), ("q2", "plants sunlight glucose", "d1")]
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t, _ in queries),
+                                        encoding="utf-8")
+    (root / "qrels" / "test.tsv").write_text("".join(f"{q}\t{d}\t1\n" for q, _, d in queries), encoding="utf-8")
+    return root
+
+
+def test_eval_prints_a_short_summary_and_reuses_its_index(tmp_path):
+    data, out = _tiny_beir(tmp_path / "tiny"), tmp_path / "out"
+    cmd = ("eval", str(data), "--retrievers", "bm25", "--rerankers", "none", "--k", "3,5", "--n", "1",
+           "--max-queries", "1", "--out", str(out))
+    proc = run_cli(*cmd)
+    assert proc.returncode == 0, proc.stderr
+    assert "this is the slow part" in proc.stderr and "--index DIR reuses one" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "# crossrank evaluation: tiny (test)" and len(lines) < 20, proc.stdout
+    assert "## Main table" in proc.stdout and "SCHEMA" not in proc.stdout
+    assert lines[-1] == (f"reports: {out / 'report.md'} (with notes and the results.json schema), "
+                         f"{out / 'report.html'} (with plots); data: {out / 'results.json'}")
+    assert "## SCHEMA" in (out / "report.md").read_text(encoding="utf-8")
+
+    again = run_cli(*cmd)
+    assert again.returncode == 0, again.stderr
+    assert f"reusing the index at {out / 'index'}" in again.stderr and "slow part" not in again.stderr
+    assert json.loads((out / "results.json").read_text())["index"]["status"] == "loaded"
+
+    corpus = data / "corpus.jsonl"  # same number of documents, one text changed: not the same corpus
+    corpus.write_text(corpus.read_text(encoding="utf-8").replace("magma", "basalt"), encoding="utf-8")
+    changed = run_cli(*cmd)
+    assert changed.returncode == 0 and "slow part" in changed.stderr, changed.stderr
+    assert "did not match the corpus" in json.loads((out / "results.json").read_text())["index"]["status"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("serve", "--port", "70000"), "--port must be between 0 and 65535"),
+    (("serve", "--long-documents", "split"), "--long-documents must be 'truncate' or 'chunk'"),
+    (("serve", "--k", "3", "--n", "5"), "n=5 is more than k=3"),
+    (("serve", "--max-documents", "0"), "max_documents must be a positive integer"),
+    (("serve", "--index", "/nonexistent/idx"), "run 'crossrank index"),
+    (("eval", "DATA", "--backend", "gpu"), "--backend must be one of"),
+    (("eval", "DATA", "--retrievers", "bm25", "--rerank-max-k", "dense=5"), "not among --retrievers"),
+    (("eval", "DATA", "--k", "0"), "--k expects positive integers"),
+    (("eval", "DATA", "--fusion", "bogus"), "fusion"),
+])
+def test_cheap_arguments_fail_before_any_model_loads(tmp_path, args, needle):
+    import time
+
+    data = _tiny_beir(tmp_path / "tiny")
+    args = tuple(str(data) if a == "DATA" else a for a in args)
+    t0 = time.monotonic()
+    proc = run_cli(*args, *(("--out", str(tmp_path / "out")) if args[0] == "eval" else ()))
+    assert_one_error_line(proc, 2, needle)
+    assert time.monotonic() - t0 < 8  # start-up only: no model, no index build
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_index_error_names_the_cli_command(tmp_path):
+    proc = run_cli("search", str(tmp_path / "nope"), "q", "--reranker", "none")
+    assert_one_error_line(proc, 2, "build one with 'crossrank index CORPUS --out DIR' (Python: build_index())")
+
+
+def test_index_skips_empty_files_with_a_warning(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "git.md").write_text("# Git rebase\n\nRebase replays commits.\n", encoding="utf-8")
+    (docs / "zeros.txt").write_bytes(b"\0" * 512)
+    proc = run_cli("index", str(docs), "--out", str(tmp_path / "idx"), "--methods", "bm25")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: skipped 1 empty document(s)" in proc.stderr and "zeros.txt" in proc.stderr
+    assert "indexed 1 documents" in proc.stderr
+    shown = run_cli("search", str(tmp_path / "idx"), "rebase", "--retriever", "bm25", "--reranker", "none", "--json")
+    hit = json.loads(shown.stdout)["hits"][0]
+    assert (hit["title"], hit["text"]) == ("Git rebase", "Rebase replays commits.")

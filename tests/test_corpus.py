@@ -210,3 +210,47 @@ def test_scifact_counts():
     ds = load_beir(shared_dataset("scifact"), split="test")
     assert len(ds.corpus) == 5183 and len(ds.queries) == 300
     assert sum(len(v) for v in ds.qrels.values()) == 339
+
+
+# ---------------------------------------------------------------------------------------------- issue 19 items 8, 9
+def test_jsonl_error_column_is_the_column_in_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "1", "text": "ok"}\n{"id": "2", "text": \n{"id": "3" "text": "x"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: invalid JSON \(Expecting value at column 21\)"):
+        load_corpus(path)
+    path.write_text('{"id": "3" "text": "x"}\r\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad\.jsonl:1: invalid JSON \(Expecting ',' delimiter at column 12\)"):
+        load_corpus(path)
+
+
+@pytest.mark.parametrize("name, encoding", [("c.jsonl", "utf-16"), ("c.jsonl", "utf-16-le"), ("n.txt", "utf-16-be")])
+def test_utf16_files_are_named_as_such(tmp_path, name, encoding):
+    path = tmp_path / name
+    path.write_bytes('{"id": "1", "text": "caf\u00e9"}\n{"id": "2", "text": "ok"}\n'.encode(encoding))
+    with pytest.raises(InputError, match=r"this file is UTF-16; convert it to UTF-8, e\.g\. iconv -f UTF-16 -t UTF-8"):
+        load_corpus(path)
+
+
+def test_empty_and_nul_documents_are_skipped_with_one_warning(tmp_path, caplog):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("Real text.", encoding="utf-8")
+    (folder / "nul.txt").write_bytes(b"\0" * 4096)
+    (folder / "blank.md").write_text(" \n\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="crossrank.corpus.loaders"):
+        assert [d.id for d in load_corpus(folder)] == ["ok.txt"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"warning: skipped 2 empty document(s) of {folder} (no text, or only NUL bytes): blank.md, nul.txt"]
+    rows = [{"id": "a", "text": ""}, {"id": "b", "text": "\u0000\u0000 "}, {"id": "c", "title": "T", "text": ""},
+            {"id": "d", "text": "kept"}]
+    assert [d.id for d in load_corpus(write_jsonl(tmp_path / "c.jsonl", rows))] == ["c", "d"]  # a title is content
+    with pytest.raises(InputError, match=r"empty: all 2 documents have no text"):
+        load_corpus(write_jsonl(tmp_path / "e.jsonl", rows[:2]))
+
+
+def test_markdown_title_heading_is_not_repeated_in_the_text(tmp_path):
+    (tmp_path / "git.md").write_text("# Git rebase\n\nRebase replays your commits.\n", encoding="utf-8")
+    (tmp_path / "only.md").write_text("# Just a title\n", encoding="utf-8")
+    docs = {d.id: d for d in load_corpus(tmp_path)}
+    assert (docs["git.md"].title, docs["git.md"].text) == ("Git rebase", "Rebase replays your commits.")
+    assert (docs["only.md"].title, docs["only.md"].text) == ("Just a title", "")

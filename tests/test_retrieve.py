@@ -350,3 +350,17 @@ def test_scifact_bm25_ndcg():
     run = {q: {c.doc_id: c.score for c in res} for q, res in zip(qids, results)}
     ndcg = evaluate(Qrels(ds.qrels), Run(run), "ndcg@10")
     assert abs(ndcg - 0.679) <= 0.01, ndcg
+
+
+def test_load_detects_bytes_overwritten_without_a_size_change(tmp_path):
+    """Issue 19 item 9: same sizes, different bytes: the manifest's sha256 is checked on every load."""
+    path = tmp_path / "idx"
+    build_index(DOCS, path, methods=("bm25",), chunk_tokens=0, progress=False)
+    load_index(path)  # intact: loads
+    data = (path / "passages.jsonl").read_bytes()
+    (path / "passages.jsonl").write_bytes(data.replace(b"Volcanoes", b"Volcanoez"))
+    assert len((path / "passages.jsonl").read_bytes()) == len(data)
+    with pytest.raises(IndexLoadError, match=r"passages\.jsonl changed since the index was built.*'crossrank index "
+                                             r"CORPUS --out DIR' \(Python: build_index\(\)\)"):
+        load_index(path)
+    assert len(load_index(path, verify=False)) == len(DOCS)  # the opt-out still loads

@@ -284,6 +284,13 @@ def serve(
     """Run the reranker as an HTTP service (TEI /rerank, Cohere /v2/rerank, Jina/Voyage /v1/rerank)."""
     from crossrank import serve as serve_mod
 
+    # bad options fail before seconds of model loading
+    _check_serve_options(retriever, k, n, port, index_dir, long_documents, deadline_ms)
+    serve_mod.ServeConfig.from_env(
+        api_key_file=api_key_file, api_key=api_key, allowed_hosts=allowed_hosts, max_documents=max_documents,
+        max_body_bytes=max_body_bytes, max_queue_pairs=max_queue_pairs, max_queue_requests=max_queue_requests,
+        batch_tokens=batch_tokens, batch_wait_ms=batch_wait_ms, long_documents=long_documents,
+        default_deadline_ms=deadline_ms)
     serve_mod.run(
         model=model,
         host=host,
@@ -305,6 +312,53 @@ def serve(
         long_documents=long_documents,
         deadline_ms=deadline_ms,
     )
+
+
+def _check_serve_options(retriever, k, n, port, index_dir, long_documents, deadline_ms) -> None:
+    from crossrank.pipeline import check_k_n
+
+    if retriever not in RETRIEVERS:
+        raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
+    check_k_n(k, n)
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {port}")
+    if long_documents not in ("truncate", "chunk"):
+        raise InputError(f"--long-documents must be 'truncate' or 'chunk', got {long_documents!r}")
+    if deadline_ms is not None and not deadline_ms > 0:
+        raise InputError(f"--deadline-ms must be positive, got {deadline_ms:g}")
+    if index_dir is not None:
+        from crossrank.retrieve import read_manifest
+
+        read_manifest(index_dir)
+
+
+def _check_eval_options(dataset: Path, split, retrievers: list[str], ks: list[int], ns: list[int], fusion: str,
+                        caps: dict | None, backend, max_length, max_queries, index_dir) -> None:
+    """The cheap checks of ``eval``'s arguments, before any index build or model load."""
+    from crossrank.evaluate.beir import parse_fusions
+    from crossrank.evaluate.runner import detect_dataset
+    from crossrank.rerank.backends import BACKENDS
+
+    detect_dataset(dataset, split)
+    bad = [r for r in retrievers if r not in RETRIEVERS]
+    if bad or not retrievers:
+        raise InputError(f"--retrievers: unknown or none {bad or retrievers}; use some of {', '.join(RETRIEVERS)}")
+    for option, values in (("--k", ks), ("--n", ns)):
+        if not values or min(values) < 1:
+            raise InputError(f"{option} expects positive integers, got {values}")
+    for option, value in (("--max-queries", max_queries), ("--max-length", max_length)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be positive, got {value}")
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    for name in caps or {}:
+        if name not in retrievers:
+            raise InputError(f"--rerank-max-k names {name!r}, which is not among --retrievers ({', '.join(retrievers)})")
+    parse_fusions(_csv(fusion))
+    if index_dir is not None:
+        from crossrank.retrieve import read_manifest
+
+        read_manifest(index_dir)
 
 
 @app.command(name="eval")
@@ -337,14 +391,17 @@ def eval_cmd(
             if not sep or not depth.strip().isdigit():
                 raise InputError(f"--rerank-max-k expects RETRIEVER=K pairs, got {item!r}")
             caps[name.strip()] = int(depth)
+    ks, ns = _int_csv(k, "--k"), _int_csv(n, "--n")
+    _check_eval_options(dataset, split, _csv(retrievers), ks, ns, fusion, caps, backend, max_length, max_queries,
+                        index_dir)
     reranker_options = {key: v for key, v in (("backend", backend), ("max_length", max_length)) if v is not None}
     path = run_eval(
         dataset,
         split=split,
         retrievers=_csv(retrievers),
         rerankers=_csv(rerankers),
-        ks=_int_csv(k, "--k"),
-        ns=_int_csv(n, "--n"),
+        ks=ks,
+        ns=ns,
         fusions=_csv(fusion),
         rerank_max_k=caps,
         reranker_options=reranker_options or None,
@@ -352,10 +409,17 @@ def eval_cmd(
         index_dir=index_dir,
         max_queries=max_queries,
     )
-    err.print(f"wrote {path}/results.json, report.md, report.html")
-    report = Path(path) / "report.md"
-    if report.exists():
-        out.print(report.read_text(encoding="utf-8"))
+    _print_eval_summary(Path(path))
+
+
+def _print_eval_summary(path: Path) -> None:
+    """The headline table and where the rest is; the notes and the results.json schema stay in report.md."""
+    from crossrank.evaluate.report import headline
+
+    data = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    out.print(headline(data).rstrip(), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"\nreports: {path / 'report.md'} (with notes and the results.json schema), {path / 'report.html'} "
+              f"(with plots); data: {path / 'results.json'}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -11,12 +11,14 @@ Supported corpus inputs (``load_corpus``):
   the first markdown heading (``.md``) or the file stem.
 
 Every problem is reported as :class:`crossrank.errors.InputError` naming the file (and line, where there is one).
+Empty documents (no title and no text, or only NUL bytes) are skipped, with one logged warning per corpus.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,9 @@ ID_FIELDS = ("_id", "id", "doc_id", "docid")
 TEXT_FIELDS = ("text", "contents", "body")
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------- low-level readers
@@ -53,8 +58,23 @@ def _read_bytes(path: Path) -> bytes:
         raise _read_error(path, e) from None
 
 
+def _looks_utf16(raw: bytes) -> bool:
+    """A UTF-16 BOM, or NULs in every other byte (ASCII text in UTF-16 without a BOM)."""
+    if raw.startswith(_UTF16_BOMS):
+        return True
+    if b"\0" not in raw:
+        return False
+    head = raw[:4096]
+    half = max(len(head) // 2, 1)
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    return max(even, odd) > 0.4 * half and min(even, odd) < 0.1 * half
+
+
 def _decode(raw: bytes, path: Path, line_offset: int = 0) -> str:
-    """Strict UTF-8 decode; the error names the file, line and column of the first bad byte."""
+    """Strict UTF-8 decode; the error names the file, line and column of the first bad byte (or says UTF-16)."""
+    if _looks_utf16(raw):
+        raise InputError(f"{path}: this file is UTF-16; convert it to UTF-8, e.g. "
+                         f"iconv -f UTF-16 -t UTF-8 {path.name} > utf8-{path.name}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -79,11 +99,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            text = _decode(line, path, line_offset=lineno - 1)
+            text = _decode(line, path, line_offset=lineno - 1).rstrip("\r\n")
             try:
                 obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            except json.JSONDecodeError as e:  # e.pos: characters into this line
+                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.pos + 1})") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
             yield lineno, obj
@@ -144,19 +164,27 @@ def _load_json_corpus(path: Path) -> list[Document]:
     return _dedupe(pairs, path)
 
 
-def _markdown_title(text: str) -> str | None:
-    for line in text.splitlines():
+def _markdown_title(text: str) -> tuple[str | None, str]:
+    """``(title, text)``: the first heading's words, and the text without that line (it is in the title)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         m = _HEADING.match(line)
         if m:
-            return m.group(1).strip()
-    return None
+            return m.group(1).strip(), "\n".join(lines[:i] + lines[i + 1:])
+    return None, text
+
+
+def _is_blank(text: str) -> bool:
+    return not text.replace("\0", "").strip()
 
 
 def _text_file_document(path: Path, doc_id: str) -> Document:
     text = _decode(_read_bytes(path), path)
     title = None
-    if path.suffix.lower() in (".md", ".markdown"):
-        title = _markdown_title(text)
+    if path.suffix.lower() in (".md", ".markdown") and not _is_blank(text):
+        title, text = _markdown_title(text)
+    if _is_blank(text) and not title:  # NUL-filled or empty: no title either, so load_corpus skips it
+        return Document(id=doc_id, text="", title="", metadata={"path": str(path)})
     return Document(id=doc_id, text=text.strip(), title=title or path.stem, metadata={"path": str(path)})
 
 
@@ -206,7 +234,25 @@ def load_corpus(path: str | Path) -> list[Document]:
         docs = _load_jsonl_corpus(path)
     if not docs:
         raise InputError(f"corpus {path} is empty: no documents found")
-    return docs
+    return _skip_empty(docs, path)
+
+
+def _is_empty(doc: Document) -> bool:
+    return _is_blank(doc.text) and _is_blank(doc.title)
+
+
+def _skip_empty(docs: list[Document], path: Path) -> list[Document]:
+    """``docs`` without empty ones (no title and text, or only NUL bytes); one warning with their count."""
+    empty = [_is_empty(d) for d in docs]
+    kept = [d for d, e in zip(docs, empty) if not e]
+    skipped = [d.id for d, e in zip(docs, empty) if e]
+    if not kept:
+        raise InputError(f"corpus {path} is empty: all {len(docs)} documents have no text (or only NUL bytes)")
+    if skipped:
+        more = f", ... ({len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        log.warning("warning: skipped %d empty document(s) of %s (no text, or only NUL bytes): %s%s",
+                    len(skipped), path, ", ".join(skipped[:5]), more)
+    return kept
 
 
 # --------------------------------------------------------------------------------------------- queries and qrels

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,20 @@ def write_trec_run(path: Path, lists: Mapping[str, Sequence[Candidate]], tag: st
 
 
 # ------------------------------------------------------------------------------------------------- index
+def _same_corpus(index: Any, corpus: Sequence[Any]) -> bool:
+    """Whether a whole-document index holds exactly these documents (ids, titles and texts)."""
+    have = {(p.doc_id, p.title, p.text) for p in index.passages}
+    return have == {(d.id, d.title, d.text) for d in corpus}
+
+
+def _say_building(n_docs: int, methods: Sequence[str], path: Path, progress: bool) -> None:
+    if progress:
+        print(f"building the {'+'.join(methods)} index of all {n_docs} documents into {path} (the whole corpus, "
+              "even with --max-queries, for a fair ranking): this is the slow part; later runs with the same "
+              "--out reuse it, and --index DIR reuses one built by 'crossrank index CORPUS --out DIR "
+              "--chunk-tokens 0'", file=sys.stderr, flush=True)
+
+
 def _open_index(ds: Any, out_dir: Path, index_dir: Path | None, methods: Sequence[str], progress: bool) -> tuple[Any, dict]:
     from crossrank.retrieve import build_index, load_index
 
@@ -229,15 +244,18 @@ def _open_index(ds: Any, out_dir: Path, index_dir: Path | None, methods: Sequenc
                 )
             note = f"cached index lacked {sorted(set(methods) - have)}; rebuilt"
             index = None
-        elif index_dir is None and (chunked != 0 or docs != len(ds.corpus)):
-            note = "cached index did not match the corpus (chunking or document count); rebuilt"
+        elif index_dir is None and (chunked != 0 or docs != len(ds.corpus) or not _same_corpus(index, ds.corpus)):
+            note = "cached index did not match the corpus (chunking, documents or their texts); rebuilt"
             index = None
         else:
             note = note or "loaded"
     built = index is None
     t0 = time.perf_counter()
     if index is None:
+        _say_building(len(ds.corpus), methods, path, progress)
         index = build_index(ds.corpus, out_dir=path, methods=tuple(methods), chunk_tokens=0, progress=progress)
+    elif progress:
+        print(f"reusing the index at {path}", file=sys.stderr)
         note = note or "built"
     m = index.manifest
     return index, {

@@ -413,7 +413,8 @@ def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
 
 
-def _beir_reports(data: dict, out: Path) -> None:
+def _beir_head(data: dict) -> tuple[str, str, str]:
+    """``(title, meta, summary)`` of a BEIR report."""
     ds = data["dataset"]
     configs = _sorted_configs(data)
     title = f"crossrank evaluation: {ds['name']} ({ds['split']})"
@@ -426,11 +427,23 @@ def _beir_reports(data: dict, out: Path) -> None:
     summary = (f"Best nDCG@10: {best['metrics']['ndcg@10']:.3f} ({_config_label(best)}, K={best['k']}, total p95 "
                f"{_ms(best['latency_ms']['total']).split(' / ')[-1]} ms). Best first stage alone: "
                f"{best_fs['metrics']['ndcg@10']:.3f} ({best_fs['retriever']}).")
+    return title, meta, summary
+
+
+def _beir_headline_md(data: dict) -> list[str]:
+    """The report's first part: title, what was run, the best configurations, the main table."""
+    title, meta, summary = _beir_head(data)
+    rows = _main_rows(_sorted_configs(data))
+    return [f"# {title}", "", meta, "", summary, "", "## Main table", "",
+            _md_table(_MAIN_HEADER, rows, ["l", "l", "l"] + ["r"] * (len(_MAIN_HEADER) - 3)), ""]
+
+
+def _beir_reports(data: dict, out: Path) -> None:
+    configs = _sorted_configs(data)
+    title, meta, summary = _beir_head(data)
     notes = _notes(data)
     rows = _main_rows(configs)
-
-    md = [f"# {title}", "", meta, "", summary, "", "## Main table", "",
-          _md_table(_MAIN_HEADER, rows, ["l", "l", "l"] + ["r"] * (len(_MAIN_HEADER) - 3)), ""]
+    md = _beir_headline_md(data)
     if data.get("answers"):
         h, arows = _answer_rows(data, configs)
         md += ["## Answer accuracy", "", data["answers"]["normalisation"] + ".", "",
@@ -466,7 +479,8 @@ def _beir_reports(data: dict, out: Path) -> None:
     atomic_write_text(out / "report.html", _html_page(title, body))
 
 
-def _answer_selection_reports(data: dict, out: Path) -> None:
+def _answer_selection_headline_md(data: dict) -> tuple[list[str], list[str], list[list[str]]]:
+    """``(markdown lines, header, rows)``: the report's title, what was run and the methods table."""
     ds = data["dataset"]
     title = f"crossrank answer selection: {ds['name']}"
     meta = (f"{ds['n_questions_evaluated']} questions evaluated ({ds['n_pairs_evaluated']} candidate sentences, "
@@ -479,11 +493,19 @@ def _answer_selection_reports(data: dict, out: Path) -> None:
         wlt = f"{m['wins']}/{m['losses']}/{m['ties']}" if m.get("wins") is not None else "–"
         rows.append([m["name"], _f(m["metrics"]["MAP"]), _f(m["metrics"]["MRR"]), _f(m["metrics"]["P@1"]), wlt,
                      _ms(m.get("latency_ms"))])
+    return [f"# {title}", "", meta, "", _md_table(header, rows, ["l"] + ["r"] * 5), ""], header, rows
+
+
+def _answer_selection_reports(data: dict, out: Path) -> None:
+    ds = data["dataset"]
+    title = f"crossrank answer selection: {ds['name']}"
+    head, header, rows = _answer_selection_headline_md(data)
+    meta = head[2]
     notes = [f"WARNING: {w}." for w in data.get("warnings", [])]
     notes += ["Baseline = candidates in file order. Ties in reranker scores keep file order. Metrics computed "
               "with ranx (MAP and MRR over the whole candidate list).",
               "Latency: wall clock of one reranker.score call with all of a question's candidates."]
-    md = [f"# {title}", "", meta, "", _md_table(header, rows, ["l"] + ["r"] * 5), "", "## Notes", ""]
+    md = head + ["## Notes", ""]
     md += [f"- {n}" for n in notes] + ["", "## SCHEMA", "", "```text", SCHEMA_DOC.rstrip(), "```", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>", f"<p class=\"meta\">{html.escape(meta)}</p>"]
@@ -492,6 +514,17 @@ def _answer_selection_reports(data: dict, out: Path) -> None:
             "<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
             "<h2>Schema of results.json</h2>", f"<pre>{html.escape(SCHEMA_DOC)}</pre>"]
     atomic_write_text(out / "report.html", _html_page(title, body))
+
+
+def headline(data: dict) -> str:
+    """The short summary ``crossrank eval`` prints: report.md up to its notes (no notes, no schema)."""
+    if data["kind"] == "beir":
+        md = _beir_headline_md(data)
+        if data.get("answers"):
+            h, arows = _answer_rows(data, _sorted_configs(data))
+            md += ["## Answer accuracy", "", _md_table(h, arows, ["l", "l", "l"] + ["r"] * (len(h) - 3)), ""]
+        return "\n".join(md)
+    return "\n".join(_answer_selection_headline_md(data)[0])
 
 
 def write_reports(results: Any) -> None:

@@ -9,6 +9,9 @@ import numpy as np
 from crossrank.errors import InputError
 from crossrank.types import Candidate, Passage
 
+# the fix for a bad index, for CLI and Python users alike
+REBUILD = "rebuild it with 'crossrank index CORPUS --out DIR' (Python: build_index())"
+
 
 def passage_text(p: Passage) -> str:
     """What BM25 and the bi-encoder index: ``title + " " + text`` (as BEIR does)."""

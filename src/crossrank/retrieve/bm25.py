@@ -16,7 +16,7 @@ import numpy as np
 
 from crossrank.corpus.chunking import as_passages
 from crossrank.errors import IndexLoadError, InputError, check_query
-from crossrank.retrieve._common import check_k, make_candidates, passage_text, top_k
+from crossrank.retrieve._common import REBUILD, check_k, make_candidates, passage_text, top_k
 from crossrank.types import Candidate, Document, Passage
 
 DEFAULT_PARAMS = {"k1": 0.9, "b": 0.4, "method": "lucene", "stopwords": "en", "stemmer": "english"}
@@ -92,7 +92,7 @@ class BM25Retriever:
         if self.model.scores["num_docs"] != len(self.passages):
             raise IndexLoadError(
                 f"BM25 index holds {self.model.scores['num_docs']} passages but {len(self.passages)} were given; "
-                "rebuild the index"
+                + REBUILD
             )
         self._vocab = self.model.vocab_dict
 
@@ -132,5 +132,5 @@ class BM25Retriever:
             params = json.loads((directory / "crossrank_bm25.json").read_text(encoding="utf-8"))
             model = bm25s.BM25.load(str(directory), mmap=mmap, allow_pickle=False, load_corpus=False, show_progress=False)
         except (OSError, ValueError) as e:
-            raise IndexLoadError(f"cannot load the BM25 index in {directory}: {e}; rebuild the index") from None
+            raise IndexLoadError(f"cannot load the BM25 index in {directory}: {e}; " + REBUILD) from None
         return cls(passages, _model=model, **params)

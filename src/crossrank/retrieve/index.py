@@ -36,6 +36,7 @@ from crossrank.corpus.chunking import as_passages, chunk_documents
 from crossrank.corpus.loaders import load_corpus
 from crossrank.errors import IndexLoadError, InputError
 from crossrank.files import remove_stale_temp_dirs
+from crossrank.retrieve._common import REBUILD
 from crossrank.retrieve.base import Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
 from crossrank.retrieve.dense import DEFAULT_MODEL, DEFAULT_MODEL_ID, DenseRetriever, encode_passages, load_bi_encoder, model_name_of
@@ -294,67 +295,74 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The validated manifest of an index directory, or ``IndexLoadError`` saying how to fix it."""
     d = Path(directory)
     if not d.exists():
-        raise IndexLoadError(f"no index at {d}: the directory does not exist; build one with build_index()")
+        raise IndexLoadError(f"no index at {d}: the directory does not exist; build one with 'crossrank index "
+                             "CORPUS --out DIR' (Python: build_index())")
     if not d.is_dir():
         raise IndexLoadError(f"{d} is a file, not an index directory")
     mpath = d / "manifest.json"
     if not mpath.is_file():
         raise IndexLoadError(
             f"{d} has no manifest.json: it is not a complete crossrank index (an interrupted build leaves none); "
-            "rebuild it with build_index()"
+            + REBUILD
         )
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexLoadError(f"{mpath} is unreadable or corrupt ({e}); rebuild the index") from None
+        raise IndexLoadError(f"{mpath} is unreadable or corrupt ({e}); " + REBUILD) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexLoadError(f"{mpath} is not a crossrank index manifest; rebuild the index")
+        raise IndexLoadError(f"{mpath} is not a crossrank index manifest; " + REBUILD)
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise IndexLoadError(
             f"{d} has index format {version!r}, this crossrank reads format {FORMAT_VERSION}; "
-            "rebuild the index (or upgrade crossrank)"
+            + REBUILD + " (or upgrade crossrank)"
         )
     for key in ("methods", "counts", "files"):
         if key not in manifest:
-            raise IndexLoadError(f"{mpath} lacks {key!r}; rebuild the index")
+            raise IndexLoadError(f"{mpath} lacks {key!r}; " + REBUILD)
     return manifest
 
 
-def load_index(directory: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> Index:
+def load_index(directory: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> Index:
     """Open an index written by ``build_index``/``Index.save``. No re-encoding: ``dense.npy`` and the BM25 arrays
-    are memory-mapped (``mmap=True``). File sizes are always checked against the manifest; ``verify=True`` also
-    checks sha256 checksums. The dense model is loaded lazily, on the first dense search."""
+    are memory-mapped (``mmap=True``). Every file's size and (``verify=True``, the default) sha256 are checked
+    against the manifest, once per load. The dense model is loaded lazily, on the first dense search."""
     d = Path(directory).absolute()
     manifest = read_manifest(d)
     for rel, info in manifest["files"].items():
-        f = d / rel
-        if not f.is_file():
-            raise IndexLoadError(f"index {d} is incomplete: {rel} is missing; rebuild the index")
-        if f.stat().st_size != info["bytes"]:
-            raise IndexLoadError(f"index {d} is damaged: {rel} has the wrong size; rebuild the index")
-        if verify and _sha256(f) != info["sha256"]:
-            raise IndexLoadError(f"index {d} is damaged: checksum mismatch for {rel}; rebuild the index")
+        _check_file(d, rel, info, verify)
     passages = _read_passages(d / "passages.jsonl")
     if len(passages) != manifest["counts"]["passages"]:
         raise IndexLoadError(f"index {d}: passages.jsonl holds {len(passages)} passages, manifest says "
-                             f"{manifest['counts']['passages']}; rebuild the index")
+                             f"{manifest['counts']['passages']}; " + REBUILD)
     bm25 = BM25Retriever.load(d / "bm25", passages, mmap=mmap) if "bm25" in manifest["methods"] else None
     embeddings = None
     if "dense" in manifest["methods"]:
         try:
             embeddings = np.load(d / "dense.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise IndexLoadError(f"cannot read {d / 'dense.npy'} ({e}); rebuild the index") from None
+            raise IndexLoadError(f"cannot read {d / 'dense.npy'} ({e}); " + REBUILD) from None
         if embeddings.shape != (len(passages), manifest["dense"]["dimension"]):
             raise IndexLoadError(f"{d / 'dense.npy'} has shape {embeddings.shape}, expected "
-                                 f"({len(passages)}, {manifest['dense']['dimension']}); rebuild the index")
+                                 f"({len(passages)}, {manifest['dense']['dimension']}); " + REBUILD)
         if embeddings.dtype != np.float32:
             embeddings = np.asarray(embeddings, dtype=np.float32)
     return Index(passages, manifest, bm25=bm25, embeddings=embeddings, path=d)
 
 
 # ------------------------------------------------------------------------------------------------- file helpers
+def _check_file(d: Path, rel: str, info: dict[str, Any], verify: bool) -> None:
+    """``IndexLoadError`` naming ``rel`` when it is missing, or its size or sha256 differs from the manifest's."""
+    f = d / rel
+    if not f.is_file():
+        raise IndexLoadError(f"index {d} is incomplete: {rel} is missing; " + REBUILD)
+    if f.stat().st_size != info.get("bytes"):
+        raise IndexLoadError(f"index {d} is damaged: {rel} has the wrong size; " + REBUILD)
+    if verify and _sha256(f) != info.get("sha256"):
+        raise IndexLoadError(f"index {d} is damaged: {rel} changed since the index was built (sha256 differs "
+                             "from the manifest's); " + REBUILD)
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -401,7 +409,7 @@ def _read_passages(path: Path) -> list[Passage]:
                 out.append(Passage(id=o["id"], doc_id=o["doc_id"], text=o["text"], title=o.get("title", ""),
                                    index=o.get("index", 0)))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise IndexLoadError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); rebuild the index") from None
+        raise IndexLoadError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); " + REBUILD) from None
     return out
 
 
