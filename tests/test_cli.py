@@ -322,6 +322,7 @@ def test_eval_prints_a_short_summary_and_reuses_its_index(tmp_path):
     proc = run_cli(*cmd)
     assert proc.returncode == 0, proc.stderr
     assert "this is the slow part" in proc.stderr and "--index DIR reuses one" in proc.stderr
+    assert "it/s" not in proc.stderr  # no library progress bars in a pipe
     lines = proc.stdout.splitlines()
     assert lines[0] == "# crossrank evaluation: tiny (test)" and len(lines) < 20, proc.stdout
     assert "## Main table" in proc.stdout and "SCHEMA" not in proc.stdout
@@ -346,7 +347,7 @@ def test_eval_prints_a_short_summary_and_reuses_its_index(tmp_path):
     (("serve", "--long-documents", "split"), "--long-documents must be 'truncate' or 'chunk'"),
     (("serve", "--k", "3", "--n", "5"), "n=5 is more than k=3"),
     (("serve", "--max-documents", "0"), "max_documents must be a positive integer"),
-    (("serve", "--index", "/nonexistent/idx"), "run 'crossrank index"),
+    (("serve", "--index", "/nonexistent/idx"), "build one with 'crossrank index"),
     (("eval", "DATA", "--backend", "gpu"), "--backend must be one of"),
     (("eval", "DATA", "--retrievers", "bm25", "--rerank-max-k", "dense=5"), "not among --retrievers"),
     (("eval", "DATA", "--k", "0"), "--k expects positive integers"),

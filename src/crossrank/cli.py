@@ -353,7 +353,8 @@ def _check_eval_options(dataset: Path, split, retrievers: list[str], ks: list[in
         raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     for name in caps or {}:
         if name not in retrievers:
-            raise InputError(f"--rerank-max-k names {name!r}, which is not among --retrievers ({', '.join(retrievers)})")
+            raise InputError(f"--rerank-max-k names {name!r}, which is not among --retrievers "
+                             f"({', '.join(retrievers)})")
     parse_fusions(_csv(fusion))
     if index_dir is not None:
         from crossrank.retrieve import read_manifest

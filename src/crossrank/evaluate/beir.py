@@ -253,7 +253,9 @@ def _open_index(ds: Any, out_dir: Path, index_dir: Path | None, methods: Sequenc
     t0 = time.perf_counter()
     if index is None:
         _say_building(len(ds.corpus), methods, path, progress)
-        index = build_index(ds.corpus, out_dir=path, methods=tuple(methods), chunk_tokens=0, progress=progress)
+        # the libraries' redrawn bars only on a terminal: in pipes and logs they are noise
+        index = build_index(ds.corpus, out_dir=path, methods=tuple(methods), chunk_tokens=0,
+                            progress=progress and sys.stderr.isatty())
     elif progress:
         print(f"reusing the index at {path}", file=sys.stderr)
         note = note or "built"
