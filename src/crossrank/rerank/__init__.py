@@ -77,18 +77,6 @@ def recommendation(reranker: Any) -> dict[str, Any]:
     return dict(rec) if isinstance(rec, dict) else {}
 
 
-def recommended_fusion(name_or_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The final-order fusion a bundle (``"default"`` or a bundle folder) recommends, read from its manifest
-    without loading the model; None when it recommends none."""
-    spec = os.fspath(name_or_path).strip()
-    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, read_manifest, recommended_settings
-
-    bundle_dir = DEFAULT_BUNDLE_DIR if spec == "default" else spec
-    if not os.path.isfile(os.path.join(bundle_dir, "crossrank_bundle.json")):
-        return None
-    return recommended_settings(read_manifest(bundle_dir).get("settings", {})).get("fusion")
-
-
 def __getattr__(name: str) -> Any:
     if name == "CrossEncoderReranker":
         from crossrank.rerank.engine import CrossEncoderReranker
