@@ -277,7 +277,7 @@ def test_load_reranker(tiny_model_dir):
     with pytest.raises(InputError):
         load_reranker("none")
     if not bundle_available():
-        with pytest.raises(ModelLoadError, match="bundled default reranker is missing"):
+        with pytest.raises(ModelLoadError, match="bundled .default. reranker is missing"):
             load_reranker("default")
 
 
@@ -286,3 +286,37 @@ def test_importing_crossrank_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "load_reranker"
+
+
+def test_cascade_rescores_the_first_models_top_m_in_the_second_models_order(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from crossrank.rerank.cascade import CascadeReranker, parse_cascade_spec
+
+    other = tmp_path / "other"
+    torch.manual_seed(1)  # same architecture, other random weights: another order
+    model = BertForSequenceClassification(BertForSequenceClassification.from_pretrained(str(tiny_model_dir)).config)
+    model.save_pretrained(other, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(other)
+
+    texts = [f"{w} plants sunlight glucose note {i}" for i, w in enumerate("abcdefghijkl")]
+    first = CrossEncoderReranker(tiny_model_dir, max_length=64, activation="raw")
+    second = CrossEncoderReranker(other, max_length=64, activation="raw")
+    a, b = first.score(QUERY, texts).scores, second.score(QUERY, texts).scores
+    top_a = sorted(range(len(texts)), key=lambda i: -a[i])[:4]
+
+    cascade = load_reranker(f"{tiny_model_dir}>{other}@4", cache_size=0, max_length=64, activation="raw")
+    assert isinstance(cascade, CascadeReranker) and cascade.top_m == 4
+    got = cascade.score(QUERY, texts)
+    for i in range(len(texts)):  # the top 4 carry the second model's scores, the rest the first's
+        assert got.scores[i] == pytest.approx(b[i] if i in top_a else a[i], abs=1e-5)
+    head = [r.index for r in cascade.rerank(QUERY, texts) if r.index in top_a]
+    assert head == sorted(top_a, key=lambda i: -b[i])  # the second model's order on those M
+    assert got.tokens == first.count_tokens(QUERY, texts) + second.count_tokens(QUERY, [texts[i] for i in top_a])
+    assert cascade.info()["cascade"]["top_m"] == 4 and ">" in cascade.name
+
+    assert parse_cascade_spec("default") is None
+    assert parse_cascade_spec("fast>default@10") == ("fast", "default", 10)
+    for bad in ("fast>default", "fast>default@0", "a>b>c@3", ">default@3"):
+        with pytest.raises(InputError, match="cascade spec"):
+            parse_cascade_spec(bad)

@@ -222,3 +222,64 @@ def test_answer_selection_sources_hold_out_questions_too(tiny_model_dir, tiny_be
         assert q.first_stage_scores == []  # nothing to fuse with: they take no part in choosing the fusion
         assert sorted(q.doc_ids) == sorted(q.qrels) + sorted(set(q.doc_ids) - set(q.qrels))
         assert len(q.qrels) >= 1 and len(q.doc_ids) > len(q.qrels)
+
+
+def test_distillation_learns_the_teachers_scores(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    """A 1-layer student of the tiny model, distilled from a teacher that scores on a 100x wider scale: the
+    student's scores move towards the teacher's."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from crossrank.rerank import CrossEncoderReranker
+
+    wide = tmp_path / "teacher"
+    model = BertForSequenceClassification.from_pretrained(str(tiny_model_dir))
+    with torch.no_grad():
+        model.classifier.weight.mul_(100.0)
+    model.save_pretrained(wide, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(wide)
+    teacher = CrossEncoderReranker(str(wide), activation="raw")
+    probe = ["what is known about volcano?", ["volcano is studied a lot", "an unrelated note", "glacier facts"]]
+    target = torch.tensor(list(teacher.score(*probe).scores))
+
+    def gap(model_dir) -> float:
+        student = CrossEncoderReranker(str(model_dir), activation="raw")
+        return float((torch.tensor(list(student.score(*probe).scores)) - target).abs().mean())
+
+    cfg = _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "d", loss="distill", teacher=str(wide),
+                  init_layers=[1], max_steps=30, lr=3e-3, eval_every=0, select=False, save_every=30)
+    train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "d0", loss="distill", teacher=str(wide),
+                  init_layers=[1], max_steps=1, lr=1e-9, eval_every=0, select=False))
+    out = train(cfg)
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1
+    assert gap(out) < 0.7 * gap(tmp_path / "d0" / "model")
+
+
+def test_distillation_config_needs_teacher_and_valid_layers(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    with pytest.raises(InputError, match="teacher"):
+        _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "a", loss="distill").validate()
+    with pytest.raises(InputError, match="teacher"):
+        _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "b", teacher=str(tiny_model_dir)).validate()
+    with pytest.raises(InputError, match="init_layers"):
+        _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "c", init_layers=[0, 0]).validate()
+    with pytest.raises(InputError, match="has 2 layers"):
+        train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "e", init_layers=[0, 5], select=False))
+
+
+def test_distillation_losses():
+    import torch
+
+    from crossrank.train.losses import compute_loss
+
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    teacher = torch.tensor([[3.0, 1.0, -2.0], [0.5, 0.0, float("-inf")]])
+    assert float(compute_loss("distill", teacher.clone(), mask, teacher=teacher)) == pytest.approx(0.0, abs=1e-6)
+    shifted = teacher + 1.0  # same order and margins, other scale: margin-MSE is blind to it, distill is not
+    assert float(compute_loss("margin-mse", shifted, mask, teacher=teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(compute_loss("distill", shifted, mask, teacher=teacher)) > 0.1
+    swapped = torch.tensor([[-2.0, 1.0, 3.0], [0.0, 0.5, float("-inf")]])
+    loss = compute_loss("distill", swapped, mask, teacher=teacher)
+    assert torch.isfinite(loss) and float(loss) > 1.0
+    with pytest.raises(ValueError, match="teacher"):
+        compute_loss("margin-mse", teacher, mask)

@@ -180,7 +180,7 @@ def search(
     k: int = typer.Option(100, "--k", help="Candidates from the first stage."),
     n: int = typer.Option(10, "--n", help="Results returned."),
     retriever: str = typer.Option("hybrid", help="bm25, dense or hybrid."),
-    reranker: str = typer.Option("default", help="'default' (bundled), 'none', a model id/path, or a rerank service URL."),
+    reranker: str = typer.Option("default", help="'default' or 'fast' (bundled), 'none', a cascade like fast>default@10, a model id/path, or a rerank service URL."),
     fusion: str = typer.Option("auto", help="Final order: none (cross-encoder), rrf, interpolate[:w], or auto (the model's recommendation)."),
     deadline_ms: Optional[float] = typer.Option(None, help="Time budget; the reranker is cut short to meet it."),
     min_score: Optional[str] = typer.Option(
@@ -229,7 +229,7 @@ def search(
 @app.command()
 def quickstart(
     query: str = typer.Argument("why can't I sleep after drinking coffee in the afternoon?", help="Query to run."),
-    reranker: str = typer.Option("default", help="Reranker to use ('default' is bundled)."),
+    reranker: str = typer.Option("default", help="Reranker to use ('default' and 'fast' are bundled)."),
     k: int = typer.Option(20, "--k", help="Candidates from the first stage."),
     n: int = typer.Option(5, "--n", help="Results shown."),
 ) -> None:
@@ -259,7 +259,7 @@ def quickstart(
 
 @app.command()
 def serve(
-    model: str = typer.Option("default", help="Reranker: 'default', a model id or path."),
+    model: str = typer.Option("default", help="Reranker: 'default', 'fast', a cascade like fast>default@10, a model id or path."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8080, help="TCP port to listen on."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve POST /search over this index."),
@@ -454,20 +454,20 @@ def train(ctx: typer.Context) -> None:
 
 @model_app.command("export")
 def model_export(
-    name: str = typer.Argument(..., help="'default' (the bundled model) or a crossrank bundle directory."),
+    name: str = typer.Argument(..., help="'default' or 'fast' (the bundled models) or a crossrank bundle directory."),
     out_dir: Path = typer.Argument(..., help="Directory to write a standard Hugging Face checkpoint into."),
 ) -> None:
     """Write a model as a standard Hugging Face checkpoint (loads in transformers, sentence-transformers, TEI)."""
-    from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, bundle_available, export_bundle
+    from crossrank.rerank.bundled import BUNDLED, bundle_available, bundled_dir, export_bundle
 
     # a bundle directory from `crossrank train --pack` or from the repository's history (an earlier default);
-    # a missing default is reported by export_bundle itself
-    bundle_dir = DEFAULT_BUNDLE_DIR if name == "default" else Path(name)
-    if name != "default" and not bundle_available(bundle_dir):
-        raise InputError(f"{name!r} is neither 'default' nor a complete crossrank bundle directory "
-                         "(config.json, delta.safetensors, crossrank_bundle.json)")
+    # a missing bundled model is reported by export_bundle itself
+    bundle_dir = bundled_dir(name)
+    if bundle_dir is None or (name not in BUNDLED and not bundle_available(bundle_dir)):
+        raise InputError(f"{name!r} is neither {' nor '.join(map(repr, BUNDLED))} nor a complete crossrank bundle "
+                         "directory (config.json, delta.safetensors, crossrank_bundle.json)")
     export_bundle(out_dir, bundle_dir)
-    err.print(f"exported {'the default reranker' if name == 'default' else name} to {out_dir}")
+    err.print(f"exported {f'the {name} reranker' if name in BUNDLED else name} to {out_dir}")
 
 
 def _quiet_libraries() -> None:

@@ -130,7 +130,9 @@ def _load_reranker(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, A
         from crossrank.rerank.engine import CrossEncoderReranker
 
         reranker = CrossEncoderReranker(name, **dict(options or {}))
-    label = "default" if name == "default" else (Path(name).name if Path(name).exists() else name)
+    from crossrank.rerank.bundled import BUNDLED
+
+    label = name if name in BUNDLED or not Path(name).exists() else Path(name).name
     return label, reranker
 
 

@@ -38,14 +38,13 @@ def _weights_signature(path: Path) -> list[Any]:
     return sig
 
 
-def _bundled_default_dir() -> Path | None:
-    try:
-        import crossrank.rerank as rr
+def _bundle_dirs(spec: str) -> list[Path]:
+    """The bundle folders whose weights decide what ``spec`` scores (both models of a cascade ``A>B@M``)."""
+    from crossrank.rerank.bundled import bundled_dir
 
-        p = Path(rr.__file__).parent / "models" / "default"
-        return p if p.is_dir() else None
-    except Exception:  # noqa: BLE001
-        return None
+    names = spec.split("@", 1)[0].split(">") if ">" in spec else [spec]
+    found = [bundled_dir(n.strip()) for n in names]
+    return [d for d in found if d is not None and d.is_dir()]
 
 
 def reranker_fingerprint(spec: Any, reranker: Any) -> str:
@@ -70,10 +69,8 @@ def reranker_fingerprint(spec: Any, reranker: Any) -> str:
     if isinstance(spec, (str, os.PathLike)):
         if Path(spec).is_dir():
             dirs.append(Path(spec))
-        elif str(spec) == "default":
-            d = _bundled_default_dir()
-            if d is not None:
-                dirs.append(d)
+        else:
+            dirs.extend(_bundle_dirs(os.fspath(spec)))
     for d in dirs:
         parts.append([str(d.resolve()), _weights_signature(d)])
     return short_hash(*parts)

@@ -35,6 +35,9 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     """Build a reranker from a name, path or URL.
 
     - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
+    - ``"fast"``: the bundled 2-layer student distilled from it (speed first; see its model card);
+    - ``"A>B@M"``: a :class:`crossrank.rerank.cascade.CascadeReranker`, A scores every text and B rescores A's
+      top M (e.g. ``"fast>default@10"``; ``options`` go to both);
     - ``http://...`` / ``https://...``: :class:`crossrank.rerank.remote.RemoteReranker` (``options`` go to it);
     - a directory holding a crossrank bundle (``crossrank_bundle.json``): that bundle;
     - anything else: :class:`CrossEncoderReranker` on a Hugging Face id or local checkpoint directory.
@@ -51,15 +54,25 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     if cache_size < 0:
         raise InputError("cache_size must be >= 0")
 
+    from crossrank.rerank.bundled import bundled_dir
+    from crossrank.rerank.cascade import parse_cascade_spec
+
     inner: Reranker
-    if spec.lower().startswith(("http://", "https://")):
+    cascade = None if spec.lower().startswith(("http://", "https://")) else parse_cascade_spec(spec)
+    if cascade is not None:
+        from crossrank.rerank.cascade import CascadeReranker
+
+        first, second, top_m = cascade
+        inner = CascadeReranker(load_reranker(first, cache_size=0, **options),
+                                load_reranker(second, cache_size=0, **options), top_m)
+    elif spec.lower().startswith(("http://", "https://")):
         from crossrank.rerank.remote import RemoteReranker
 
         inner = RemoteReranker(spec, **options)
-    elif spec == "default" or os.path.isfile(os.path.join(spec, "crossrank_bundle.json")):
-        from crossrank.rerank.bundled import DEFAULT_BUNDLE_DIR, bundled_reranker
+    elif bundled_dir(spec) is not None:
+        from crossrank.rerank.bundled import bundled_reranker
 
-        inner = bundled_reranker(DEFAULT_BUNDLE_DIR if spec == "default" else spec, **options)
+        inner = bundled_reranker(bundled_dir(spec), **options)
     else:
         from crossrank.rerank.engine import CrossEncoderReranker
 

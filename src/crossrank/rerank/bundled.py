@@ -34,7 +34,11 @@ from crossrank.files import remove_stale_temp_dirs, share_files
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "models" / "default"
+BUNDLES_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_BUNDLE_DIR = BUNDLES_DIR / "default"
+FAST_BUNDLE_DIR = BUNDLES_DIR / "fast"
+# the rerankers that ship inside the package, by the name a reranker spec uses
+BUNDLED = {"default": DEFAULT_BUNDLE_DIR, "fast": FAST_BUNDLE_DIR}
 MANIFEST = "crossrank_bundle.json"
 DELTA = "delta.safetensors"
 FORMAT = "crossrank-bundle"
@@ -63,6 +67,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     with _sha_lock:
         _sha_cache[key] = digest
     return digest
+
+
+def bundled_dir(spec: str | os.PathLike) -> Path | None:
+    """The bundle folder a spec names: a bundled name ("default", "fast") or a folder holding a bundle manifest;
+    None for anything else (a checkpoint, a hub id, a URL)."""
+    name = os.fspath(spec)
+    if name in BUNDLED:
+        return BUNDLED[name]
+    return Path(name) if os.path.isfile(os.path.join(name, MANIFEST)) else None
 
 
 def bundle_available(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR) -> bool:
@@ -95,9 +108,9 @@ def bundle_name(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR) -> str:
 
 
 def _missing_message(d: Path) -> str:
-    if d == DEFAULT_BUNDLE_DIR:
+    if d in BUNDLED.values():
         return (
-            f"the bundled default reranker is missing ({d} has no trained model yet); pass a cross-encoder "
+            f"the bundled {d.name!r} reranker is missing ({d} has no trained model yet); pass a cross-encoder "
             "id or path instead (e.g. cross-encoder/ms-marco-MiniLM-L6-v2), or train and pack the default"
         )
     return f"{d} is not a crossrank bundle (needs config.json, {DELTA} and {MANIFEST})"

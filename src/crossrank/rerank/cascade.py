@@ -1,0 +1,83 @@
+"""A two-stage reranker: a cheap model scores every candidate, a better one rescores only the cheap model's top M.
+
+Spec ``"A>B@M"`` in :func:`crossrank.load_reranker` (for example ``"fast>default@10"``). The result's scores are
+the second model's for the top M and the first model's for the rest, so both models must score on the same scale:
+the bundled ``fast`` and ``default`` both return calibrated relevance probabilities (``activation="sigmoid"``
+with their own Platt calibrations), which is what makes the mixed list comparable. The top M, among themselves,
+are in exactly the second model's order. Recommendations (fusion, ``min_score``) are the second model's: its
+scores decide the head of the ranking.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Sequence
+
+from crossrank.errors import InputError
+from crossrank.rerank.base import RankedText, Reranker, RerankScores, accepts_timeout, check_texts, rank_by_scores
+
+SPEC = re.compile(r"^(?P<first>[^>]+)>(?P<second>[^>@]+)@(?P<m>\d+)$")
+
+
+def parse_cascade_spec(spec: str) -> tuple[str, str, int] | None:
+    """``(first, second, top_m)`` for ``"A>B@M"``; None when ``spec`` is not a cascade spec."""
+    if ">" not in spec:
+        return None
+    m = SPEC.match(spec.strip())
+    if not m:
+        raise InputError(f"cascade spec {spec!r}: write FIRST>SECOND@M, e.g. fast>default@10")
+    top_m = int(m["m"])
+    if top_m < 1:
+        raise InputError(f"cascade spec {spec!r}: M must be >= 1")
+    return m["first"].strip(), m["second"].strip(), top_m
+
+
+class CascadeReranker:
+    """``first`` scores all texts; ``second`` rescores the ``top_m`` best of them (see the module docstring)."""
+
+    def __init__(self, first: Reranker, second: Reranker, top_m: int) -> None:
+        if int(top_m) < 1:
+            raise InputError("top_m must be >= 1")
+        self.first, self.second, self.top_m = first, second, int(top_m)
+        self.name = f"{first.name}>{second.name}@{self.top_m}"
+
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+        texts = check_texts(texts)
+        t0 = time.monotonic()
+        a = _score(self.first, query, texts, timeout_s)
+        head = sorted(range(len(texts)), key=lambda i: -a.scores[i])[: self.top_m]
+        left = None if timeout_s is None else max(1e-3, timeout_s - (time.monotonic() - t0))
+        b = _score(self.second, query, [texts[i] for i in head], left)
+        scores, truncated = list(a.scores), list(a.truncated or [False] * len(texts))
+        for i, s, cut in zip(head, b.scores, b.truncated or [False] * len(head)):
+            scores[i], truncated[i] = float(s), bool(cut)
+        return RerankScores(scores=scores, truncated=truncated, cache_hits=a.cache_hits + b.cache_hits,
+                            tokens=a.tokens + b.tokens)
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
+        return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
+
+    def info(self) -> dict[str, Any]:
+        second = _info(self.second)
+        return {
+            "model": self.name,
+            "cascade": {"first": _info(self.first), "second": second, "top_m": self.top_m},
+            "activation": second.get("activation"),
+            "max_length": second.get("max_length"),
+            "recommended": dict(second.get("recommended") or {}),
+        }
+
+    def __repr__(self) -> str:
+        return f"CascadeReranker({self.name!r})"
+
+
+def _score(reranker: Reranker, query: str, texts: list[str], timeout_s: float | None) -> RerankScores:
+    if timeout_s is not None and accepts_timeout(reranker):
+        return reranker.score(query, texts, timeout_s=timeout_s)
+    return reranker.score(query, texts)
+
+
+def _info(reranker: Any) -> dict[str, Any]:
+    info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
+    return dict(info) if isinstance(info, dict) else {}
