@@ -17,6 +17,7 @@ reports peak RSS (``resource.getrusage``) above the loaded model.
     python benchmarks/bench_rerank.py                                # bundled default, K=20,100,1000
     python benchmarks/bench_rerank.py --k 20 100 --queries 10 --runs 2 --backends torch,onnx-int8,st,hf
     python benchmarks/bench_rerank.py --rss --k 100 --queries 5      # plus the K=1000 x 512-token memory run
+    python benchmarks/bench_rerank.py --k 100 --backends onnx,st --rerankers fast,fast>default@10 --tag bench_fast
 
 Results: ``benchmarks/results/bench_rerank.json`` and ``.md`` (``--out`` to change).
 """
@@ -240,6 +241,22 @@ class HFScorer(Scorer):
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
+class SpecScorer(Scorer):
+    """Any reranker spec through ``crossrank.load_reranker`` with its own recommended settings (``fast``, a cascade
+    such as ``fast>default@10``): the speed-first models, timed against the same peers on the same candidates."""
+
+    def __init__(self, spec: str, threads: int | None):
+        import crossrank
+
+        t0 = time.perf_counter()
+        self.reranker = crossrank.load_reranker(spec, cache_size=0, **({"num_threads": threads} if threads else {}))
+        self.setup_s = time.perf_counter() - t0
+        self.name = spec
+
+    def score(self, query, texts):
+        return np.asarray(self.reranker.score(query, texts).scores, dtype=np.float64)
+
+
 def make_scorer(name: str, ckpt, max_length: int, threads: int | None) -> Scorer:
     if name in CROSSRANK_BACKENDS:
         return CrossrankScorer(ckpt, name, max_length, threads)
@@ -343,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k1000-queries", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3, help="timed runs over the queries (K>=1000: 1)")
     ap.add_argument("--backends", default=",".join(ALL_BACKENDS))
+    ap.add_argument("--rerankers", default="",
+                    help="also time these reranker specs as they load by default, e.g. fast,fast>default@10 "
+                         "(ratios against sentence-transformers on --model)")
     ap.add_argument("--agreement-queries", type=int, default=0, help="extra K=100 queries scored once for nDCG")
     ap.add_argument("--max-length", type=int, default=None, help="default: the model's recommended / engine's")
     ap.add_argument("--threads", type=int, default=None)
@@ -412,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loading {b} ...", flush=True)
         scorers[b] = make_scorer(b, ckpt, max_length, args.threads)
         print(f"  {b}: ready in {scorers[b].setup_s:.1f} s", flush=True)
+    specs = [x.strip() for x in args.rerankers.split(",") if x.strip()]
+    for spec in specs:
+        print(f"loading {spec} ...", flush=True)
+        scorers[spec] = SpecScorer(spec, args.threads)
+        print(f"  {spec}: ready in {scorers[spec].setup_s:.1f} s", flush=True)
+    backends = backends + specs  # timed and compared like the backends (FLOP/s only for --model's checkpoint)
 
 
     results: dict[str, Any] = {"latency": {}, "agreement": {}, "setup_s": {b: round(s.setup_s, 2) for b, s in scorers.items()}}
@@ -457,15 +483,15 @@ def main(argv: list[str] | None = None) -> int:
                 "pairs_per_query": pairs_per_query, "tokens_per_query": tokens_per_query,
                 "median_s": med, "p95_s": pct(lat[b], 95), "cpu_median_s": statistics.median(cpu[b]),
                 "pairs_per_s": pairs_per_query / med,
-                "tflops": flops_per_query / med / 1e12,
+                "tflops": flops_per_query / med / 1e12 if b not in specs else None,
                 "peak_fraction": (flops_per_query / med / 1e12) / machine["fp32_peak_tflops"]
-                if machine["fp32_peak_tflops"] else None,
+                if machine["fp32_peak_tflops"] and b not in specs else None,
                 "speedup_vs_st": (ref_med / med) if ref_med else None,
             }
             rows.append(rec)
             results["latency"].setdefault(str(k), {})[b] = rec
             print(f"  {b:10s} median {med * 1000:8.1f} ms  p95 {rec['p95_s'] * 1000:8.1f} ms  "
-                  f"{rec['pairs_per_s']:7.1f} pairs/s  {rec['tflops'] * 1000:6.1f} GFLOP/s  "
+                  f"{rec['pairs_per_s']:7.1f} pairs/s  {(rec['tflops'] or float('nan')) * 1000:6.1f} GFLOP/s  "
                   f"x{rec['speedup_vs_st'] or float('nan'):.2f} vs st", flush=True)
 
     # extra agreement-only queries at K=100
@@ -538,7 +564,8 @@ def markdown(r: dict[str, Any], backends: list[str]) -> str:
                 continue
             lines.append(
                 f"| {k} | {b} | {x['queries']} x {x['runs']} | {x['median_s'] * 1000:.0f} | {x['p95_s'] * 1000:.0f} | "
-                f"{x['pairs_per_s']:.1f} | {x['speedup_vs_st'] or float('nan'):.2f} | {x['tflops'] * 1000:.1f} | "
+                f"{x['pairs_per_s']:.1f} | {x['speedup_vs_st'] or float('nan'):.2f} | "
+                f"{(x['tflops'] or float('nan')) * 1000:.1f} | "
                 f"{100 * (x['peak_fraction'] or float('nan')):.1f} | {x['cpu_median_s']:.2f} |")
     a = r.get("agreement") or {}
     if a.get("queries"):

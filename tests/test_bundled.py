@@ -165,7 +165,7 @@ def test_sha256_is_checked_once_per_process(bundle_dir):
 
 def test_default_bundle_loads_or_says_it_is_missing():
     if not bundle_available():
-        with pytest.raises(ModelLoadError, match="bundled default reranker is missing"):
+        with pytest.raises(ModelLoadError, match="bundled .default. reranker is missing"):
             load_reranker("default")
         pytest.skip(f"no trained default bundle in {DEFAULT_BUNDLE_DIR} yet")
     rr = load_reranker("default", dtype="fp32", activation="raw")
@@ -216,3 +216,29 @@ def test_default_gives_the_cohere_example_a_usable_calibrated_spread():
     assert max(scores) - min(scores) >= 0.5
     assert scores[2] > max(scores[1], scores[3], scores[4])  # Washington above the three non-answers
     assert rr.info()["recommended"]["fusion"]["method"] in ("none", "rrf", "interpolate")
+
+
+def test_fast_loads_offline_and_ranks_the_toy_example():
+    """``fast`` ships in the package (no download) and is a real reranker: the right passages first."""
+    from crossrank.rerank.bundled import FAST_BUNDLE_DIR
+
+    assert bundle_available(FAST_BUNDLE_DIR), f"the bundled fast reranker is missing from {FAST_BUNDLE_DIR}"
+    rr = load_reranker("fast")
+    info = rr.info()
+    assert info["model"].startswith("crossrank-fast@") and info["recommended"]["fusion"]["method"]
+    ranked = rr.rerank(COHERE_QUERY, COHERE_DOCS)
+    assert ranked[0].index == 2, [(r.index, round(r.score, 3)) for r in ranked]  # Washington, D.C. first
+    scores = rr.score(QUERY, DOCS).scores
+    assert min(scores[0], scores[2]) > scores[1]  # both cell-biology passages above the volcano
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_fast_is_a_small_delta_and_smaller_than_the_default():
+    from crossrank.rerank.bundled import FAST_BUNDLE_DIR
+
+    size = sum(f.stat().st_size for f in FAST_BUNDLE_DIR.iterdir())
+    assert size <= 25 * 2**20, f"fast adds {size / 2**20:.1f} MB to the package (budget 25 MB)"
+    fast = load_reranker("fast", cache_size=0)
+    default = load_reranker("default", cache_size=0)
+    layers = lambda r: r.model.config.num_hidden_layers  # noqa: E731
+    assert layers(fast) < layers(default)

@@ -283,3 +283,12 @@ def test_distillation_losses():
     assert torch.isfinite(loss) and float(loss) > 1.0
     with pytest.raises(ValueError, match="teacher"):
         compute_loss("margin-mse", teacher, mask)
+
+
+def test_heldout_cascade_scores_replace_the_first_models_top_m():
+    from crossrank.train.heldout import cascade_scores
+
+    first = {"q": [0.9, 0.1, 0.5, 0.7]}
+    second = {"q": [0.2, 0.8, 0.6, 0.3]}
+    assert cascade_scores(first, second, 2) == {"q": [0.2, 0.1, 0.5, 0.3]}  # first's top 2: items 0 and 3
+    assert cascade_scores(first, second, 10) == second

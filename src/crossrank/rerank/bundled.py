@@ -338,12 +338,34 @@ def bundled_reranker(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, **optio
     model, tokenizer = load_bundle(bundle_dir)
     settings = manifest.get("settings", {})
     engine_options = {k: v for k, v in settings.items() if k in ENGINE_SETTINGS}
+    backend = _preferred_cpu_backend(settings, options)
+    if backend:
+        engine_options["backend"] = backend
     engine = CrossEncoderReranker.from_model(model, tokenizer, name=bundle_name(bundle_dir),
                                              **{**engine_options, **options})
     if engine.activation == engine_options.get("activation", engine.activation):
         # fusion weights and thresholds were chosen on the bundle's own score scale; another scale voids them
         engine.recommended = recommended_settings(settings)
     return engine
+
+
+def _preferred_cpu_backend(settings: dict[str, Any], options: dict[str, Any]) -> str | None:
+    """The bundle's ``cpu_backend`` (e.g. ``onnx-int8``, chosen for it on held-out queries) when the caller left
+    backend, dtype and device to the defaults, the model runs on a CPU and that backend is installed."""
+    wanted = settings.get("cpu_backend")
+    if not wanted or any(options.get(k, "auto") not in ("auto", None) for k in ("backend", "dtype", "device")):
+        return None
+    import torch
+
+    from crossrank.rerank.backends import resolve_backend
+
+    if torch.cuda.is_available():
+        return None
+    try:
+        return resolve_backend(str(wanted), "cpu")
+    except ValueError:
+        log.info("bundle backend %s is not available here; using the default backend", wanted)
+        return None
 
 
 def recommended_settings(settings: dict[str, Any]) -> dict[str, Any]:

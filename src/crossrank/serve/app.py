@@ -8,12 +8,14 @@ Scores on the wire: the engine reports scores after its activation (``info()["ac
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import logging
 import math
 import threading
 import time
 import uuid
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -27,8 +29,8 @@ from crossrank.errors import CrossrankError, IndexLoadError, InputError, ModelLo
 from crossrank.rerank.base import RerankScores
 from crossrank.rerank.calibration import Calibration
 from crossrank.serve import dialects as d
-from crossrank.serve.batcher import (BatchedReranker, Cancelled, DeadlineExceeded, DynamicBatcher, JobResult,
-                                     Overloaded, estimate_tokens)
+from crossrank.serve.batcher import (BatchedReranker, Cancelled, CancelScope, DeadlineExceeded, DynamicBatcher,
+                                     JobResult, Overloaded, estimate_tokens)
 from crossrank.serve.config import ServeConfig
 from crossrank.serve.docs import DOC_PATHS, install_docs
 from crossrank.serve.metrics import Metrics
@@ -271,7 +273,7 @@ class _Search:
         self._lock = threading.Lock()
         self.fixed = None
         if pipeline is not None:
-            self.fixed = pipeline if hasattr(pipeline, "search") else pipeline(reranker)
+            self.fixed = _carry_context(pipeline if hasattr(pipeline, "search") else pipeline(reranker))
 
     @property
     def retrievers(self) -> list[str]:
@@ -294,8 +296,8 @@ class _Search:
             if kind not in self._pipelines:
                 from crossrank.pipeline import Pipeline
 
-                self._pipelines[kind] = Pipeline(self.index.retriever(kind), self.reranker, k=self.k, n=self.n,
-                                                 deadline_ms=self.deadline_ms)
+                self._pipelines[kind] = _carry_context(Pipeline(self.index.retriever(kind), self.reranker, k=self.k,
+                                                                n=self.n, deadline_ms=self.deadline_ms))
             return self._pipelines[kind]
 
     def warm_up(self) -> None:
@@ -314,6 +316,29 @@ class _Search:
                     close()
                 except Exception:
                     pass
+
+
+class _ContextExecutor(Executor):
+    """An executor that runs each call in a copy of the submitting thread's context variables."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any):
+        return self.inner.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.inner.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def _carry_context(pipeline: Any) -> Any:
+    """Make a ``Pipeline``'s deadline thread pool carry the caller's context, so the reranker call it hands to a
+    worker thread still sees the ``/search`` request's ``CancelScope`` (without it a disconnect could not shed
+    that call's queued pairs; it would only expire at its deadline). Any other pipeline object is left as is."""
+    executor = getattr(pipeline, "_executor", None)
+    if isinstance(executor, Executor) and not isinstance(executor, _ContextExecutor):
+        pipeline._executor = _ContextExecutor(executor)
+    return pipeline
 
 
 # --------------------------------------------------------------------------------------------------- gate
@@ -437,6 +462,24 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+async def _until_done_or_gone(request: Request, work: asyncio.Future, timeout: float | None) -> bool:
+    """Wait until ``work`` is done, the client closes the connection or ``timeout`` passes; True when the client
+    went away first (the caller then cancels what it queued: ``Job.cancel`` / ``CancelScope.cancel``)."""
+    gone = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    return gone in done and work not in done
+
+
+def _retrieve_exception(task: asyncio.Future) -> None:
+    """Done-callback for work nobody awaits any more (its client went away): read its outcome so asyncio does
+    not log 'exception was never retrieved'."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _check_query(query: str, dialect: str, config: ServeConfig) -> None:
     """The query rules every route shares (the message never echoes the query)."""
     if not query.strip():
@@ -555,20 +598,15 @@ def create_app(
         try:
             job = batcher.submit(query, texts, deadline_s=budget_ms / 1000.0, options=options)
         except Overloaded as exc:
-            raise ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": "1"})
+            raise ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": str(exc.retry_after_s)})
         except RerankerUnavailable as exc:
             raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"})
         future = asyncio.wrap_future(job.future)
-        gone = asyncio.ensure_future(_wait_disconnect(request))
-        try:
-            done, _ = await asyncio.wait({future, gone}, timeout=budget_ms / 1000.0 + 0.25,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if future not in done:
+        gone = await _until_done_or_gone(request, future, budget_ms / 1000.0 + 0.25)
+        if not future.done():
             job.cancel()
             future.cancel()
-            if gone in done:
+            if gone:
                 raise ApiError(CLIENT_CLOSED, "client closed the request", "cancelled")
             raise ApiError(504, f"deadline of {budget_ms:g} ms exceeded", "timeout")
         try:
@@ -741,12 +779,23 @@ def create_app(
             deadline = body.deadline_ms
             if deadline is None and request.headers.get(DEADLINE_HEADER) is not None:
                 deadline = _deadline_ms(request, None, config.default_deadline_ms)
+            scope = CancelScope()  # this request's batcher jobs: shed if the client goes away (as /rerank does)
+
+            def run_search():
+                with scope.active():
+                    return pipe.search(body.query, k=body.k, n=body.n, deadline_ms=deadline, rerank=body.rerank,
+                                       fusion=body.fusion, min_score=body.min_score)
+
             try:
                 pipe = await run_in_threadpool(search.get, body.retriever)
-                result = await run_in_threadpool(
-                    lambda: pipe.search(body.query, k=body.k, n=body.n, deadline_ms=deadline, rerank=body.rerank,
-                                        fusion=body.fusion, min_score=body.min_score)
-                )
+                work = asyncio.ensure_future(run_in_threadpool(run_search))
+                if await _until_done_or_gone(request, work, None):
+                    scope.cancel()
+                    work.add_done_callback(_retrieve_exception)
+                    raise ApiError(CLIENT_CLOSED, "client closed the request", "cancelled")
+                result = work.result()
+            except ApiError:
+                raise
             except InputError as exc:
                 raise ApiError(400, str(exc), "validation")
             except (IndexLoadError, ModelLoadError, RerankerUnavailable) as exc:
@@ -770,7 +819,9 @@ def create_app(
             return JSONResponse({"error": "unhealthy: the inference worker is not running",
                                  "error_type": "unhealthy"}, status_code=503)
         pairs, requests = batcher.depth()
-        return JSONResponse({"status": "ok", "queue_pairs": pairs, "queue_requests": requests})
+        backlog = batcher.backlog_s()
+        return JSONResponse({"status": "ok", "queue_pairs": pairs, "queue_requests": requests,
+                             "queue_seconds": None if backlog is None else round(backlog, 3)})
 
     @app.get("/info", tags=["service"])
     async def info() -> Response:

@@ -4,18 +4,25 @@ request's future resolves when its last pair is scored.
 
 No HTTP here: the app submits jobs and awaits futures; ``BatchedReranker`` lets the pipeline (or any caller)
 go through the same queue. Knows only the ``score_pairs(pairs) -> RerankScores`` shape of the engine.
+
+Admission is deadline-aware (see :class:`DynamicBatcher`): a request that the measured throughput says cannot
+finish before its deadline is refused at once (``Overloaded`` with ``retry_after_s``: HTTP 429) instead of being
+queued to expire, and work whose deadline passed, or whose caller went away (:class:`CancelScope`), is shed
+before it is scored.
 """
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import logging
 import math
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from crossrank.errors import CrossrankError, RerankerUnavailable
 from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
@@ -27,7 +34,14 @@ ScoreFn = Callable[[Sequence[Pair], dict[str, Any]], RerankScores]
 
 
 class Overloaded(RerankerUnavailable):
-    """The queue is full: try again later (HTTP 429)."""
+    """Refused at admission (HTTP 429): the queue is full (``reason="queue_full"``) or the request is predicted
+    to miss its deadline (``reason="deadline"``). ``retry_after_s``: whole seconds (>= 1) until the work queued
+    now should have drained enough for it to fit."""
+
+    def __init__(self, message: str, *, reason: str = "queue_full", retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = max(1, int(retry_after_s))
 
 
 class DeadlineExceeded(RerankerUnavailable):
@@ -48,6 +62,10 @@ class BatchObserver(Protocol):
     def on_depth(self, pairs: int, requests: int) -> None: ...
 
     def on_drop(self, reason: str) -> None: ...
+
+    def on_reject(self, reason: str) -> None: ...
+
+    def on_rate(self, tokens_per_s: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -80,18 +98,25 @@ class Job:
     passes: int = 0
     cancelled: bool = False
     failed: bool = False
+    seq: int = 0  # arrival order (ties in the queue order)
+    left_tokens: int = 0  # estimated tokens of the pairs not yet taken into a step
+    owner: "DynamicBatcher | None" = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.scores = [math.nan] * len(self.texts)
         self.truncated = [False] * len(self.texts)
+        self.left_tokens = sum(self.est_tokens)
 
     @property
     def remaining(self) -> int:
         return len(self.texts) - self.next
 
     def cancel(self) -> None:
-        """Mark as abandoned: pairs not yet run are dropped before inference."""
+        """Abandon the job (the caller went away): its pairs not yet run are dropped from the queue now, and its
+        future fails with ``Cancelled`` at once (pairs already in a running forward pass finish for nobody)."""
         self.cancelled = True
+        if self.owner is not None:
+            self.owner._cancel(self)
 
 
 def estimate_tokens(query: str, text: str, max_length: int = 512) -> int:
@@ -100,16 +125,43 @@ def estimate_tokens(query: str, text: str, max_length: int = 512) -> int:
 
 
 class DynamicBatcher:
-    """Bounded queue + one inference worker.
+    """Bounded queue + one inference worker, with deadline-aware admission.
 
-    ``batching=True``: each step takes pairs first-come first-served (oldest request first) from every waiting
-    request until their estimated tokens would pass ``batch_tokens * step_passes`` (or ``max_batch_pairs``), and
-    hands them, sorted by length, to one ``score_pairs`` call; the engine packs them into forward passes of
-    ``batch_tokens`` padded tokens each. Several passes' worth per step lets the engine group similar lengths
-    (less padding on CPU) while a request arriving meanwhile still waits at most one step. A large request may
-    span several steps, and small ones arriving meanwhile ride along in the same forward passes.
-    ``batching=False``: the oldest request runs alone, all its pairs in one engine call, in arrival order.
+    Packing. ``batching=True``: each step takes pairs, in queue order, from every waiting request until their
+    estimated tokens would pass ``batch_tokens * step_passes`` (or ``max_batch_pairs``), and hands them, sorted
+    by length, to one ``score_pairs`` call; the engine packs them into forward passes of ``batch_tokens`` padded
+    tokens each. Several passes' worth per step lets the engine group similar lengths (less padding on CPU)
+    while a request arriving meanwhile still waits at most one step. A large request may span several steps,
+    and small ones arriving meanwhile ride along in the same forward passes. ``batching=False``: the request at
+    the head of the queue runs alone, all its pairs in one engine call.
+
+    Throughput. After every step (one engine call: up to ``step_passes`` forward passes) the worker updates an
+    exponentially weighted estimate of estimated tokens per second (each step's tokens and seconds are added to
+    sums that decay by ``RATE_DECAY`` per step, so a long step weighs more than a tiny one, whose fixed overhead
+    would understate the rate). The same token estimate sizes the queue, so its bias cancels out. The worker's
+    first step is not measured (it pays for lazy loads and cold caches).
+
+    Queue order (the scheduling rule). Earliest deadline first, ties by arrival. One exception, so a short
+    request does not wait behind a long one: a new request moves ahead of each queued request that has more
+    estimated tokens left than it has, as long as that request is still predicted to meet its deadline with the
+    new one's work added before it (or is predicted to miss it anyway). A long request therefore is only ever
+    delayed by work that fits in its slack, and a short one usually waits at most one step.
+
+    Admission (``submit``). Before any step has been measured, or when the worker is idle (nothing queued or
+    running: trying costs nobody anything), every request is admitted, within the queue bounds. Otherwise the
+    request's completion is predicted as: now + what is left of the running step + (estimated tokens queued
+    ahead of it at its place in the order + its own) / rate. When that is after its deadline it is refused at
+    once with ``Overloaded(reason="deadline")``, ``retry_after_s`` = the predicted overshoot (or, if it could not
+    fit even alone, the time to drain the queue), rounded up, at least 1 s. The queue bounds
+    (``max_queue_pairs`` / ``max_queue_requests``) still apply: ``Overloaded(reason="queue_full")``.
+
+    Shedding. Before every step, jobs whose deadline has passed (``DeadlineExceeded``; reason ``"deadline"``) or
+    that were cancelled are dropped, including what is left of a partly scored one, so no step is spent on work
+    nobody waits for. ``Job.cancel`` removes a job from the queue at once. Refusals are reported to the
+    observer's ``on_reject(reason)``, shed work to ``on_drop(reason)``.
     """
+
+    RATE_DECAY = 0.7
 
     def __init__(
         self,
@@ -126,7 +178,11 @@ class DynamicBatcher:
         count_tokens: Callable[[str, str], int] | None = None,
         observer: BatchObserver | None = None,
         name: str = "crossrank-batcher",
+        tokens_per_s: float | None = None,
     ) -> None:
+        """``tokens_per_s``: a prior for the throughput estimate (e.g. from a benchmark of this engine), so
+        admission predicts from the first request; it weighs as one second of measurement and fades as steps are
+        measured. None (default): admit everything until the worker has measured."""
         self.score_fn = score_fn
         self.batching = batching
         self.batch_tokens = batch_tokens
@@ -139,8 +195,14 @@ class DynamicBatcher:
         self.count_tokens = count_tokens
         self.observer = observer
         self.name = name
-        self._queue: deque[Job] = deque()
+        self._queue: list[Job] = []  # in scheduling order (see the class docstring)
         self._pending_pairs = 0
+        self._seq = itertools.count()
+        self._rate_tokens = float(tokens_per_s) if tokens_per_s and tokens_per_s > 0 else 0.0
+        self._rate_seconds = 1.0 if self._rate_tokens else 0.0  # decayed sums behind the throughput estimate
+        self._step_tokens_now = 0  # estimated tokens of the step the worker is running (0: none)
+        self._step_started = 0.0
+        self._steps_timed = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -180,6 +242,25 @@ class DynamicBatcher:
         with self._cond:
             return self._pending_pairs, len(self._queue)
 
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The measured throughput in estimated tokens per second (None before the first step)."""
+        return self._rate_tokens / self._rate_seconds if self._rate_seconds > 0 and self._rate_tokens > 0 else None
+
+    def backlog_s(self) -> float | None:
+        """Predicted seconds until everything queued now is scored (None before any measurement)."""
+        with self._cond:
+            rate = self.tokens_per_s
+            if rate is None:
+                return None
+            return self._running_left(time.monotonic(), rate) + sum(j.left_tokens for j in self._queue) / rate
+
+    def _running_left(self, now: float, rate: float) -> float:
+        """Predicted seconds left of the step being run (lock held)."""
+        if not self._step_tokens_now:
+            return 0.0
+        return max(0.0, self._step_started + self._step_tokens_now / rate - now)
+
     # ---------------------------------------------------------------- router
     def submit(
         self,
@@ -206,21 +287,74 @@ class DynamicBatcher:
         with self._cond:
             if self._stopping:
                 raise RerankerUnavailable("the server is shutting down")
-            busy = bool(self._queue)
-            if busy and (
+            rate = self.tokens_per_s
+            if self._queue and (
                 len(self._queue) >= self.max_queue_requests or self._pending_pairs + len(texts) > self.max_queue_pairs
             ):
-                if self.observer:
-                    self.observer.on_drop("overloaded")
+                retry = 1.0
+                if rate is not None:  # until enough of the queue has drained for this one to fit
+                    excess = self._pending_pairs + len(texts) - self.max_queue_pairs
+                    share = max(0, excess) / max(1, self._pending_pairs)
+                    retry = self._running_left(now, rate) + share * sum(j.left_tokens for j in self._queue) / rate
+                self._reject("queue_full")
                 raise Overloaded(
-                    f"overloaded: {self._pending_pairs} pairs in {len(self._queue)} requests are queued "
-                    f"(limits {self.max_queue_pairs} pairs, {self.max_queue_requests} requests)"
+                    f"{self._pending_pairs} pairs in {len(self._queue)} requests are queued "
+                    f"(limits {self.max_queue_pairs} pairs, {self.max_queue_requests} requests)",
+                    reason="queue_full", retry_after_s=math.ceil(retry),
                 )
-            self._queue.append(job)
+            pos = self._place(job, now, rate)
+            job.seq = next(self._seq)
+            job.owner = self
+            self._queue.insert(pos, job)
             self._pending_pairs += len(texts)
             self._report_depth()
             self._cond.notify()
         return job
+
+    def _place(self, job: Job, now: float, rate: float | None) -> int:
+        """Where ``job`` goes in the queue, or ``Overloaded`` when it is predicted to miss its deadline there
+        (lock held; the rule is in the class docstring)."""
+        queue = self._queue
+        pos = len(queue)
+        while pos > 0 and queue[pos - 1].deadline > job.deadline:  # earliest deadline first, ties by arrival
+            pos -= 1
+        if rate is None:  # nothing measured yet: admit; short ones still go ahead of long ones
+            while pos > 0 and queue[pos - 1].left_tokens > job.left_tokens:
+                pos -= 1
+            return pos
+        running = self._running_left(now, rate)
+        finish = [0.0] * len(queue)  # predicted completion of each queued job, in queue order
+        t = now + running
+        for i, other in enumerate(queue):
+            t += other.left_tokens / rate
+            finish[i] = t
+        own = job.left_tokens / rate
+        while pos > 0:
+            other = queue[pos - 1]
+            if other.left_tokens <= job.left_tokens:
+                break
+            if finish[pos - 1] + own > other.deadline and finish[pos - 1] <= other.deadline:
+                break  # it would make that one miss a deadline it is on course to meet
+            pos -= 1
+        if not queue and not self._step_tokens_now:
+            return pos  # idle: trying costs nobody anything
+        ahead = finish[pos - 1] if pos > 0 else now + running
+        done = ahead + own
+        if done > job.deadline:
+            overshoot = done - job.deadline if own <= job.deadline - now else ahead - now
+            self._reject("deadline")
+            raise Overloaded(
+                f"cannot finish before its deadline: predicted {(done - now) * 1000:.0f} ms "
+                f"({(ahead - now) * 1000:.0f} ms of queued work ahead at ~{rate:.0f} tokens/s), "
+                f"budget {(job.deadline - now) * 1000:.0f} ms",
+                reason="deadline", retry_after_s=math.ceil(overshoot),
+            )
+        return pos
+
+    def _reject(self, reason: str) -> None:
+        fn = getattr(self.observer, "on_reject", None)
+        if fn is not None:
+            fn(reason)
 
     def _estimate(self, query: str, text: str) -> int:
         if self.count_tokens is not None:
@@ -280,10 +414,11 @@ class DynamicBatcher:
             self._report_depth()
             return taken
         if not self.batching:
-            job = self._queue.popleft()
+            job = self._queue.pop(0)
             taken = [(job, i) for i in range(job.next, len(job.texts))]
             self._pending_pairs -= job.remaining
             job.next = len(job.texts)
+            job.left_tokens = 0
         else:
             tokens = 0
             options = self._queue[0].options
@@ -298,10 +433,13 @@ class DynamicBatcher:
                     taken.append((job, job.next))
                     tokens += est
                     job.next += 1
+                    job.left_tokens -= est
                     self._pending_pairs -= 1
                 if job.next < len(job.texts):
                     break  # the step is full
-                self._queue.popleft()
+                self._queue.pop(0)
+        self._step_tokens_now = sum(job.est_tokens[i] for job, i in taken)
+        self._step_started = now
         self._report_depth()
         return taken
 
@@ -330,13 +468,48 @@ class DynamicBatcher:
                 self._fail_job(jobs[0], exc)
                 return
             seconds = time.monotonic() - start
+            self._measure(sum(job.est_tokens[i] for job, i in taken), seconds)
             self._deliver(taken, result, seconds)
             self.passes += 1
             if self.observer:
                 tokens = result.tokens or sum(job.est_tokens[i] for job, i in taken)
                 self.observer.on_pass(len(taken), len(jobs), tokens, seconds)
         finally:
+            with self._cond:
+                self._step_tokens_now = 0
             self.busy = False
+
+    def _measure(self, tokens: int, seconds: float) -> None:
+        """Fold one step into the throughput estimate (see the class docstring)."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        with self._cond:
+            self._steps_timed += 1
+            if self._steps_timed == 1:
+                return  # the first engine call pays for lazy loads: not representative
+            self._rate_tokens = self._rate_tokens * self.RATE_DECAY + tokens
+            self._rate_seconds = self._rate_seconds * self.RATE_DECAY + seconds
+            rate = self.tokens_per_s
+        fn = getattr(self.observer, "on_rate", None)
+        if fn is not None and rate is not None:
+            fn(rate)
+
+    def _cancel(self, job: Job) -> None:
+        """``Job.cancel``: out of the queue now (its work shed), and its future failed. A job given up on because
+        its deadline passed (the app's own timer) counts as ``"deadline"``, not ``"cancelled"``."""
+        now = time.monotonic()
+        with self._cond:
+            queued = job in self._queue
+            if queued:
+                self._queue.remove(job)
+                self._pending_pairs -= job.remaining
+                job.left_tokens = 0
+                self._report_depth()
+        expired = now > job.deadline
+        if queued and self.observer:
+            self.observer.on_drop("deadline" if expired else "cancelled")
+        _fail(job, DeadlineExceeded(f"deadline exceeded after {(now - job.enqueued) * 1000:.0f} ms") if expired
+              else Cancelled("the client went away"))
 
     def _run_alone(self, job: Job, taken: list[tuple[Job, int]]) -> None:
         start = time.monotonic()
@@ -356,6 +529,7 @@ class DynamicBatcher:
             if job in self._queue:
                 self._queue.remove(job)
                 self._pending_pairs -= job.remaining
+                job.left_tokens = 0
                 self._report_depth()
         job.failed = True
         _fail(job, exc)
@@ -404,10 +578,54 @@ def _fail(job: Job, exc: BaseException) -> None:
         pass
 
 
+class CancelScope:
+    """The batcher jobs one caller's work submits (e.g. one ``/search`` request), so they can all be shed when
+    that caller goes away: ``BatchedReranker.score`` adds its job to the scope current in its context
+    (:func:`current_scope`, set with :meth:`active`); :meth:`cancel` cancels those jobs and any submitted later
+    (those raise ``Cancelled`` at once). Thread-safe; the scope follows context variables, so a thread the work
+    hops to must run in a copy of the caller's context (``contextvars.copy_context().run``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: list[Job] = []
+        self.cancelled = False
+
+    def add(self, job: Job) -> None:
+        with self._lock:
+            if not self.cancelled:
+                self._jobs.append(job)
+                return
+        job.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            if not job.future.done():
+                job.cancel()
+
+    @contextmanager
+    def active(self) -> Iterator["CancelScope"]:
+        token = _SCOPE.set(self)
+        try:
+            yield self
+        finally:
+            _SCOPE.reset(token)
+
+
+_SCOPE: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar("crossrank_cancel_scope", default=None)
+
+
+def current_scope() -> CancelScope | None:
+    return _SCOPE.get()
+
+
 class BatchedReranker:
     """A ``Reranker`` whose scoring goes through a ``DynamicBatcher`` (so pipeline traffic shares the queue).
 
-    Queue full or deadline passed raise ``RerankerUnavailable`` subclasses, on which the pipeline falls back."""
+    Queue full, predicted or passed deadline raise ``RerankerUnavailable`` subclasses, on which the pipeline
+    falls back. A call made inside a :class:`CancelScope` is shed when the scope is cancelled (``Cancelled``)."""
 
     def __init__(self, batcher: DynamicBatcher, name: str, *, timeout_s: float | None = None,
                  info: dict[str, Any] | None = None) -> None:
@@ -424,7 +642,12 @@ class BatchedReranker:
         """Queue the pairs and wait; ``timeout_s`` (the caller's remaining budget, e.g. the pipeline's deadline)
         tightens the job's deadline, so work nobody waits for any more is dropped from the queue."""
         budget = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s or math.inf)
+        scope = current_scope()
+        if scope is not None and scope.cancelled:
+            raise Cancelled("the client went away")
         job = self.batcher.submit(query, texts, deadline_s=budget)
+        if scope is not None:
+            scope.add(job)
         try:
             return job.future.result(timeout=None if budget is None else budget + 1.0).scores
         except TimeoutError as exc:

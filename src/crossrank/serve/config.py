@@ -20,6 +20,11 @@ class ServeConfig:
       ``max_queue_pairs`` / ``max_queue_requests``: the batcher's queue bound; a request that does not fit is
       answered 429 (``Retry-After`` set). A single request larger than ``max_queue_pairs`` is still admitted
       when the queue is empty, so it can never be starved.
+    Admission (the batcher's rule: ``batcher.DynamicBatcher``)
+      A request the measured throughput predicts cannot be scored before its deadline, given the work queued
+      ahead of it, is answered 429 at once (``error_type`` "overloaded", ``Retry-After`` from the prediction)
+      rather than queued to expire; the queue runs earliest deadline first, a short request allowed ahead of a
+      longer one that has the slack. Counted in ``crossrank_rejected_requests_total{reason}``.
     Batching
       ``batching``: True packs (query, document) pairs from all waiting requests into shared forward passes
       (TEI-style continuous batching); False runs each request alone, in arrival order (for comparison).
@@ -31,7 +36,8 @@ class ServeConfig:
     Deadlines
       ``default_deadline_ms``: a request's time budget when it names none (``X-Crossrank-Deadline-Ms`` header
       or ``deadline_ms`` body field). A request still queued at its deadline is dropped before inference and
-      answered 504.
+      answered 504 (what is left of a partly scored one too); one whose client went away is dropped at once
+      (``/search`` included). Counted in ``crossrank_dropped_requests_total{reason}``.
     Long documents
       ``long_documents``: None (whatever the engine was loaded with), "truncate" (cut to the model's maximum
       length; counted in ``X-Crossrank-Truncated`` and the ``crossrank_truncated_pairs_total`` metric) or "chunk"

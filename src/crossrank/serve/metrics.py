@@ -39,8 +39,17 @@ class Metrics:
         self.cache_hits = Counter("crossrank_cache_hits", "Pairs answered from the score cache", registry=r)
         self.fallbacks = Counter("crossrank_fallbacks", "Searches answered with first-stage order (rerank skipped)",
                                  registry=r)
-        self.dropped = Counter("crossrank_dropped_requests", "Requests dropped before inference, by reason",
+        self.dropped = Counter("crossrank_dropped_requests",
+                               "Admitted requests whose unscored work was shed, by reason: deadline (expired in "
+                               "the queue, answered 504), cancelled (the client went away)",
                                ["reason"], registry=r)
+        self.rejected = Counter("crossrank_rejected_requests",
+                                "Requests refused at admission (answered 429), by reason: deadline (predicted to "
+                                "miss it at the measured throughput), queue_full (queue bounds)",
+                                ["reason"], registry=r)
+        self.throughput = Gauge("crossrank_throughput_tokens_per_second",
+                                "The batcher's measured throughput (estimated tokens per second, weighted "
+                                "moving average) that admission predicts completion times from", registry=r)
         self.pairs = Counter("crossrank_scored_pairs", "Pairs scored", registry=r)
 
     # BatchObserver
@@ -60,6 +69,12 @@ class Metrics:
 
     def on_drop(self, reason: str) -> None:
         self.dropped.labels(reason).inc()
+
+    def on_reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def on_rate(self, tokens_per_s: float) -> None:
+        self.throughput.set(tokens_per_s)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -269,6 +269,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         opts = {"activation": "raw", "cache_size": 0, "dtype": "fp32"}
         if label in args.max_length:
             opts["max_length"] = args.max_length[label]
+        if label in getattr(args, "backend", {}):
+            opts["backend"] = args.backend[label]
+            opts.pop("dtype")  # int8 backends take the engine's default dtype
         factory = _memo(lambda spec=spec, opts=opts: load_reranker(spec, **opts))
         raw[label] = {}
         for ho in sets:
@@ -280,10 +283,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     report: dict[str, Any] = {"run": str(run_dir), "k": args.k, "per_source": args.per_source,
                               "sources": {ho.name: len(ho.queries) for ho in sets}, "rerankers": dict(rerankers)}
-    cand = rerankers[-1][0]
+    cand, base = rerankers[-1][0], rerankers[0][0]
     report["calibration"] = _calibrate(sets, raw[cand], out)
-    cal = Calibration.parse(report["calibration"]["fitted"])
-    probs = {label: {src: {q: [cal.prob(x) for x in v] for q, v in per.items()} if label == cand else per
+    cals = {cand: Calibration.parse(report["calibration"]["fitted"])}
+    if getattr(args, "baseline_calibration", None):  # the baseline's own fit (its heldout.json): its shipped scale
+        fitted = json.loads(Path(args.baseline_calibration).read_text(encoding="utf-8"))["calibration"]["fitted"]
+        cals.setdefault(base, Calibration.parse(fitted))
+    probs = {label: {src: {q: [cals[label].prob(x) for x in v] for q, v in per.items()} if label in cals else per
                      for src, per in raw[label].items()} for label in raw}
     report["threshold"] = _threshold(sets, probs[cand], noans)
     tables = {label: {ho.name: fusion_table(ho, probs[label][ho.name]) for ho in sets if ho.kind == "beir"}
@@ -293,6 +299,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "per_source": {src: {s: float(np.mean(list(v.values()))) for s, v in t.items()}
                                        for src, t in tables[cand].items()}}
     report["comparison"] = _compare(sets, rerankers, tables, probs, args.baseline_fusion, best)
+    if getattr(args, "cascade", None) and len(rerankers) > 1:
+        report["cascade"] = cascade_report(sets, probs[cand], probs[base], args.cascade,
+                                           args.baseline_fusion or best, tables[base], f"{cand}>{base}")
     (out / "heldout.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "heldout.md").write_text(render_markdown(report), encoding="utf-8")
     return report
@@ -406,6 +415,39 @@ def _compare(sets, rerankers, tables, probs, baseline_fusion: str | None, chosen
     return out
 
 
+def cascade_scores(first: dict[str, list[float]], second: dict[str, list[float]], m: int) -> dict[str, list[float]]:
+    """Per query: the first model's scores with its top ``m`` replaced by the second model's (both calibrated,
+    so the mixed list is on one scale), as :class:`crossrank.rerank.cascade.CascadeReranker` scores."""
+    out = {}
+    for qid, a in first.items():
+        mixed = list(a)
+        for i in sorted(range(len(a)), key=lambda i: -a[i])[:m]:
+            mixed[i] = second[qid][i]
+        out[qid] = mixed
+    return out
+
+
+def cascade_report(sets, first, second, ms: Sequence[int], fusion: str, second_tables, label: str) -> dict[str, Any]:
+    """For each M: the cascade's held-out nDCG@10 under ``fusion`` (BEIR sources; macro mean, and paired against
+    the second model alone with the same fusion) and CE MAP on the answer-selection sources."""
+    out: dict[str, Any] = {"fusion": fusion, "second_alone_macro": None, "by_m": {}}
+    beir = [ho for ho in sets if ho.kind == "beir"]
+    out["second_alone_macro"] = float(np.mean([_mean(second_tables[ho.name][fusion]) for ho in beir]))
+    for m in ms:
+        rows: dict[str, Any] = {}
+        for ho in sets:
+            mixed = cascade_scores(first[ho.name], second[ho.name], m)
+            if ho.kind == "beir":
+                t = fusion_table(ho, mixed)[fusion]
+                rows[ho.name] = {"ndcg@10": _mean(t), **paired_bootstrap(second_tables[ho.name][fusion], t)}
+            else:
+                rows[ho.name] = {"map": _mean(selection_metrics(ho, mixed)["map"])}
+        macro = float(np.mean([rows[ho.name]["ndcg@10"] for ho in beir]))
+        out["by_m"][str(m)] = {"label": f"{label}@{m}", "macro_ndcg@10": macro,
+                               "vs_second_alone": macro - out["second_alone_macro"], "per_source": rows}
+    return out
+
+
 def _mean(d: dict[str, float]) -> float:
     return float(np.mean(list(d.values()))) if d else float("nan")
 
@@ -448,6 +490,15 @@ def render_markdown(r: dict[str, Any]) -> str:
                 lines.append(f"| {src} | recommended - first stage ({row['first_stage']:.4f}) | | | "
                              f"{v['mean_diff']:+.4f} | {v['low']:+.4f}..{v['high']:+.4f} | {v['wins']}/{v['losses']} |")
         lines.append("")
+    cas = r.get("cascade")
+    if cas:
+        lines += ["## Cascade (the candidate's top M rescored by the baseline)", "",
+                  f"Fusion {cas['fusion']}; the baseline alone: macro nDCG@10 {cas['second_alone_macro']:.4f}.", "",
+                  "| M | macro nDCG@10 | vs baseline alone | per source (nDCG@10 or MAP) |", "|---|---|---|---|"]
+        for m, row in cas["by_m"].items():
+            per = ", ".join(f"{src} {v.get('ndcg@10', v.get('map')):.4f}" for src, v in row["per_source"].items())
+            lines.append(f"| {m} | {row['macro_ndcg@10']:.4f} | {row['vs_second_alone']:+.4f} | {per} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -459,14 +510,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--index", action="append", default=[], metavar="SOURCE=DIR",
                    help="saved index of a BEIR source's corpus: its hybrid top-K are the candidates")
     p.add_argument("--max-length", action="append", default=[], metavar="LABEL=N", help="tokens per pair")
+    p.add_argument("--backend", action="append", default=[], metavar="LABEL=NAME",
+                   help="inference backend of a reranker, e.g. fast8=onnx-int8 (default: the fp32 one auto picks)")
     p.add_argument("--k", type=int, default=50, help="first-stage candidates per BEIR query (default: 50)")
     p.add_argument("--per-source", type=int, default=120, help="held-out queries per source (default: 120)")
     p.add_argument("--noanswer", type=int, default=600, help="SQuAD 2.0 no-answer questions sampled (default: 600)")
     p.add_argument("--baseline-fusion", default=None,
                    help="the baseline's own recommended setting, e.g. interpolate:0.3 (default: the chosen one)")
+    p.add_argument("--baseline-calibration", default=None, metavar="HELDOUT_JSON",
+                   help="the baseline's own fitted calibration (the heldout.json of its decision run): its scores "
+                        "are then compared, and fused, on its shipped probability scale")
+    p.add_argument("--cascade", default=None, metavar="M,M,...",
+                   help="also score the cascade CANDIDATE>BASELINE@M for these M (the candidate's top M rescored "
+                        "by the baseline, --baseline-fusion applied); needs --baseline-calibration")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.cascade and not args.baseline_calibration:
+        p.error("--cascade needs --baseline-calibration (both models' scores must be calibrated to be mixed)")
+    args.cascade = [int(m) for m in args.cascade.split(",")] if args.cascade else None
     args.max_length = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.max_length)}
+    args.backend = dict(kv.split("=", 1) for kv in args.backend)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         run(args)

@@ -1,0 +1,380 @@
+"""The rerank service under overload (issue 18, items 1 and 3): deadline-aware admission control in the batcher
+(429 + Retry-After at once instead of queueing work to expire), the queue order (earliest deadline first, short
+requests ahead of long ones that have the slack), shedding of expired and abandoned work, and a /search whose
+client went away no longer scoring its candidates.
+
+Real tiny model throughout (``tiny_model_dir``); HTTP tests on a real uvicorn server on loopback with httpx.
+``Gated`` (the real engine behind a gate) only freezes the worker so the queue's state is known when a decision
+is taken; decisions are asserted from the batcher's own estimate and from counts (pairs scored, engine calls),
+not from wall time, except for generous bounds."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from crossrank.serve import ServeConfig, ServerThread, create_app
+from crossrank.serve.batcher import (BatchedReranker, Cancelled, CancelScope, DeadlineExceeded, DynamicBatcher,
+                                     Overloaded)
+
+QUERY = "what do plants make from sunlight"
+SHORT = [f"Plants convert sunlight, water and carbon dioxide into glucose, number {i}." for i in range(1000)]
+LONG = [" ".join(f"leaf{(i + j) % 97} energy" for j in range(260)) for i in range(400)]  # ~512 tokens each
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from crossrank.rerank.engine import CrossEncoderReranker
+
+    return CrossEncoderReranker(str(tiny_model_dir), dtype="fp32", device="cpu")
+
+
+class Gated:
+    """The real engine; ``score_pairs`` records each call and blocks while the gate is closed."""
+
+    def __init__(self, engine):
+        self.engine, self.name = engine, engine.name
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def info(self):
+        return self.engine.info()
+
+    def score(self, query, texts):
+        return self.score_pairs([(query, t) for t in texts])
+
+    def score_pairs(self, pairs, options=None):
+        pairs = list(pairs)
+        self.calls.append(pairs)
+        self.entered.set()
+        if not self.gate.wait(30):
+            raise RuntimeError("gate never opened")
+        return self.engine.score_pairs(pairs)
+
+    def step_of(self, query) -> int:
+        """Index of the first engine call holding one of ``query``'s pairs."""
+        return next(i for i, call in enumerate(self.calls) if any(q == query for q, _ in call))
+
+    def queries_seen(self):
+        return {q for call in self.calls for q, _ in call}
+
+
+class Recorder:
+    """A BatchObserver that keeps what it was told."""
+
+    def __init__(self):
+        self.rejected: list[str] = []
+        self.dropped: list[str] = []
+
+    def on_pass(self, *a): pass
+    def on_queue_time(self, s): pass
+    def on_depth(self, p, r): pass
+    def on_rate(self, r): pass
+    def on_drop(self, reason): self.dropped.append(reason)
+    def on_reject(self, reason): self.rejected.append(reason)
+
+
+def _wait_for(predicate, timeout=15.0, what="condition"):
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{what} not reached in {timeout} s")
+
+
+def _health(url):
+    return httpx.get(url + "/health", timeout=10).json()
+
+
+def _metric(url, name) -> float:
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _post(url, path, body, **kw):
+    return httpx.post(url + path, json=body, timeout=kw.pop("timeout", 60), **kw)
+
+
+def _park(gated, submit):
+    """Close the gate and let ``submit()`` put one job into the worker (blocked in the engine)."""
+    gated.gate.clear()
+    gated.entered.clear()
+    out = submit()
+    assert gated.entered.wait(10)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ batcher unit
+
+
+def _batcher(gated, **kw):
+    observer = Recorder()
+    b = DynamicBatcher(lambda pairs, options: gated.score_pairs(pairs), observer=observer, **kw)
+    b.start()
+    return b, observer
+
+
+def test_a_request_that_cannot_make_its_deadline_is_refused_at_once(engine):
+    gated = Gated(engine)
+    b, seen = _batcher(gated, tokens_per_s=2000.0)  # a prior: 2000 estimated tokens/s
+    try:
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        big = b.submit("big", SHORT[:200], deadline_s=60)  # ~ 200 x 20 tokens: ~2 s at the prior
+        backlog = b.backlog_s()
+        assert 1.0 < backlog < 4.0
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded) as refused:
+            b.submit("hurried", SHORT[:50], deadline_s=0.5)  # can only start after ~2 s of queued work
+        assert time.monotonic() - t0 < 0.05  # decided at submit, nothing queued
+        assert refused.value.reason == "deadline" and refused.value.retry_after_s >= 1
+        assert refused.value.retry_after_s <= math.ceil(backlog) + 1  # the overshoot, not a constant
+        assert "cannot finish before its deadline" in str(refused.value)
+        fits = b.submit("patient", SHORT[:50], deadline_s=backlog * 3 + 5)
+        assert seen.rejected == ["deadline"]
+        gated.gate.set()
+        assert len(big.future.result(30).scores.scores) == 200
+        assert len(fits.future.result(30).scores.scores) == 50
+        assert "hurried" not in gated.queries_seen()
+    finally:
+        gated.gate.set()
+        b.stop()
+
+
+def test_before_any_measurement_or_when_idle_everything_is_admitted(engine):
+    gated = Gated(engine)
+    b, seen = _batcher(gated)
+    try:
+        assert b.tokens_per_s is None and b.backlog_s() is None
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        queued = b.submit("tight", SHORT[:500], deadline_s=0.001)  # no estimate yet: admitted, then expires
+        gated.gate.set()
+        with pytest.raises(DeadlineExceeded):
+            queued.future.result(30)
+        assert seen.rejected == [] and seen.dropped == ["deadline"]
+        assert "tight" not in gated.queries_seen()  # shed before scoring
+        for i in range(3):  # measured now (the first step is not: it pays for lazy loads)
+            b.submit(f"warm{i}", SHORT[:100], deadline_s=60).future.result(30)
+        assert b.tokens_per_s is not None
+        _wait_for(lambda: not b.busy and b.depth() == (0, 0))
+        alone = b.submit("alone", SHORT[:1000], deadline_s=0.001)  # idle worker: trying costs nobody anything
+        with pytest.raises(DeadlineExceeded):
+            alone.future.result(30)
+        assert seen.rejected == []
+    finally:
+        gated.gate.set()
+        b.stop()
+
+
+def test_queue_order_short_requests_go_ahead_when_the_long_one_has_slack(engine):
+    gated = Gated(engine)
+    b, seen = _batcher(gated, tokens_per_s=2000.0, max_batch_pairs=64)
+    try:
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        roomy = b.submit("roomy", SHORT[:100], deadline_s=60)
+        small = b.submit("small", SHORT[:5], deadline_s=60)  # later deadline, but far less work
+        need = b.backlog_s()  # what is queued, "roomy" first
+        snug = b.submit("snug", SHORT[:100], deadline_s=need + 1.1)  # ~1 s of its own, ~0.1 s of slack left
+        medium = b.submit("medium", SHORT[:20], deadline_s=60)  # ~0.2 s of work: may not pass "snug"
+        assert seen.rejected == []
+        order = [j.query for j in b._queue]
+        assert order == ["small", "roomy", "medium", "snug"] or order.index("medium") > order.index("snug"), order
+        assert order.index("small") < order.index("roomy")  # the short one went ahead of the long one
+        assert order.index("medium") > order.index("snug")  # not past a request it would make miss its deadline
+        gated.gate.set()
+        for job in (roomy, small, snug, medium):
+            job.future.result(30)
+        assert gated.step_of("small") == 1  # the first step after the parked one
+    finally:
+        gated.gate.set()
+        b.stop()
+
+
+def test_expired_work_is_shed_between_steps_and_counted(engine):
+    gated = Gated(engine)
+    b, seen = _batcher(gated, max_batch_pairs=50)
+    try:
+        gated.gate.clear()
+        job = b.submit("expiring", SHORT[:500], deadline_s=0.5)  # ten steps of 50 pairs
+        assert gated.entered.wait(10)  # the first step is in the engine
+        time.sleep(0.7)  # its deadline passes while that step runs
+        gated.gate.set()
+        with pytest.raises(DeadlineExceeded):
+            job.future.result(30)
+        assert len(gated.calls) == 1 and len(gated.calls[0]) == 50  # the other 450 pairs were never scored
+        assert seen.dropped == ["deadline"] and b.depth() == (0, 0)
+    finally:
+        gated.gate.set()
+        b.stop()
+
+
+def test_a_cancelled_scope_sheds_its_jobs_at_once(engine):
+    gated = Gated(engine)
+    b, seen = _batcher(gated)
+    reranker = BatchedReranker(b, "tiny", timeout_s=60)
+    scope = CancelScope()
+    errors = []
+
+    def search():
+        with scope.active():
+            try:
+                reranker.score("abandoned", SHORT[:300])
+            except Cancelled as exc:
+                errors.append(exc)
+
+    try:
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        t = threading.Thread(target=search)
+        t.start()
+        _wait_for(lambda: b.depth() == (300, 1), what="the scoped job queued")
+        scope.cancel()
+        t.join(5)
+        assert not t.is_alive() and len(errors) == 1  # released while the worker is still blocked
+        assert b.depth() == (0, 0) and seen.dropped == ["cancelled"]
+        with scope.active(), pytest.raises(Cancelled):
+            reranker.score("after", SHORT[:3])  # nothing more is queued for a cancelled caller
+        gated.gate.set()
+        _wait_for(lambda: not b.busy)
+        assert not {"abandoned", "after"} & gated.queries_seen()
+    finally:
+        gated.gate.set()
+        b.stop()
+
+
+# ------------------------------------------------------------------------------------------------ over HTTP
+
+
+@pytest.fixture()
+def gated_server(engine):
+    gated = Gated(engine)
+    app = create_app(gated, config=ServeConfig())
+    with ServerThread(app) as s:
+        for i in range(3):  # measure the throughput (the first step is not measured)
+            assert _post(s.url, "/rerank", {"query": f"warm {i}", "texts": SHORT[:200]}).status_code == 200
+        yield s, gated
+        gated.gate.set()
+
+
+def test_overloaded_answers_429_with_retry_after_in_each_dialect(gated_server):
+    server, gated = gated_server
+    with ThreadPoolExecutor(8) as pool:
+        first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
+        queued = [pool.submit(_post, server.url, "/rerank", {"query": f"queued {i}", "texts": SHORT},
+                              headers={"X-Crossrank-Deadline-Ms": "120000"}) for i in range(3)]
+        _wait_for(lambda: _health(server.url)["queue_requests"] == 3, what="three requests queued")
+        backlog_s = _health(server.url)["queue_seconds"]
+        assert backlog_s > 0
+        budget_ms = max(1.0, backlog_s * 1000 / 4)  # a quarter of the work ahead of it
+        body = {"query": "hurried", "texts": SHORT[:10]}
+        t0 = time.monotonic()
+        r = _post(server.url, "/rerank", body, headers={"X-Crossrank-Deadline-Ms": f"{budget_ms:.3f}"})
+        took = time.monotonic() - t0
+        assert r.status_code == 429, r.text
+        assert r.json()["error_type"] == "overloaded" and set(r.json()) == {"error", "error_type"}
+        assert int(r.headers["retry-after"]) >= 1
+        assert took < 1.0  # answered at once (typically a few ms), not after waiting for the deadline
+        r = _post(server.url, "/v2/rerank", {"query": "hurried", "documents": SHORT[:10], "deadline_ms": budget_ms})
+        assert r.status_code == 429 and set(r.json()) == {"id", "message"} and int(r.headers["retry-after"]) >= 1
+        r = _post(server.url, "/v1/rerank", {"query": "hurried", "documents": SHORT[:10], "deadline_ms": budget_ms})
+        assert r.status_code == 429 and set(r.json()) == {"detail"} and int(r.headers["retry-after"]) >= 1
+        gated.gate.set()
+        assert first.result().status_code == 200
+        assert [f.result().status_code for f in queued] == [200, 200, 200]
+    assert "hurried" not in gated.queries_seen()
+    assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline"}') == 3
+    assert _metric(server.url, "crossrank_throughput_tokens_per_second") > 0
+
+
+def test_a_short_request_does_not_wait_behind_a_long_one(gated_server):
+    server, gated = gated_server
+    with ThreadPoolExecutor(4) as pool:
+        first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
+        n_before = len(gated.calls)
+        long = pool.submit(_post, server.url, "/rerank", {"query": "long", "texts": SHORT})  # 4 steps of 256
+        _wait_for(lambda: _health(server.url)["queue_requests"] == 1)
+        short = pool.submit(_post, server.url, "/rerank", {"query": "short", "texts": SHORT[:1]})
+        _wait_for(lambda: _health(server.url)["queue_requests"] == 2)
+        gated.gate.set()
+        assert [f.result().status_code for f in (first, long, short)] == [200, 200, 200]
+    assert gated.step_of("short") == n_before  # the first step after the parked one, not after the long one
+    assert gated.step_of("long") == n_before
+
+
+def test_real_overload_refuses_what_cannot_finish_and_the_admitted_finish_in_time(engine):
+    """No gate: the tiny model on ~512-token documents (about 10 ms a pair here) is the slow backend."""
+    with ServerThread(create_app(engine, config=ServeConfig())) as s:
+        for i in range(3):
+            assert _post(s.url, "/rerank", {"query": f"warm {i}", "texts": LONG[:16]}).status_code == 200
+        deadline_ms = 60_000
+        with ThreadPoolExecutor(4) as pool:
+            fill = [pool.submit(_post, s.url, "/rerank", {"query": f"fill {i}", "texts": LONG[i * 100:(i + 1) * 100],
+                                                           "deadline_ms": deadline_ms}) for i in range(3)]
+            _wait_for(lambda: _health(s.url)["queue_pairs"] >= 150, what="a backlog")  # over a second of work
+            t0 = time.monotonic()
+            r = _post(s.url, "/rerank", {"query": "hurried", "texts": LONG[:10], "deadline_ms": 300})
+            took = time.monotonic() - t0
+            assert r.status_code == 429, (r.status_code, r.text)  # before admission control: admitted, then 504
+            assert r.json()["error_type"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+            assert took < 1.0
+            patient = _post(s.url, "/rerank", {"query": "patient", "texts": LONG[:2], "deadline_ms": deadline_ms})
+            assert patient.status_code == 200
+            for f in fill:
+                res = f.result()
+                assert res.status_code == 200 and int(res.headers["x-total-time"]) < deadline_ms
+        assert _metric(s.url, 'crossrank_rejected_requests_total{reason="deadline"}') >= 1
+        assert _metric(s.url, "crossrank_dropped_requests_total") == 0  # nothing admitted only to expire
+
+
+# ------------------------------------------------------------------------------------------------ /search
+
+
+@pytest.fixture(scope="module")
+def search_server(engine, tmp_path_factory):
+    """/search over 1000 long documents: reranking k=1000 takes the tiny model several seconds."""
+    from crossrank.corpus import load_corpus
+    from crossrank.retrieve import build_index
+
+    path = tmp_path_factory.mktemp("big-corpus") / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"Doc {i}", "text": LONG[i % len(LONG)] + f" x{i}"})
+                            + "\n" for i in range(1000)), encoding="utf-8")
+    index = build_index(load_corpus(path), methods=["bm25"], progress=False)
+    app = create_app(engine, index=index, retriever="bm25", k=10, n=5, config=ServeConfig())
+    with ServerThread(app) as s:
+        r = _post(s.url, "/search", {"query": "leaf3 energy", "k": 4, "n": 2})
+        assert r.status_code == 200 and r.json()["reranked"], r.text
+        yield s
+
+
+@pytest.mark.parametrize("deadline", [None, "25000"], ids=["no-deadline", "deadline"])
+def test_an_abandoned_search_stops_scoring(search_server, deadline):
+    """The k=1000 search is dropped by its client after a second; its queued pairs are shed, not scored for
+    nobody, and a 1-text /rerank sent after it is answered at once. With a deadline the pipeline scores on its
+    own thread pool: the cancellation must reach it there too."""
+    url = search_server.url
+    headers = {"X-Crossrank-Deadline-Ms": deadline} if deadline else {}
+    scored0 = _metric(url, "crossrank_scored_pairs_total")
+    cancelled0 = _metric(url, 'crossrank_dropped_requests_total{reason="cancelled"}')
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/search", json={"query": "leaf7 energy", "k": 1000, "n": 10}, headers=headers,
+                   timeout=httpx.Timeout(60, read=1.0))
+    _wait_for(lambda: _metric(url, 'crossrank_requests_total{route="/search",status="499"}') >= 1
+              and _metric(url, 'crossrank_dropped_requests_total{reason="cancelled"}') > cancelled0,
+              what="the search cancelled")
+    t0 = time.monotonic()
+    r = _post(url, "/rerank", {"query": QUERY, "texts": ["Plants make glucose."]})
+    assert r.status_code == 200 and time.monotonic() - t0 < 10
+    _wait_for(lambda: _health(url)["queue_requests"] == 0, timeout=30)
+    _wait_for(lambda: not search_server.app.state.crossrank.batcher.busy, timeout=30)
+    scored = _metric(url, "crossrank_scored_pairs_total") - scored0
+    assert scored < 700, f"{scored:.0f} of the 1000 pairs were scored after the client left"
