@@ -168,7 +168,7 @@ def test_before_any_measurement_or_when_idle_everything_is_admitted(engine):
             b.submit(f"warm{i}", SHORT[:100], deadline_s=60).future.result(30)
         assert b.tokens_per_s is not None
         _wait_for(lambda: not b.busy and b.depth() == (0, 0))
-        alone = b.submit("alone", SHORT[:1000], deadline_s=0.001)  # idle worker: trying costs nobody anything
+        alone = b.submit("alone", SHORT[:1000], deadline_s=1e-9)  # idle worker: trying costs nobody anything
         with pytest.raises(DeadlineExceeded):
             alone.future.result(30)
         assert seen.rejected == []
@@ -179,23 +179,21 @@ def test_before_any_measurement_or_when_idle_everything_is_admitted(engine):
 
 def test_queue_order_short_requests_go_ahead_when_the_long_one_has_slack(engine):
     gated = Gated(engine)
-    b, seen = _batcher(gated, tokens_per_s=2000.0, max_batch_pairs=64)
+    b, seen = _batcher(gated, tokens_per_s=2000.0, max_batch_pairs=64)  # ~22 tokens a pair: ~11 ms a pair
     try:
         _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        # steps of 64 pairs: "snug" takes two, the second one ending ~1.4 s from now (~0.2 s of slack)
+        snug = b.submit("snug", SHORT[:100], deadline_s=1.6)
+        medium = b.submit("medium", SHORT[:60], deadline_s=60)  # ~0.66 s: more than snug's slack
         roomy = b.submit("roomy", SHORT[:100], deadline_s=60)
-        small = b.submit("small", SHORT[:5], deadline_s=60)  # later deadline, but far less work
-        need = b.backlog_s()  # what is queued, "roomy" first
-        snug = b.submit("snug", SHORT[:100], deadline_s=need + 1.1)  # ~1 s of its own, ~0.1 s of slack left
-        medium = b.submit("medium", SHORT[:20], deadline_s=60)  # ~0.2 s of work: may not pass "snug"
+        small = b.submit("small", SHORT[:5], deadline_s=60)  # ~0.06 s: fits in everyone's slack
         assert seen.rejected == []
-        order = [j.query for j in b._queue]
-        assert order == ["small", "roomy", "medium", "snug"] or order.index("medium") > order.index("snug"), order
-        assert order.index("small") < order.index("roomy")  # the short one went ahead of the long one
-        assert order.index("medium") > order.index("snug")  # not past a request it would make miss its deadline
+        assert [j.query for j in b._queue] == ["small", "snug", "medium", "roomy"]
         gated.gate.set()
-        for job in (roomy, small, snug, medium):
+        for job in (snug, medium, roomy, small):
             job.future.result(30)
         assert gated.step_of("small") == 1  # the first step after the parked one
+        assert gated.step_of("snug") == 1  # riding along with it
     finally:
         gated.gate.set()
         b.stop()
@@ -256,48 +254,58 @@ def test_a_cancelled_scope_sheds_its_jobs_at_once(engine):
 
 
 @pytest.fixture()
-def gated_server(engine):
+def gated_server(engine, request):
     gated = Gated(engine)
-    app = create_app(gated, config=ServeConfig())
+    app = create_app(gated, config=ServeConfig(**getattr(request, "param", {})))
     with ServerThread(app) as s:
-        for i in range(3):  # measure the throughput (the first step is not measured)
-            assert _post(s.url, "/rerank", {"query": f"warm {i}", "texts": SHORT[:200]}).status_code == 200
         yield s, gated
         gated.gate.set()
 
 
+@pytest.mark.parametrize("gated_server", [{"tokens_per_s": 2000.0}], indirect=True)  # ~22 tokens, ~11 ms a pair
 def test_overloaded_answers_429_with_retry_after_in_each_dialect(gated_server):
+    """Earliest deadline first: what is queued with earlier deadlines fills the time before a new request's
+    own; one that cannot fit behind it is refused at once, and what was admitted finishes in time."""
     server, gated = gated_server
     with ThreadPoolExecutor(8) as pool:
         first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
-        queued = [pool.submit(_post, server.url, "/rerank", {"query": f"queued {i}", "texts": SHORT},
-                              headers={"X-Crossrank-Deadline-Ms": "120000"}) for i in range(3)]
-        _wait_for(lambda: _health(server.url)["queue_requests"] == 3, what="three requests queued")
-        backlog_s = _health(server.url)["queue_seconds"]
-        assert backlog_s > 0
-        budget_ms = max(1.0, backlog_s * 1000 / 4)  # a quarter of the work ahead of it
-        body = {"query": "hurried", "texts": SHORT[:10]}
+        queued = []
+        for i, budget_s in enumerate((14, 26, 38)):  # ~10 s of work each: predicted done at ~12, ~24, ~32 s
+            queued.append(pool.submit(_post, server.url, "/rerank", {"query": f"queued {i}", "texts": SHORT[:900],
+                                                                      "deadline_ms": budget_s * 1000}))
+            _wait_for(lambda: _health(server.url)["queue_requests"] == i + 1, what=f"request {i} queued")
+        assert 25 < _health(server.url)["queue_seconds"] < 35
+        # ~11 s of its own, due after the last queued one, which has no slack to let it go first: ~42 s.
+        body = {"query": "hurried request", "texts": SHORT[:900], "deadline_ms": 39_000}
         t0 = time.monotonic()
-        r = _post(server.url, "/rerank", body, headers={"X-Crossrank-Deadline-Ms": f"{budget_ms:.3f}"})
+        r = _post(server.url, "/rerank", body)
         took = time.monotonic() - t0
         assert r.status_code == 429, r.text
         assert r.json()["error_type"] == "overloaded" and set(r.json()) == {"error", "error_type"}
-        assert int(r.headers["retry-after"]) >= 1
-        assert took < 1.0  # answered at once (typically a few ms), not after waiting for the deadline
-        r = _post(server.url, "/v2/rerank", {"query": "hurried", "documents": SHORT[:10], "deadline_ms": budget_ms})
+        assert 2 <= int(r.headers["retry-after"]) <= 8  # the predicted overshoot, ~4 s
+        print("429 answered in", round(took * 1000, 1), "ms")
+        assert took < 1.0  # at once (typically a few ms), not at the deadline
+        cohere = {"query": "hurried request", "documents": SHORT[:900], "deadline_ms": 39_000}
+        r = _post(server.url, "/v2/rerank", cohere)
         assert r.status_code == 429 and set(r.json()) == {"id", "message"} and int(r.headers["retry-after"]) >= 1
-        r = _post(server.url, "/v1/rerank", {"query": "hurried", "documents": SHORT[:10], "deadline_ms": budget_ms})
+        r = _post(server.url, "/v1/rerank", cohere)
         assert r.status_code == 429 and set(r.json()) == {"detail"} and int(r.headers["retry-after"]) >= 1
+        patient = pool.submit(_post, server.url, "/rerank", {**body, "query": "patient", "deadline_ms": 120_000})
+        _wait_for(lambda: _health(server.url)["queue_requests"] == 4, what="the patient one admitted")
         gated.gate.set()
         assert first.result().status_code == 200
         assert [f.result().status_code for f in queued] == [200, 200, 200]
-    assert "hurried" not in gated.queries_seen()
+        assert patient.result().status_code == 200
+    assert "hurried request" not in gated.queries_seen()
     assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline"}') == 3
+    assert _metric(server.url, "crossrank_dropped_requests_total") == 0
     assert _metric(server.url, "crossrank_throughput_tokens_per_second") > 0
 
 
 def test_a_short_request_does_not_wait_behind_a_long_one(gated_server):
     server, gated = gated_server
+    for i in range(2):  # measured (the first step is not)
+        assert _post(server.url, "/rerank", {"query": f"warm {i}", "texts": SHORT[:200]}).status_code == 200
     with ThreadPoolExecutor(4) as pool:
         first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
         n_before = len(gated.calls)
@@ -312,28 +320,37 @@ def test_a_short_request_does_not_wait_behind_a_long_one(gated_server):
 
 
 def test_real_overload_refuses_what_cannot_finish_and_the_admitted_finish_in_time(engine):
-    """No gate: the tiny model on ~512-token documents (about 10 ms a pair here) is the slow backend."""
+    """No gate: the tiny model on ~512-token documents (about 10 ms a pair here) is the slow backend. Eight
+    clients at once, each with the same budget, room for about four: before admission control all eight were
+    queued and the later ones expired (504) after using the CPU; now those are refused at once (429)."""
     with ServerThread(create_app(engine, config=ServeConfig())) as s:
-        for i in range(3):
-            assert _post(s.url, "/rerank", {"query": f"warm {i}", "texts": LONG[:16]}).status_code == 200
-        deadline_ms = 60_000
-        with ThreadPoolExecutor(4) as pool:
-            fill = [pool.submit(_post, s.url, "/rerank", {"query": f"fill {i}", "texts": LONG[i * 100:(i + 1) * 100],
-                                                           "deadline_ms": deadline_ms}) for i in range(3)]
-            _wait_for(lambda: _health(s.url)["queue_pairs"] >= 150, what="a backlog")  # over a second of work
+        for i in range(3):  # measured (the first step is not)
             t0 = time.monotonic()
-            r = _post(s.url, "/rerank", {"query": "hurried", "texts": LONG[:10], "deadline_ms": 300})
-            took = time.monotonic() - t0
-            assert r.status_code == 429, (r.status_code, r.text)  # before admission control: admitted, then 504
-            assert r.json()["error_type"] == "overloaded" and int(r.headers["retry-after"]) >= 1
-            assert took < 1.0
-            patient = _post(s.url, "/rerank", {"query": "patient", "texts": LONG[:2], "deadline_ms": deadline_ms})
-            assert patient.status_code == 200
-            for f in fill:
-                res = f.result()
-                assert res.status_code == 200 and int(res.headers["x-total-time"]) < deadline_ms
-        assert _metric(s.url, 'crossrank_rejected_requests_total{reason="deadline"}') >= 1
-        assert _metric(s.url, "crossrank_dropped_requests_total") == 0  # nothing admitted only to expire
+            assert _post(s.url, "/rerank", {"query": f"warm {i}", "texts": LONG[:40]}).status_code == 200
+            per_request_s = time.monotonic() - t0
+        budget_ms = 3.2 * per_request_s * 1000  # room for about three requests like it
+
+        def client(i):
+            t0 = time.monotonic()
+            r = _post(s.url, "/rerank", {"query": f"client {i}", "texts": LONG[i * 40:(i + 1) * 40],
+                                         "deadline_ms": budget_ms})
+            return r, time.monotonic() - t0
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(client, range(8)))
+        statuses = [r.status_code for r, _ in answers]
+        print("statuses", statuses, "took", [round(t, 3) for _, t in answers], "budget_ms", round(budget_ms))
+        assert set(statuses) <= {200, 429, 504}, statuses
+        assert statuses.count(429) >= 2, statuses  # refused...
+        assert statuses.count(200) >= 2, statuses  # ...so that the admitted ones finish
+        assert statuses.count(504) <= 1, statuses  # (one allowed: this machine's speed may change mid-run)
+        for r, took in answers:
+            if r.status_code == 429:
+                assert r.json()["error_type"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+                assert took < max(1.0, budget_ms / 1000), took  # before the deadline (a 504 comes after it)
+            if r.status_code == 200:
+                assert int(r.headers["x-total-time"]) <= budget_ms + 250
+        assert _metric(s.url, 'crossrank_rejected_requests_total{reason="deadline"}') == statuses.count(429)
 
 
 # ------------------------------------------------------------------------------------------------ /search
@@ -349,14 +366,15 @@ def search_server(engine, tmp_path_factory):
     path.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"Doc {i}", "text": LONG[i % len(LONG)] + f" x{i}"})
                             + "\n" for i in range(1000)), encoding="utf-8")
     index = build_index(load_corpus(path), methods=["bm25"], progress=False)
-    app = create_app(engine, index=index, retriever="bm25", k=10, n=5, config=ServeConfig())
+    # a generous budget, so that admission takes the k=1000 search on a machine several times slower than this
+    app = create_app(engine, index=index, retriever="bm25", k=10, n=5, config=ServeConfig(default_deadline_ms=120_000))
     with ServerThread(app) as s:
         r = _post(s.url, "/search", {"query": "leaf3 energy", "k": 4, "n": 2})
         assert r.status_code == 200 and r.json()["reranked"], r.text
         yield s
 
 
-@pytest.mark.parametrize("deadline", [None, "25000"], ids=["no-deadline", "deadline"])
+@pytest.mark.parametrize("deadline", [None, "100000"], ids=["no-deadline", "deadline"])
 def test_an_abandoned_search_stops_scoring(search_server, deadline):
     """The k=1000 search is dropped by its client after a second; its queued pairs are shed, not scored for
     nobody, and a 1-text /rerank sent after it is answered at once. With a deadline the pipeline scores on its
@@ -371,10 +389,12 @@ def test_an_abandoned_search_stops_scoring(search_server, deadline):
     _wait_for(lambda: _metric(url, 'crossrank_requests_total{route="/search",status="499"}') >= 1
               and _metric(url, 'crossrank_dropped_requests_total{reason="cancelled"}') > cancelled0,
               what="the search cancelled")
+    at_cancel = _metric(url, "crossrank_scored_pairs_total")
     t0 = time.monotonic()
     r = _post(url, "/rerank", {"query": QUERY, "texts": ["Plants make glucose."]})
     assert r.status_code == 200 and time.monotonic() - t0 < 10
-    _wait_for(lambda: _health(url)["queue_requests"] == 0, timeout=30)
-    _wait_for(lambda: not search_server.app.state.crossrank.batcher.busy, timeout=30)
-    scored = _metric(url, "crossrank_scored_pairs_total") - scored0
-    assert scored < 700, f"{scored:.0f} of the 1000 pairs were scored after the client left"
+    batcher = search_server.app.state.crossrank.batcher
+    _wait_for(lambda: batcher.depth() == (0, 0) and not batcher.busy, timeout=30)
+    after = _metric(url, "crossrank_scored_pairs_total") - at_cancel
+    assert after <= batcher.max_batch_pairs + 1, f"{after:.0f} pairs scored after the client left"  # the step running
+    assert _metric(url, "crossrank_scored_pairs_total") - scored0 < 1000

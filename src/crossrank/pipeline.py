@@ -23,6 +23,7 @@ return nothing.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import time
@@ -251,7 +252,9 @@ class Pipeline:
             return reranker.score(query, texts)
         # a reranker that takes the budget stops working when it runs out (instead of finishing for nobody)
         extra = {"timeout_s": timeout_s} if accepts_timeout(reranker) else {}
-        future = self._executor.submit(reranker.score, query, texts, **extra)
+        # in a copy of the caller's context: context variables (the server's per-request cancel scope) follow the
+        # call onto the worker thread
+        future = self._executor.submit(contextvars.copy_context().run, reranker.score, query, texts, **extra)
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeout:

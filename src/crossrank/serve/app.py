@@ -15,7 +15,6 @@ import math
 import threading
 import time
 import uuid
-from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -273,7 +272,7 @@ class _Search:
         self._lock = threading.Lock()
         self.fixed = None
         if pipeline is not None:
-            self.fixed = _carry_context(pipeline if hasattr(pipeline, "search") else pipeline(reranker))
+            self.fixed = pipeline if hasattr(pipeline, "search") else pipeline(reranker)
 
     @property
     def retrievers(self) -> list[str]:
@@ -296,8 +295,8 @@ class _Search:
             if kind not in self._pipelines:
                 from crossrank.pipeline import Pipeline
 
-                self._pipelines[kind] = _carry_context(Pipeline(self.index.retriever(kind), self.reranker, k=self.k,
-                                                                n=self.n, deadline_ms=self.deadline_ms))
+                self._pipelines[kind] = Pipeline(self.index.retriever(kind), self.reranker, k=self.k, n=self.n,
+                                                 deadline_ms=self.deadline_ms)
             return self._pipelines[kind]
 
     def warm_up(self) -> None:
@@ -316,29 +315,6 @@ class _Search:
                     close()
                 except Exception:
                     pass
-
-
-class _ContextExecutor(Executor):
-    """An executor that runs each call in a copy of the submitting thread's context variables."""
-
-    def __init__(self, inner: Executor) -> None:
-        self.inner = inner
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any):
-        return self.inner.submit(contextvars.copy_context().run, fn, *args, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self.inner.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-def _carry_context(pipeline: Any) -> Any:
-    """Make a ``Pipeline``'s deadline thread pool carry the caller's context, so the reranker call it hands to a
-    worker thread still sees the ``/search`` request's ``CancelScope`` (without it a disconnect could not shed
-    that call's queued pairs; it would only expire at its deadline). Any other pipeline object is left as is."""
-    executor = getattr(pipeline, "_executor", None)
-    if isinstance(executor, Executor) and not isinstance(executor, _ContextExecutor):
-        pipeline._executor = _ContextExecutor(executor)
-    return pipeline
 
 
 # --------------------------------------------------------------------------------------------------- gate
@@ -539,6 +515,7 @@ def create_app(
         batch_wait_ms=config.batch_wait_ms,
         max_length=engines.max_length,
         observer=metrics,
+        tokens_per_s=config.tokens_per_s,
     )
     state = _State(reranker, config, engines, metrics, batcher)
     if pipeline is not None or index is not None:

@@ -148,12 +148,15 @@ class DynamicBatcher:
     delayed by work that fits in its slack, and a short one usually waits at most one step.
 
     Admission (``submit``). Before any step has been measured, or when the worker is idle (nothing queued or
-    running: trying costs nobody anything), every request is admitted, within the queue bounds. Otherwise the
-    request's completion is predicted as: now + what is left of the running step + (estimated tokens queued
-    ahead of it at its place in the order + its own) / rate. When that is after its deadline it is refused at
-    once with ``Overloaded(reason="deadline")``, ``retry_after_s`` = the predicted overshoot (or, if it could not
-    fit even alone, the time to drain the queue), rounded up, at least 1 s. The queue bounds
-    (``max_queue_pairs`` / ``max_queue_requests``) still apply: ``Overloaded(reason="queue_full")``.
+    running: trying costs nobody anything), every request is admitted, within the queue bounds. Otherwise each
+    request's completion is predicted as: now + what is left of the running step + the estimated tokens queued
+    up to the end of the step that will hold its last pair (steps fill in queue order, so its own tokens, those
+    ahead of it and what rides along after it, up to a step's worth) / rate. The request is refused at once with
+    ``Overloaded(reason="deadline")`` when that prediction is after its deadline, or when admitting it would
+    push a queued request that is on course for its deadline past it; ``retry_after_s`` is the predicted
+    overshoot (if it could not fit even alone: the time to drain what is ahead of it, after which it would be
+    tried alone), rounded up, at least 1 s.
+    The queue bounds (``max_queue_pairs`` / ``max_queue_requests``) still apply: ``reason="queue_full"``.
 
     Shedding. Before every step, jobs whose deadline has passed (``DeadlineExceeded``; reason ``"deadline"``) or
     that were cancelled are dropped, including what is left of a partly scored one, so no step is spent on work
@@ -312,44 +315,75 @@ class DynamicBatcher:
         return job
 
     def _place(self, job: Job, now: float, rate: float | None) -> int:
-        """Where ``job`` goes in the queue, or ``Overloaded`` when it is predicted to miss its deadline there
-        (lock held; the rule is in the class docstring)."""
+        """Where ``job`` goes in the queue, or ``Overloaded`` when it is predicted to miss its deadline there, or
+        to make a queued request that is on course miss its own (lock held; the rule is in the class docstring).
+        O(queued requests)."""
         queue = self._queue
+        own = job.left_tokens
         pos = len(queue)
         while pos > 0 and queue[pos - 1].deadline > job.deadline:  # earliest deadline first, ties by arrival
             pos -= 1
         if rate is None:  # nothing measured yet: admit; short ones still go ahead of long ones
-            while pos > 0 and queue[pos - 1].left_tokens > job.left_tokens:
+            while pos > 0 and queue[pos - 1].left_tokens > own:
                 pos -= 1
             return pos
-        running = self._running_left(now, rate)
-        finish = [0.0] * len(queue)  # predicted completion of each queued job, in queue order
-        t = now + running
-        for i, other in enumerate(queue):
-            t += other.left_tokens / rate
-            finish[i] = t
-        own = job.left_tokens / rate
-        while pos > 0:
-            other = queue[pos - 1]
-            if other.left_tokens <= job.left_tokens:
-                break
-            if finish[pos - 1] + own > other.deadline and finish[pos - 1] <= other.deadline:
-                break  # it would make that one miss a deadline it is on course to meet
-            pos -= 1
         if not queue and not self._step_tokens_now:
             return pos  # idle: trying costs nobody anything
-        ahead = finish[pos - 1] if pos > 0 else now + running
-        done = ahead + own
+        start = now + self._running_left(now, rate)
+        ends = list(itertools.accumulate(j.left_tokens for j in queue))  # tokens through each queued job
+        total = ends[-1] if ends else 0
+        finish = self._finish_fn(start, rate, total + own, self._pending_pairs + len(job.texts))
+
+        def late(i: int, through: int, all_tokens: int) -> bool:
+            return finish(through, all_tokens) > queue[i].deadline
+
+        while pos > 0:  # go ahead of longer ones that have the slack (or are late anyway)
+            i = pos - 1
+            if queue[i].left_tokens <= own:
+                break
+            if not late(i, ends[i], total) and late(i, ends[i] + own, total + own):
+                break  # it would make that one miss a deadline it is on course to meet
+            pos -= 1
+        ahead = ends[pos - 1] if pos > 0 else 0
+        done = finish(ahead + own, total + own)
         if done > job.deadline:
-            overshoot = done - job.deadline if own <= job.deadline - now else ahead - now
+            fits_alone = start + own / rate <= job.deadline
+            # could it never fit, retrying helps only once what is ahead has drained (then it is tried alone)
+            overshoot = done - job.deadline if fits_alone else finish(ahead, total) - now
             self._reject("deadline")
             raise Overloaded(
                 f"cannot finish before its deadline: predicted {(done - now) * 1000:.0f} ms "
-                f"({(ahead - now) * 1000:.0f} ms of queued work ahead at ~{rate:.0f} tokens/s), "
-                f"budget {(job.deadline - now) * 1000:.0f} ms",
+                f"({(finish(ahead, total) - now) * 1000 if pos else 0:.0f} ms of queued work ahead at "
+                f"~{rate:.0f} tokens/s), budget {(job.deadline - now) * 1000:.0f} ms",
                 reason="deadline", retry_after_s=math.ceil(overshoot),
             )
+        for i in range(len(queue)):  # those it shares a step with, or goes ahead of, finish later
+            through = ends[i] + (own if i >= pos else 0)
+            if not late(i, ends[i], total) and late(i, through, total + own):
+                self._reject("deadline")
+                raise Overloaded(
+                    f"cannot be admitted before its deadline without making a queued request miss its own "
+                    f"(~{rate:.0f} tokens/s)",
+                    reason="deadline", retry_after_s=math.ceil(finish(ends[i], total) - now),
+                )
         return pos
+
+    def _finish_fn(self, start: float, rate: float, tokens: int, pairs: int) -> Callable[[int, int], float]:
+        """``finish(through, total)``: when the work queued through some request (``through`` estimated tokens
+        from the head) is predicted scored, with ``total`` tokens queued in all. A request is done at the end of
+        the step holding its last pair, and steps take up to one step's worth in queue order (what follows it
+        rides along), so: ``through`` rounded up to whole steps, no further than ``total``. A step holds
+        ``batch_tokens * step_passes`` estimated tokens or ``max_batch_pairs`` pairs (of the queue's mean size:
+        ``tokens`` over ``pairs``), whichever is less."""
+        if not self.batching:  # each request alone
+            return lambda through, total: start + through / rate
+        per_pair = max(1.0, tokens / max(1, pairs))
+        step = max(1.0, min(float(self.step_tokens), self.max_batch_pairs * per_pair))
+
+        def finish(through: int, total: int) -> float:
+            return start + min(math.ceil(through / step) * step, total) / rate
+
+        return finish
 
     def _reject(self, reason: str) -> None:
         fn = getattr(self.observer, "on_reject", None)

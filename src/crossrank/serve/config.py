@@ -25,6 +25,9 @@ class ServeConfig:
       ahead of it, is answered 429 at once (``error_type`` "overloaded", ``Retry-After`` from the prediction)
       rather than queued to expire; the queue runs earliest deadline first, a short request allowed ahead of a
       longer one that has the slack. Counted in ``crossrank_rejected_requests_total{reason}``.
+      ``tokens_per_s``: a throughput prior (estimated tokens per second, e.g. from a benchmark of this model on
+      this machine) so admission predicts from the first request; None (default): everything is admitted until
+      the worker has timed a step. Measurements take over either way.
     Batching
       ``batching``: True packs (query, document) pairs from all waiting requests into shared forward passes
       (TEI-style continuous batching); False runs each request alone, in arrival order (for comparison).
@@ -76,6 +79,7 @@ class ServeConfig:
     keep_alive_s: float = 5.0
     max_connections: int = 768
     max_header_bytes: int = 16 * 1024
+    tokens_per_s: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_documents", "max_body_bytes", "max_query_chars", "max_queue_pairs", "max_queue_requests",
@@ -87,6 +91,9 @@ class ServeConfig:
                 raise InputError(f"serve option {name} must be a positive integer, got {value!r}")
         if self.batch_wait_ms < 0:
             raise InputError(f"serve option batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
+        rate = self.tokens_per_s
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
+            raise InputError(f"serve option tokens_per_s must be > 0, got {self.tokens_per_s!r}")
         if self.default_deadline_ms <= 0:
             raise InputError(f"serve option default_deadline_ms must be > 0, got {self.default_deadline_ms!r}")
         if self.long_documents not in (None, "truncate", "chunk"):
