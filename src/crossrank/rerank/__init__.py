@@ -35,7 +35,9 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     """Build a reranker from a name, path or URL.
 
     - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
-    - ``"fast"``: the bundled 2-layer student distilled from it (speed first; see its model card);
+    - ``"fast"``: speed first, at the default's quality: the cascade the fast bundle recommends
+      (``"fast-student>default@10"``: its model card has the measurements);
+    - ``"fast-student"``: the bundled 2-layer student distilled from the default, alone;
     - ``"A>B@M"``: a :class:`crossrank.rerank.cascade.CascadeReranker`, A scores every text and B rescores A's
       top M (e.g. ``"fast>default@10"``; ``options`` go to both);
     - ``http://...`` / ``https://...``: :class:`crossrank.rerank.remote.RemoteReranker` (``options`` go to it);
@@ -54,9 +56,11 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     if cache_size < 0:
         raise InputError("cache_size must be >= 0")
 
-    from crossrank.rerank.bundled import bundled_dir
+    from crossrank.rerank.bundled import bundled_dir, fast_spec
     from crossrank.rerank.cascade import parse_cascade_spec
 
+    if spec == "fast":
+        spec = fast_spec()
     inner: Reranker
     cascade = None if spec.lower().startswith(("http://", "https://")) else parse_cascade_spec(spec)
     if cascade is not None:

@@ -37,8 +37,19 @@ log = logging.getLogger(__name__)
 BUNDLES_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_BUNDLE_DIR = BUNDLES_DIR / "default"
 FAST_BUNDLE_DIR = BUNDLES_DIR / "fast"
-# the rerankers that ship inside the package, by the name a reranker spec uses
-BUNDLED = {"default": DEFAULT_BUNDLE_DIR, "fast": FAST_BUNDLE_DIR}
+# the rerankers that ship inside the package, by the name a reranker spec uses ("fast" is the student's bundle;
+# the spec "fast" is what that bundle recommends: see fast_spec)
+BUNDLED = {"default": DEFAULT_BUNDLE_DIR, "fast": FAST_BUNDLE_DIR, "fast-student": FAST_BUNDLE_DIR}
+
+
+def fast_spec() -> str:
+    """What the reranker spec ``fast`` means: the cascade its bundle recommends (``fast-student>default@M``: the
+    2-layer student scores every candidate, the default rescores its top M), or the student alone when the bundle
+    recommends no cascade."""
+    cascade = read_manifest(FAST_BUNDLE_DIR).get("settings", {}).get("cascade")
+    if isinstance(cascade, dict) and cascade.get("second") and int(cascade.get("top_m", 0)) > 0:
+        return f"fast-student>{cascade['second']}@{int(cascade['top_m'])}"
+    return "fast-student"
 MANIFEST = "crossrank_bundle.json"
 DELTA = "delta.safetensors"
 FORMAT = "crossrank-bundle"
