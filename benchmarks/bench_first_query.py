@@ -5,7 +5,7 @@ times (order rotated): import + load seconds, the first ``score`` call, a second
 the process's peak RSS (VmHWM). Ratios are against the peer measured in the same run.
 
     python benchmarks/bench_first_query.py                               # default, fast vs sentence-transformers
-    python benchmarks/bench_first_query.py --specs fast,fast>default@10 --k 100 --runs 5
+    python benchmarks/bench_first_query.py --specs fast,fast-student>default@20 --k 100 --runs 5
 
 Results: ``benchmarks/results/bench_first_query.json`` and ``.md``.
 """

@@ -17,7 +17,7 @@ reports peak RSS (``resource.getrusage``) above the loaded model.
     python benchmarks/bench_rerank.py                                # bundled default, K=20,100,1000
     python benchmarks/bench_rerank.py --k 20 100 --queries 10 --runs 2 --backends torch,onnx-int8,st,hf
     python benchmarks/bench_rerank.py --rss --k 100 --queries 5      # plus the K=1000 x 512-token memory run
-    python benchmarks/bench_rerank.py --k 100 --backends onnx,st --rerankers fast,fast>default@10 --tag bench_fast
+    python benchmarks/bench_rerank.py --k 100 --backends onnx,st --rerankers fast,fast-student>default@20 --tag bench_fast
 
 Results: ``benchmarks/results/bench_rerank.json`` and ``.md`` (``--out`` to change).
 """
@@ -243,7 +243,7 @@ class HFScorer(Scorer):
 
 class SpecScorer(Scorer):
     """Any reranker spec through ``crossrank.load_reranker`` with its own recommended settings (``fast``, a cascade
-    such as ``fast>default@10``): the speed-first models, timed against the same peers on the same candidates."""
+    such as ``fast-student>default@20``): the speed-first models, timed against the same peers on the same candidates."""
 
     def __init__(self, spec: str, threads: int | None):
         import crossrank
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed runs over the queries (K>=1000: 1)")
     ap.add_argument("--backends", default=",".join(ALL_BACKENDS))
     ap.add_argument("--rerankers", default="",
-                    help="also time these reranker specs as they load by default, e.g. fast,fast>default@10 "
+                    help="also time these reranker specs as they load by default, e.g. fast,fast-student>default@20 "
                          "(ratios against sentence-transformers on --model)")
     ap.add_argument("--agreement-queries", type=int, default=0, help="extra K=100 queries scored once for nDCG")
     ap.add_argument("--max-length", type=int, default=None, help="default: the model's recommended / engine's")

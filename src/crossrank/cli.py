@@ -180,7 +180,7 @@ def search(
     k: int = typer.Option(100, "--k", help="Candidates from the first stage."),
     n: int = typer.Option(10, "--n", help="Results returned."),
     retriever: str = typer.Option("hybrid", help="bm25, dense or hybrid."),
-    reranker: str = typer.Option("default", help="'default' or 'fast' (bundled), 'none', a cascade like fast>default@10, a model id/path, or a rerank service URL."),
+    reranker: str = typer.Option("default", help="'default', 'fast' or 'fast-student' (bundled), 'none', a cascade like fast-student>default@20, a model id/path, or a rerank service URL."),
     fusion: str = typer.Option("auto", help="Final order: none (cross-encoder), rrf, interpolate[:w], or auto (the model's recommendation)."),
     deadline_ms: Optional[float] = typer.Option(None, help="Time budget; the reranker is cut short to meet it."),
     min_score: Optional[str] = typer.Option(
@@ -259,7 +259,7 @@ def quickstart(
 
 @app.command()
 def serve(
-    model: str = typer.Option("default", help="Reranker: 'default', 'fast', a cascade like fast>default@10, a model id or path."),
+    model: str = typer.Option("default", help="Reranker: 'default', 'fast', 'fast-student', a cascade like fast-student>default@20, a model id or path."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8080, help="TCP port to listen on."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve POST /search over this index."),
@@ -454,7 +454,7 @@ def train(ctx: typer.Context) -> None:
 
 @model_app.command("export")
 def model_export(
-    name: str = typer.Argument(..., help="'default' or 'fast' (the bundled models) or a crossrank bundle directory."),
+    name: str = typer.Argument(..., help="'default' or 'fast-student' (the bundled models; 'fast' exports its student) or a crossrank bundle directory."),
     out_dir: Path = typer.Argument(..., help="Directory to write a standard Hugging Face checkpoint into."),
 ) -> None:
     """Write a model as a standard Hugging Face checkpoint (loads in transformers, sentence-transformers, TEI)."""

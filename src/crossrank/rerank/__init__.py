@@ -35,11 +35,11 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     """Build a reranker from a name, path or URL.
 
     - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
-    - ``"fast"``: speed first, at the default's quality: the cascade the fast bundle recommends
-      (``"fast-student>default@10"``: its model card has the measurements);
+    - ``"fast"``: speed first: the cascade the fast bundle recommends (``"fast-student>default@10"``; how its
+      quality compares with the default's is measured in that bundle's model card);
     - ``"fast-student"``: the bundled 2-layer student distilled from the default, alone;
     - ``"A>B@M"``: a :class:`crossrank.rerank.cascade.CascadeReranker`, A scores every text and B rescores A's
-      top M (e.g. ``"fast>default@10"``; ``options`` go to both);
+      top M (e.g. ``"fast-student>default@20"``; ``options`` go to both);
     - ``http://...`` / ``https://...``: :class:`crossrank.rerank.remote.RemoteReranker` (``options`` go to it);
     - a directory holding a crossrank bundle (``crossrank_bundle.json``): that bundle;
     - anything else: :class:`CrossEncoderReranker` on a Hugging Face id or local checkpoint directory.

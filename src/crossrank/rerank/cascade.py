@@ -1,9 +1,10 @@
 """A two-stage reranker: a cheap model scores every candidate, a better one rescores only the cheap model's top M.
 
-Spec ``"A>B@M"`` in :func:`crossrank.load_reranker` (for example ``"fast>default@10"``). The result's scores are
-the second model's for the top M and the first model's for the rest, so both models must score on the same scale:
-the bundled ``fast`` and ``default`` both return calibrated relevance probabilities (``activation="sigmoid"``
-with their own Platt calibrations), which is what makes the mixed list comparable. The top M, among themselves,
+Spec ``"A>B@M"`` in :func:`crossrank.load_reranker`, for example ``"fast-student>default@20"`` (the spec
+``fast`` is such a cascade). The result's scores are the second model's for the top M and the first model's for
+the rest, so both models must score on the same scale: the bundled ``fast-student`` and ``default`` both return
+calibrated relevance probabilities (``activation="sigmoid"`` with their own Platt calibrations), which is what
+makes the mixed list comparable. The top M, among themselves,
 are in exactly the second model's order. Recommendations (fusion, ``min_score``) are the second model's: its
 scores decide the head of the ranking.
 """
@@ -26,7 +27,7 @@ def parse_cascade_spec(spec: str) -> tuple[str, str, int] | None:
         return None
     m = SPEC.match(spec.strip())
     if not m:
-        raise InputError(f"cascade spec {spec!r}: write FIRST>SECOND@M, e.g. fast>default@10")
+        raise InputError(f"cascade spec {spec!r}: write FIRST>SECOND@M, e.g. fast-student>default@20")
     top_m = int(m["m"])
     if top_m < 1:
         raise InputError(f"cascade spec {spec!r}: M must be >= 1")
