@@ -382,13 +382,13 @@ def test_an_abandoned_search_stops_scoring(search_server, deadline):
     url = search_server.url
     headers = {"X-Crossrank-Deadline-Ms": deadline} if deadline else {}
     scored0 = _metric(url, "crossrank_scored_pairs_total")
-    cancelled0 = _metric(url, 'crossrank_dropped_requests_total{reason="cancelled"}')
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/search", json={"query": "leaf7 energy", "k": 1000, "n": 10}, headers=headers,
                    timeout=httpx.Timeout(60, read=1.0))
-    _wait_for(lambda: _metric(url, 'crossrank_requests_total{route="/search",status="499"}') >= 1
-              and _metric(url, 'crossrank_dropped_requests_total{reason="cancelled"}') > cancelled0,
-              what="the search cancelled")
+    # the disconnect is seen (499); whether queued pairs were left to shed depends on how far scoring had got,
+    # so what is checked below is what was scored after the client left
+    _wait_for(lambda: _metric(url, 'crossrank_requests_total{route="/search",status="499"}') >= 1,
+              what="the search cancelled", timeout=30)
     at_cancel = _metric(url, "crossrank_scored_pairs_total")
     t0 = time.monotonic()
     r = _post(url, "/rerank", {"query": QUERY, "texts": ["Plants make glucose."]})

@@ -168,8 +168,13 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
 
     fifo = tmp_path / "corpus.jsonl"
     os.mkfifo(fifo)
+    def as_from_a_shell() -> None:  # a shell starts commands with SIGINT at its default, unblocked; the test
+        # runner's own signal state (inherited across exec) must not decide whether the child sees Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
     proc = subprocess.Popen([sys.executable, "-m", "crossrank.cli", "index", str(fifo), "--out", str(tmp_path / "i")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
     deadline = time.monotonic() + 120
     while True:  # opening the write end succeeds once the command has opened the FIFO for reading
         try:
