@@ -34,6 +34,12 @@ def parse_cascade_spec(spec: str) -> tuple[str, str, int] | None:
     return m["first"].strip(), m["second"].strip(), top_m
 
 
+def cascade_head(first_scores: Sequence[float], top_m: int) -> list[int]:
+    """Indices of the ``top_m`` best first-model scores (ties: earlier input first): what the second model
+    rescores. The cascade and the held-out evaluation of cascades both pick the head here."""
+    return sorted(range(len(first_scores)), key=lambda i: -first_scores[i])[:top_m]
+
+
 class CascadeReranker:
     """``first`` scores all texts; ``second`` rescores the ``top_m`` best of them (see the module docstring)."""
 
@@ -47,7 +53,7 @@ class CascadeReranker:
         texts = check_texts(texts)
         t0 = time.monotonic()
         a = _score(self.first, query, texts, timeout_s)
-        head = sorted(range(len(texts)), key=lambda i: -a.scores[i])[: self.top_m]
+        head = cascade_head(a.scores, self.top_m)
         left = None if timeout_s is None else max(1e-3, timeout_s - (time.monotonic() - t0))
         b = _score(self.second, query, [texts[i] for i in head], left)
         scores, truncated = list(a.scores), list(a.truncated or [False] * len(texts))

@@ -418,10 +418,12 @@ def _compare(sets, rerankers, tables, probs, baseline_fusion: str | None, chosen
 def cascade_scores(first: dict[str, list[float]], second: dict[str, list[float]], m: int) -> dict[str, list[float]]:
     """Per query: the first model's scores with its top ``m`` replaced by the second model's (both calibrated,
     so the mixed list is on one scale), as :class:`crossrank.rerank.cascade.CascadeReranker` scores."""
+    from crossrank.rerank.cascade import cascade_head
+
     out = {}
     for qid, a in first.items():
         mixed = list(a)
-        for i in sorted(range(len(a)), key=lambda i: -a[i])[:m]:
+        for i in cascade_head(a, m):
             mixed[i] = second[qid][i]
         out[qid] = mixed
     return out
