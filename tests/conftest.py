@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Haystack sends usage telemetry from a background thread by default; offline it retries DNS lookups in the middle
+# of unrelated timing-sensitive tests.
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+
 SHARED_DATA = Path(os.environ.get("CROSSRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

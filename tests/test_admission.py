@@ -36,10 +36,12 @@ def engine(tiny_model_dir):
 
 
 class Gated:
-    """The real engine; ``score_pairs`` records each call and blocks while the gate is closed."""
+    """The real engine; ``score_pairs`` records each call and blocks while the gate is closed. ``s_per_pair``
+    makes each call take that much longer per pair, as a real model's would (the tiny one is fast on a fast
+    machine)."""
 
-    def __init__(self, engine):
-        self.engine, self.name = engine, engine.name
+    def __init__(self, engine, s_per_pair: float = 0.0):
+        self.engine, self.name, self.s_per_pair = engine, engine.name, s_per_pair
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -57,6 +59,7 @@ class Gated:
         self.entered.set()
         if not self.gate.wait(30):
             raise RuntimeError("gate never opened")
+        time.sleep(self.s_per_pair * len(pairs))
         return self.engine.score_pairs(pairs)
 
     def step_of(self, query) -> int:
@@ -159,6 +162,7 @@ def test_before_any_measurement_or_when_idle_everything_is_admitted(engine):
         assert b.tokens_per_s is None and b.backlog_s() is None
         _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
         queued = b.submit("tight", SHORT[:500], deadline_s=0.001)  # no estimate yet: admitted, then expires
+        time.sleep(0.05)  # ...before the worker is free (a fast worker could otherwise start it within 1 ms)
         gated.gate.set()
         with pytest.raises(DeadlineExceeded):
             queued.future.result(30)
@@ -358,7 +362,7 @@ def test_real_overload_refuses_what_cannot_finish_and_the_admitted_finish_in_tim
 
 @pytest.fixture(scope="module")
 def search_server(engine, tmp_path_factory):
-    """/search over 1000 long documents: reranking k=1000 takes the tiny model several seconds."""
+    """/search over 1000 long documents, reranked by the tiny model made to take 5 ms a pair: k=1000 takes 5 s."""
     from crossrank.corpus import load_corpus
     from crossrank.retrieve import build_index
 
@@ -367,7 +371,8 @@ def search_server(engine, tmp_path_factory):
                             + "\n" for i in range(1000)), encoding="utf-8")
     index = build_index(load_corpus(path), methods=["bm25"], progress=False)
     # a generous budget, so that admission takes the k=1000 search on a machine several times slower than this
-    app = create_app(engine, index=index, retriever="bm25", k=10, n=5, config=ServeConfig(default_deadline_ms=120_000))
+    app = create_app(Gated(engine, s_per_pair=0.005), index=index, retriever="bm25", k=10, n=5,
+                     config=ServeConfig(default_deadline_ms=120_000))
     with ServerThread(app) as s:
         r = _post(s.url, "/search", {"query": "leaf3 energy", "k": 4, "n": 2})
         assert r.status_code == 200 and r.json()["reranked"], r.text
