@@ -20,8 +20,14 @@ import httpx
 import pytest
 
 from crossrank.serve import ServeConfig, ServerThread, create_app
-from crossrank.serve.batcher import (BatchedReranker, Cancelled, CancelScope, DeadlineExceeded, DynamicBatcher,
-                                     Overloaded)
+from crossrank.serve.batcher import (
+    BatchedReranker,
+    Cancelled,
+    CancelScope,
+    DeadlineExceeded,
+    DynamicBatcher,
+    Overloaded,
+)
 
 QUERY = "what do plants make from sunlight"
 SHORT = [f"Plants convert sunlight, water and carbon dioxide into glucose, number {i}." for i in range(1000)]
@@ -277,7 +283,7 @@ def test_overloaded_answers_429_with_retry_after_in_each_dialect(gated_server):
         for i, budget_s in enumerate((14, 26, 38)):  # ~10 s of work each: predicted done at ~12, ~24, ~32 s
             queued.append(pool.submit(_post, server.url, "/rerank", {"query": f"queued {i}", "texts": SHORT[:900],
                                                                       "deadline_ms": budget_s * 1000}))
-            _wait_for(lambda: _health(server.url)["queue_requests"] == i + 1, what=f"request {i} queued")
+            _wait_for(lambda i=i: _health(server.url)["queue_requests"] == i + 1, what=f"request {i} queued")
         assert 25 < _health(server.url)["queue_seconds"] < 35
         # ~11 s of its own, due after the last queued one, which has no slack to let it go first: ~42 s.
         body = {"query": "hurried request", "texts": SHORT[:900], "deadline_ms": 39_000}

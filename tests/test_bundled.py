@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from crossrank.errors import ModelLoadError
-from crossrank.rerank import CrossEncoderReranker, load_reranker
-from crossrank.rerank import bundled
+from crossrank.rerank import CrossEncoderReranker, bundled, load_reranker
 from crossrank.rerank.bundled import (
     DEFAULT_BUNDLE_DIR,
     bundle_available,

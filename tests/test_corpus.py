@@ -147,7 +147,7 @@ def test_chunking_windows_overlap_and_parents():
     assert [p.index for p in passages] == [0, 1, 2, 3]
     toks = [p.text.split() for p in passages]
     assert toks[0] == words[0:10] and toks[1] == words[7:17] and toks[2] == words[14:24] and toks[3] == words[21:25]
-    for a, b in zip(toks, toks[1:]):
+    for a, b in zip(toks, toks[1:], strict=False):
         assert a[-3:] == b[:3]  # overlap
     assert all(count_tokens(p.text) <= 10 for p in passages)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_clean_error, run_cli, shared_dataset
 from crossrank.errors import InputError
 from crossrank.evaluate import (
     SCHEMA_DOC,
@@ -32,8 +33,6 @@ from crossrank.evaluate.answers import LLMAnswerCache, LLMConfig, llm_answer_acc
 from crossrank.evaluate.beir import rerank_prefix
 from crossrank.rerank.base import RerankScores, rank_by_scores
 from crossrank.types import Candidate
-
-from conftest import assert_clean_error, run_cli, shared_dataset
 
 # ---------------------------------------------------------------------------------------------- tiny dataset
 DOCS = [
@@ -466,7 +465,7 @@ def test_llm_scores_match_gold_passage_presence(tmp_path, fake_llm):
     cfg = LLMConfig.from_options({"base_url": fake_llm, "model": "fake-llm", "concurrency": 3})
     docs = {d: (t, x) for d, t, x in DOCS}
     requests, expected = {}, {}
-    for qid, text, gold, answers in QUERIES:
+    for qid, text, gold, _answers in QUERIES:
         for variant, ids in (("with", [gold, "d10"]), ("without", ["d10", "d11"])):
             requests[f"{qid}-{variant}"] = (qid, text, [(d, *docs[d]) for d in ids])
             expected[f"{qid}-{variant}"] = variant == "with"

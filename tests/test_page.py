@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
-import re
 import urllib.parse
 
 import pytest
@@ -34,8 +34,9 @@ def render(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    from conftest import SAMPLE_DOCS
     import json
+
+    from conftest import SAMPLE_DOCS
 
     corpus = tmp_path_factory.mktemp("page") / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(d) + "\n" for d in SAMPLE_DOCS), encoding="utf-8")

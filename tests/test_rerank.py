@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import subprocess
+import sys
 
 import pytest
 import torch

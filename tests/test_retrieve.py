@@ -65,7 +65,7 @@ def test_bm25_finds_the_obvious_doc():
     hits = r.search("volcano magma lava", k=3)
     assert hits[0].id == "d3" and hits[0].rank == 1 and hits[0].title == "Volcanoes"
     assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
 
 
 def test_bm25_stemming_and_no_match():
@@ -95,7 +95,7 @@ def test_dense_batch_equals_single(built):
     r = built[0].retriever("dense")
     qs = ["earthquakes and mountains", "hormone controlling blood sugar"]
     batch = r.search_batch(qs, k=6)
-    for q, b in zip(qs, batch):
+    for q, b in zip(qs, batch, strict=True):
         single = r.search(q, k=6)
         assert ids(single) == ids(b)
         assert np.allclose([c.score for c in single], [c.score for c in b], atol=1e-5)
@@ -347,7 +347,7 @@ def test_scifact_bm25_ndcg():
     r = BM25Retriever(ds.corpus)
     qids = list(ds.queries)
     results = r.search_batch([ds.queries[q] for q in qids], k=100)
-    run = {q: {c.doc_id: c.score for c in res} for q, res in zip(qids, results)}
+    run = {q: {c.doc_id: c.score for c in res} for q, res in zip(qids, results, strict=True)}
     ndcg = evaluate(Qrels(ds.qrels), Run(run), "ndcg@10")
     assert abs(ndcg - 0.679) <= 0.01, ndcg
 

@@ -449,7 +449,7 @@ def test_cross_request_batching_switch(gated_server):
         waiting = []
         for i in range(3):  # in a known arrival order
             waiting.append(pool.submit(_post, server.url, "/rerank", {"query": f"q{i}", "texts": DOCS}))
-            _wait_for(lambda: _queued(server.url) == i + 1)
+            _wait_for(lambda i=i: _queued(server.url) == i + 1)
         gated.gate.set()
         assert first.result().status_code == 200
         assert [f.result().status_code for f in waiting] == [200, 200, 200]

@@ -49,6 +49,21 @@ def _int_csv(value: str, option: str) -> list[int]:
         raise InputError(f"{option} expects comma-separated integers, got {value!r}") from exc
 
 
+_PROMPT_FORMAT_HELP = ("LLM rerankers: how the model reads a pair (qwen3-reranker, bge-reranker-v2-gemma, or a JSON "
+                       "file); default: the checkpoint's own or the one its name implies.")
+_REMOTE_CODE_HELP = "Allow a checkpoint to run code from its repository (off: such models are refused)."
+
+
+def _model_options(prompt_format: str | None, trust_remote_code: bool) -> dict:
+    """Loading options for a local model, only those set (a bundle or a URL takes none)."""
+    opts: dict = {}
+    if prompt_format:
+        opts["prompt_format"] = prompt_format
+    if trust_remote_code:
+        opts["trust_remote_code"] = True
+    return opts
+
+
 def _load_reranker_option(name: str, **options):
     """``none`` -> None; anything else goes to ``crossrank.load_reranker``."""
     if name.lower() == "none":
@@ -188,6 +203,10 @@ def search(
     unit: str = typer.Option(
         "document", help="document (one row per document, its best passage) or passage (every matching passage)."),
     as_json: bool = typer.Option(False, "--json", help="Print the documented JSON schema instead of a table."),
+    instruction: Optional[str] = typer.Option(
+        None, help="Task instruction for LLM rerankers whose prompt takes one (default: the model's own)."),
+    prompt_format: Optional[str] = typer.Option(None, help=_PROMPT_FORMAT_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=_REMOTE_CODE_HELP),
 ) -> None:
     """Search an index: retrieve K, rerank, return N."""
     from crossrank.errors import check_query
@@ -200,7 +219,7 @@ def search(
     check_k_n(k, n)
     start = time.perf_counter()
     idx = load_index(index_dir)
-    rr = _load_reranker_option(reranker)
+    rr = _load_reranker_option(reranker, **_model_options(prompt_format, trust_remote_code))
     pipe = Pipeline(
         idx.retriever(retriever),
         rr,
@@ -210,6 +229,7 @@ def search(
         fusion=fusion,
         min_score=min_score,
         unit=unit,  # type: ignore[arg-type]
+        instruction=instruction,
     )
     with pipe:
         # lazy loads and the throughput estimate stay out of the query's timings and deadline; bounded, so a
@@ -280,8 +300,11 @@ def serve(
         True, "--dynamic-batching/--no-dynamic-batching", help="Batch concurrent requests together (off: each alone, for comparison)."),
     long_documents: str = typer.Option("truncate", help="truncate or chunk (max-score over windows)."),
     deadline_ms: Optional[float] = typer.Option(None, help="Default per-request deadline."),
+    prompt_format: Optional[str] = typer.Option(None, help=_PROMPT_FORMAT_HELP),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=_REMOTE_CODE_HELP),
 ) -> None:
-    """Run the reranker as an HTTP service (TEI /rerank, Cohere /v2/rerank, Jina/Voyage /v1/rerank)."""
+    """Run the reranker as an HTTP service (TEI /rerank, Cohere /v2/rerank, Jina/Voyage /v1/rerank). Every
+    dialect takes an optional `instruction` for LLM rerankers."""
     from crossrank import serve as serve_mod
 
     # bad options fail before seconds of model loading
@@ -311,6 +334,7 @@ def serve(
         dynamic_batching=dynamic_batching,
         long_documents=long_documents,
         deadline_ms=deadline_ms,
+        reranker_options=_model_options(prompt_format, trust_remote_code) or None,
     )
 
 

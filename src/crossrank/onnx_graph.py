@@ -171,7 +171,7 @@ def _export(model: Any, path: Path, input_names: list[str], output: str = "logit
             self.m = m
 
         def forward(self, *xs):
-            return getattr(self.m(**dict(zip(input_names, xs))), output)
+            return getattr(self.m(**dict(zip(input_names, xs, strict=True))), output)
 
     prev = getattr(model.config, "_attn_implementation", None)
     changed = False

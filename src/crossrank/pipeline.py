@@ -33,7 +33,7 @@ from typing import Literal, Sequence
 
 from crossrank.errors import InputError, RerankTimeout, check_query
 from crossrank.rerank import recommendation
-from crossrank.rerank.base import Reranker, RerankScores, accepts_timeout
+from crossrank.rerank.base import Reranker, RerankScores, score_with, takes_instruction
 from crossrank.retrieve.base import Retriever
 from crossrank.threads import DaemonThreadPoolExecutor
 from crossrank.types import Candidate, Hit, SearchResult, Timings, first_per_document
@@ -161,6 +161,8 @@ class Pipeline:
             documents are reranked.
         workers: threads that run reranker calls under a deadline (a call that overruns keeps its thread
             until it ends, so more than one lets the next search proceed).
+        instruction: default task instruction for rerankers that take one (LLM rerankers; ``None``: the
+            model's own default); a reranker that takes none makes it an ``InputError``.
 
     Cold start: retrievers and rerankers load lazily (bi-encoder, tokenizer, ONNX sessions) and have no
     throughput estimate before their first call. :meth:`warm_up` runs the retriever and the reranker once on a
@@ -192,8 +194,10 @@ class Pipeline:
         unit: Unit = "passage",
         workers: int = 4,
         passages_per_doc: int = 3,
+        instruction: str | None = None,
     ) -> None:
         check_k_n(k, n)
+        self.instruction = _check_instruction(instruction, reranker)
         if unit not in ("passage", "document"):
             raise InputError(f"unit must be 'passage' or 'document', got {unit!r}")
         self.retriever = retriever
@@ -246,15 +250,16 @@ class Pipeline:
             if self.warm_up_ms is None and self.throughput.pairs_per_s is None:
                 self.warm_up(timeout_s=max(WARM_UP_TIMEOUT_S, deadline_ms / 1000.0))
 
-    def _score(self, reranker: Reranker, query: str, texts: list[str], timeout_s: float | None):
+    def _score(self, reranker: Reranker, query: str, texts: list[str], timeout_s: float | None,
+               instruction: str | None = None):
         """``reranker.score``, bounded by ``timeout_s`` (raises ``FutureTimeout`` / ``RerankTimeout``)."""
         if timeout_s is None:
-            return reranker.score(query, texts)
-        # a reranker that takes the budget stops working when it runs out (instead of finishing for nobody)
-        extra = {"timeout_s": timeout_s} if accepts_timeout(reranker) else {}
+            return score_with(reranker, query, texts, instruction=instruction)
+        # a reranker that takes the budget stops working when it runs out (instead of finishing for nobody);
         # in a copy of the caller's context: context variables (the server's per-request cancel scope) follow the
         # call onto the worker thread
-        future = self._executor.submit(contextvars.copy_context().run, reranker.score, query, texts, **extra)
+        future = self._executor.submit(contextvars.copy_context().run, score_with, reranker, query, texts,
+                                       timeout_s=timeout_s, instruction=instruction)
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeout:
@@ -278,10 +283,13 @@ class Pipeline:
         min_score: "float | str | None" = None,
         rerank: bool = True,
         unit: Unit | None = None,
+        instruction: str | None = None,
     ) -> SearchResult:
         """Run one query through the pipeline. Raises ``InputError`` only for bad input (empty query, bad k/n,
-        n > k). A deadline on a cold pipeline warms it up first (see the class docstring)."""
+        n > k, an instruction for a reranker that takes none). A deadline on a cold pipeline warms it up first
+        (see the class docstring)."""
         check_query(query)
+        instruction = self.instruction if instruction is None else _check_instruction(instruction, self.reranker)
         k = self.k if k is None else k
         n = self.n if n is None else n
         check_k_n(k, n)
@@ -310,7 +318,7 @@ class Pipeline:
         elif not candidates:
             outcome.reason = "no candidates"
         else:
-            outcome = self._rerank(reranker, query, candidates, start, deadline_ms)
+            outcome = self._rerank(reranker, query, candidates, start, deadline_ms, instruction)
         rerank_done = time.perf_counter()
 
         hits = _compose(candidates, outcome, fusion_spec)
@@ -344,7 +352,8 @@ class Pipeline:
         )
 
     def _rerank(
-        self, reranker: Reranker, query: str, candidates: list[Candidate], start: float, deadline_ms: float | None
+        self, reranker: Reranker, query: str, candidates: list[Candidate], start: float, deadline_ms: float | None,
+        instruction: str | None = None,
     ) -> "_RerankOutcome":
         texts = [c.full_text for c in candidates]
         head = len(texts)
@@ -365,7 +374,7 @@ class Pipeline:
 
         call_start = time.perf_counter()
         try:
-            scores = self._score(reranker, query, texts[:head], timeout_s)
+            scores = self._score(reranker, query, texts[:head], timeout_s, instruction)
         except (FutureTimeout, RerankTimeout) as exc:
             if timeout_s is None:  # the reranker's own time limit, not our deadline
                 return _RerankOutcome(reason=f"reranker failed: {type(exc).__name__}: {exc}")
@@ -421,6 +430,17 @@ def resolve_min_score(spec: "float | str | None", reranker: Reranker | None) -> 
     if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not math.isfinite(spec):
         raise InputError(f"min_score must be a finite number or 'auto', got {spec!r}")
     return float(spec)
+
+
+def _check_instruction(instruction: str | None, reranker: Reranker | None) -> str | None:
+    if instruction is None:
+        return None
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise InputError("instruction must be a non-empty string")
+    if reranker is None or not takes_instruction(reranker):
+        name = getattr(reranker, "name", None)
+        raise InputError(f"an instruction needs a reranker that takes one; {name or 'no reranker'} takes none")
+    return instruction
 
 
 def check_k_n(k: int, n: int) -> None:

@@ -244,8 +244,8 @@ def _is_empty(doc: Document) -> bool:
 def _skip_empty(docs: list[Document], path: Path) -> list[Document]:
     """``docs`` without empty ones (no title and text, or only NUL bytes); one warning with their count."""
     empty = [_is_empty(d) for d in docs]
-    kept = [d for d, e in zip(docs, empty) if not e]
-    skipped = [d.id for d, e in zip(docs, empty) if e]
+    kept = [d for d, e in zip(docs, empty, strict=True) if not e]
+    skipped = [d.id for d, e in zip(docs, empty, strict=True) if e]
     if not kept:
         raise InputError(f"corpus {path} is empty: all {len(docs)} documents have no text (or only NUL bytes)")
     if skipped:

@@ -298,7 +298,7 @@ def plot_frontier(data: dict) -> str:
     smarker = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(series)}
     pts = [(max(c["latency_ms"]["total"]["p95"], 1e-3), c["metrics"]["ndcg@10"]) for c in cfgs]
     front = pareto_front(pts)
-    for c, (x, y) in zip(cfgs, pts):
+    for c, (x, y) in zip(cfgs, pts, strict=True):
         ax.scatter(x, y, s=46, color=rcolor.get(c["retriever"], "#333"), marker=smarker[(c["reranker"], c["fusion"])],
                    alpha=0.75, zorder=2)
     fx = [pts[i][0] for i in front]
@@ -371,7 +371,7 @@ def plot_answer_selection(data: dict) -> str:
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(names))]
         vals = [m["metrics"][n] for n in names]
         bars = ax.bar(xs, vals, width=width * 0.95, color=_COLORS[i % len(_COLORS)], label=m["name"])
-        for b, v in zip(bars, vals):
+        for b, v in zip(bars, vals, strict=True):
             ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=10)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)

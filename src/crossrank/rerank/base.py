@@ -57,7 +57,9 @@ class Reranker(Protocol):
 
         Implementations may also take a keyword ``timeout_s`` (a time budget after which they stop working and
         raise ``RerankTimeout``); the pipeline passes its remaining deadline to those that do
-        (:func:`accepts_timeout`)."""
+        (:func:`accepts_timeout`). Those whose model reads a task instruction (LLM rerankers) have a true
+        ``takes_instruction`` attribute and take a keyword ``instruction`` (:func:`takes_instruction`).
+        Callers pass both through :func:`score_with`."""
         ...
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
@@ -82,6 +84,27 @@ def check_texts(texts: Iterable[Any]) -> list[str]:
         if not isinstance(t, str):
             raise InputError(f"text {i} must be a string, not {type(t).__name__}")
     return out
+
+
+def takes_instruction(reranker: Any) -> bool:
+    """Whether ``reranker.score`` takes an ``instruction`` (its model's prompt has room for a task description)."""
+    return getattr(reranker, "takes_instruction", False) is True
+
+
+def score_with(reranker: Any, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+               instruction: str | None = None) -> "RerankScores":
+    """``reranker.score(query, texts)`` with the optional keywords it takes: the time budget where it accepts one
+    (elsewhere the caller bounds the call itself), the instruction (an ``InputError`` for a reranker that takes
+    none: an instruction silently ignored would be a wrong answer, not a degraded one)."""
+    extra: dict[str, Any] = {}
+    if timeout_s is not None and accepts_timeout(reranker):
+        extra["timeout_s"] = timeout_s
+    if instruction is not None:
+        if not takes_instruction(reranker):
+            raise InputError(f"reranker {getattr(reranker, 'name', reranker)!r} takes no instruction "
+                             "(only LLM rerankers whose prompt has one do)")
+        extra["instruction"] = instruction
+    return reranker.score(query, texts, **extra)
 
 
 def accepts_timeout(reranker: Any) -> bool:

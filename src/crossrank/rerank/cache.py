@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from crossrank.errors import InputError
-from crossrank.rerank.base import RankedText, Reranker, RerankScores, accepts_timeout, rank_by_scores
+from crossrank.rerank.base import RankedText, Reranker, RerankScores, rank_by_scores, score_with
 
 
 class CachedReranker:
@@ -64,10 +64,12 @@ class CachedReranker:
 
     # ---------------------------------------------------------------- keys
 
-    def _query_hasher(self, query: str) -> "hashlib._Hash":
+    def _query_hasher(self, query: str, instruction: str | None = None) -> "hashlib._Hash":
         h = hashlib.blake2b(digest_size=16)
         h.update(self.name.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
+        if instruction is not None:  # the same pair under another task instruction is another score
+            h.update(b"\x01" + instruction.encode("utf-8", "surrogatepass") + b"\x00")
         h.update(query.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
         return h
@@ -80,18 +82,19 @@ class CachedReranker:
 
     # ---------------------------------------------------------------- scoring
 
-    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
-        """Cached scores; ``timeout_s`` reaches the wrapped reranker when it takes one (see ``Reranker``)."""
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+              instruction: str | None = None) -> RerankScores:
+        """Cached scores; ``timeout_s`` and ``instruction`` reach the wrapped reranker as in
+        :func:`crossrank.rerank.base.score_with`."""
         texts = list(texts)
         if not isinstance(query, str) or any(not isinstance(t, str) for t in texts):
             raise InputError("query and texts must be strings")
-        base = self._query_hasher(query)
+        base = self._query_hasher(query, instruction)
         keys = [self._key(base, t) for t in texts]
-        extra = {"timeout_s": timeout_s} if timeout_s is not None and accepts_timeout(self.inner) else {}
-        return self._score_keys(keys, [(query, t) for t in texts],
-                                lambda todo: self.inner.score(query, [t for _, t in todo], **extra))
+        return self._score_keys(keys, [(query, t) for t in texts], lambda todo: score_with(
+            self.inner, query, [t for _, t in todo], timeout_s=timeout_s, instruction=instruction))
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> RerankScores:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None) -> RerankScores:
         """Cached scores for pairs from many queries (the server's batcher calls this)."""
         pairs = [tuple(p) for p in pairs]
         bases: dict[str, Any] = {}
@@ -100,13 +103,15 @@ class CachedReranker:
             if not isinstance(q, str) or not isinstance(t, str):
                 raise InputError("pairs must be (query, text) strings")
             if q not in bases:
-                bases[q] = self._query_hasher(q)
+                bases[q] = self._query_hasher(q, instruction)
             keys.append(self._key(bases[q], t))
-        return self._score_keys(keys, pairs, self._inner_pairs)
+        return self._score_keys(keys, pairs, lambda todo: self._inner_pairs(todo, instruction))
 
-    def _inner_pairs(self, todo: list[tuple[str, str]]) -> RerankScores:
+    def _inner_pairs(self, todo: list[tuple[str, str]], instruction: str | None = None) -> RerankScores:
         if hasattr(self.inner, "score_pairs"):
-            return self.inner.score_pairs(todo)
+            if instruction is None:
+                return self.inner.score_pairs(todo)
+            return self.inner.score_pairs(todo, instruction=instruction)
         # A reranker without score_pairs: one call per query, results put back in order.
         scores = [0.0] * len(todo)
         truncated = [False] * len(todo)
@@ -115,7 +120,7 @@ class CachedReranker:
         for i, (q, _) in enumerate(todo):
             by_query.setdefault(q, []).append(i)
         for q, idx in by_query.items():
-            res = self.inner.score(q, [todo[i][1] for i in idx])
+            res = score_with(self.inner, q, [todo[i][1] for i in idx], instruction=instruction)
             tokens += res.tokens
             for j, i in enumerate(idx):
                 scores[i] = res.scores[j]

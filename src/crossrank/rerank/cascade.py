@@ -16,7 +16,15 @@ import time
 from typing import Any, Sequence
 
 from crossrank.errors import InputError
-from crossrank.rerank.base import RankedText, Reranker, RerankScores, accepts_timeout, check_texts, rank_by_scores
+from crossrank.rerank.base import (
+    RankedText,
+    Reranker,
+    RerankScores,
+    check_texts,
+    rank_by_scores,
+    score_with,
+    takes_instruction,
+)
 
 SPEC = re.compile(r"^(?P<first>[^>]+)>(?P<second>[^>@]+)@(?P<m>\d+)$")
 
@@ -49,13 +57,21 @@ class CascadeReranker:
         self.first, self.second, self.top_m = first, second, int(top_m)
         self.name = f"{first.name}>{second.name}@{self.top_m}"
 
-    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+    @property
+    def takes_instruction(self) -> bool:
+        """An instruction reaches whichever of the two models takes one."""
+        return takes_instruction(self.first) or takes_instruction(self.second)
+
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+              instruction: str | None = None) -> RerankScores:
         texts = check_texts(texts)
+        if instruction is not None and not self.takes_instruction:
+            raise InputError(f"neither model of {self.name} takes an instruction")
         t0 = time.monotonic()
-        a = _score(self.first, query, texts, timeout_s)
+        a = _score(self.first, query, texts, timeout_s, instruction)
         head = cascade_head(a.scores, self.top_m)
         left = None if timeout_s is None else max(1e-3, timeout_s - (time.monotonic() - t0))
-        b = _score(self.second, query, [texts[i] for i in head], left)
+        b = _score(self.second, query, [texts[i] for i in head], left, instruction)
         scores, truncated = list(a.scores), list(a.truncated or [False] * len(texts))
         for i, s, cut in zip(head, b.scores, b.truncated or [False] * len(head)):
             scores[i], truncated[i] = float(s), bool(cut)
@@ -79,10 +95,10 @@ class CascadeReranker:
         return f"CascadeReranker({self.name!r})"
 
 
-def _score(reranker: Reranker, query: str, texts: list[str], timeout_s: float | None) -> RerankScores:
-    if timeout_s is not None and accepts_timeout(reranker):
-        return reranker.score(query, texts, timeout_s=timeout_s)
-    return reranker.score(query, texts)
+def _score(reranker: Reranker, query: str, texts: list[str], timeout_s: float | None,
+           instruction: str | None) -> RerankScores:
+    instruction = instruction if takes_instruction(reranker) else None
+    return score_with(reranker, query, texts, timeout_s=timeout_s, instruction=instruction)
 
 
 def _info(reranker: Any) -> dict[str, Any]:

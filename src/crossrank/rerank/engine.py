@@ -29,11 +29,16 @@ bf16). With ``torch-int8`` / ``onnx-int8`` a pair's score also depends slightly 
 afterwards needs a new engine (or ``backend="torch"``).
 
 Loading accepts safetensors only and refuses anything that is not a sequence-classification model (including an
-encoder to which transformers would silently attach a random head) unless ``allow_new_head=True`` (training).
+encoder to which transformers would silently attach a random head) unless ``allow_new_head=True`` (training), or
+a causal language model with a known reranking prompt (Qwen3-Reranker, bge-reranker-v2-gemma, or any
+``prompt_format=``; :mod:`crossrank.rerank.prompts`), which is scored by its answer-token logits
+(:mod:`crossrank.rerank.causal`). Checkpoints that need code from their repository load only with
+``trust_remote_code=True``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -51,6 +56,7 @@ from crossrank.errors import InputError, ModelLoadError, RerankTimeout, check_qu
 from crossrank.hardware import cpu_flags
 from crossrank.rerank.base import RankedText, RerankScores, check_texts, rank_by_scores
 from crossrank.rerank.calibration import Calibration
+from crossrank.rerank.prompts import BUILTIN, PROMPT_FILE, PromptFormat, resolve_prompt_format
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ ATTENTION_BUDGET_BYTES = 64 << 20
 # On CPU, forward passes of at most this many padded tokens (``batch_tokens`` stays the upper bound): activations
 # then stay cache-resident; measured 1.1-1.3x faster than 16384-token passes for MiniLM-L6 on a 2-core Zen 3.
 CPU_PASS_TOKENS = 1024
+# Default max_length of causal-LM rerankers (their models allow far more; a user with long documents raises it).
+CAUSAL_DEFAULT_MAX_LENGTH = 1024
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -172,6 +180,76 @@ def _is_sequence_classifier(config: Any) -> bool:
 _BENIGN_MISSING = re.compile(r"(position_ids|token_type_ids|\.num_batches_tracked)$")
 
 
+def _is_causal_lm(config: Any) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForCausalLM") for a in archs)
+
+
+@dataclass
+class _Source:
+    """Where a checkpoint is read from: ``source`` for ``from_pretrained``, its display ``name``, the loading
+    kwargs, its config and (for a local folder) the folder."""
+
+    raw: str
+    source: str
+    name: str
+    kwargs: dict[str, Any]
+    config: Any
+    local_dir: Path | None
+
+
+def _open_checkpoint(name_or_path: str | os.PathLike, *, local_files_only: bool, revision: str | None,
+                     trust_remote_code: bool) -> _Source:
+    """Resolve a local folder or hub id and read its config, or raise :class:`ModelLoadError` saying why not."""
+    from transformers import AutoConfig
+
+    raw = os.fspath(name_or_path)
+    path = Path(raw).expanduser()
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    local_dir = None
+    if path.exists():
+        _check_local_dir(path)
+        source, name = str(path.resolve()), str(path.resolve())
+        kwargs["local_files_only"] = True
+        local_dir = path.resolve()
+    else:
+        looks_like_path = raw.startswith((".", "/", "~", "\\")) or "\\" in raw or raw.count("/") > 1
+        if looks_like_path or not _HUB_ID.match(raw):
+            raise ModelLoadError(f"{raw} does not exist (and is not a Hugging Face hub id)")
+        source, name = raw, raw
+        offline = local_files_only or _is_offline()
+        if _cached_on_disk(raw):
+            offline = True  # already downloaded: no network round trips (and no retries when offline)
+        kwargs["local_files_only"] = offline
+        if revision:
+            kwargs["revision"] = revision
+    if local_dir is not None and not trust_remote_code:
+        _refuse_remote_code(local_dir, raw)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(_REMOTE_CODE.format(raw=raw)) from e
+        where = "the local Hugging Face cache" if kwargs.get("local_files_only") else "the Hugging Face hub"
+        raise ModelLoadError(f"cannot load a model config for {raw!r} from {where}: {_first_line(e)}") from e
+    return _Source(raw, source, name, kwargs, config, local_dir)
+
+
+_REMOTE_CODE = ("{raw} needs code from its repository to load (its config names custom classes in auto_map); "
+                "crossrank runs no remote code unless asked: pass trust_remote_code=True (CLI: "
+                "--trust-remote-code) if you trust that code")
+
+
+def _refuse_remote_code(local_dir: Path, raw: str) -> None:
+    """A local checkpoint whose config points at custom code: refused before transformers reads it."""
+    try:
+        config = json.loads((local_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # AutoConfig reports it
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise ModelLoadError(_REMOTE_CODE.format(raw=raw))
+
+
 def load_sequence_classifier(
     name_or_path: str | os.PathLike,
     *,
@@ -186,33 +264,37 @@ def load_sequence_classifier(
     ``allow_new_head=True`` lets an encoder without a classifier head (e.g. a bi-encoder) get a freshly initialised
     one: what training starts from. Without it such a model is refused: its scores would be random.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    src = _open_checkpoint(name_or_path, local_files_only=local_files_only, revision=revision,
+                           trust_remote_code=trust_remote_code)
+    return _load_classifier(src, allow_new_head=allow_new_head, num_labels=num_labels)
 
-    raw = os.fspath(name_or_path)
-    path = Path(raw).expanduser()
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if path.exists():
-        _check_local_dir(path)
-        source, name = str(path.resolve()), str(path.resolve())
-        kwargs["local_files_only"] = True
-    else:
-        looks_like_path = raw.startswith((".", "/", "~", "\\")) or "\\" in raw or raw.count("/") > 1
-        if looks_like_path or not _HUB_ID.match(raw):
-            raise ModelLoadError(f"{raw} does not exist (and is not a Hugging Face hub id)")
-        source, name = raw, raw
-        offline = local_files_only or _is_offline()
-        if _cached_on_disk(raw):
-            offline = True  # already downloaded: no network round trips (and no retries when offline)
-        kwargs["local_files_only"] = offline
-        if revision:
-            kwargs["revision"] = revision
 
-    try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        where = "the local Hugging Face cache" if kwargs.get("local_files_only") else "the Hugging Face hub"
-        raise ModelLoadError(f"cannot load a model config for {raw!r} from {where}: {_first_line(e)}") from e
+def load_reranker_model(
+    name_or_path: str | os.PathLike,
+    *,
+    allow_new_head: bool = False,
+    num_labels: int | None = None,
+    local_files_only: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    prompt_format: "str | dict | PromptFormat | None" = None,
+) -> tuple[Any, Any, str, "PromptFormat | None"]:
+    """``(model, tokenizer, name, prompt format)``: a sequence classifier (prompt format None), or a causal LM
+    wrapped as a :class:`crossrank.rerank.causal.NextTokenScorer` with the prompt format it is scored with
+    (:func:`crossrank.rerank.prompts.resolve_prompt_format`)."""
+    src = _open_checkpoint(name_or_path, local_files_only=local_files_only, revision=revision,
+                           trust_remote_code=trust_remote_code)
+    if not _is_causal_lm(src.config):
+        if prompt_format is not None:
+            raise InputError(f"{src.raw} is a sequence classifier: prompt_format is for causal-LM rerankers")
+        return (*_load_classifier(src, allow_new_head=allow_new_head, num_labels=num_labels), None)
+    return _load_causal(src, prompt_format)
 
+
+def _load_classifier(src: _Source, *, allow_new_head: bool, num_labels: int | None) -> tuple[Any, Any, str]:
+    from transformers import AutoModelForSequenceClassification
+
+    raw, config = src.raw, src.config
     is_classifier = _is_sequence_classifier(config)
     if not is_classifier and not allow_new_head:
         archs = getattr(config, "architectures", None) or ["(none listed)"]
@@ -229,30 +311,69 @@ def load_sequence_classifier(
 
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            config=config,
-            use_safetensors=True,
-            dtype=torch.float32,
-            output_loading_info=True,
-            **kwargs,
+            src.source, config=config, use_safetensors=True, dtype=torch.float32, output_loading_info=True,
+            **src.kwargs,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load {raw!r} as a sequence-classification model: {_first_line(e)}") from e
+    if not allow_new_head:
+        _check_complete(raw, info)
+    return model, _load_tokenizer(src), src.name
 
+
+def _load_causal(src: _Source, prompt_format: Any) -> tuple[Any, Any, str, PromptFormat]:
+    from transformers import AutoModelForCausalLM
+
+    from crossrank.rerank.causal import NextTokenScorer
+
+    fmt = resolve_prompt_format(prompt_format, src.local_dir, src.name)
+    if fmt is None:
+        raise ModelLoadError(
+            f"{src.raw} is a causal language model, and crossrank does not know how it scores a pair: pass "
+            f"prompt_format= (CLI: --prompt-format): a built-in ({', '.join(BUILTIN)}), or a dict / JSON file of "
+            f"PromptFormat fields; or put a {PROMPT_FILE} in the checkpoint"
+        )
+    tokenizer = _load_tokenizer(src)
+    true_id, false_id = _answer_id(tokenizer, fmt.true_token, src.raw), None
+    if fmt.false_token is not None:
+        false_id = _answer_id(tokenizer, fmt.false_token, src.raw)
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(
+            src.source, config=src.config, use_safetensors=True, dtype=torch.float32, output_loading_info=True,
+            **src.kwargs,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"cannot load {src.raw!r} as a causal language model: {_first_line(e)}") from e
+    _check_complete(src.raw, info)
+    return NextTokenScorer(lm, true_id, false_id).eval(), tokenizer, src.name, fmt
+
+
+def _answer_id(tokenizer: Any, token: str, raw: str) -> int:
+    """The vocabulary id of an answer token; it must be one token, as the format's authors score it."""
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ModelLoadError(f"{raw}: the answer token {token!r} is {len(ids)} tokens in its vocabulary, not one")
+    return int(ids[0])
+
+
+def _check_complete(raw: str, info: dict[str, Any]) -> None:
     missing = sorted(k for k in (info.get("missing_keys") or []) if not _BENIGN_MISSING.search(k))
     mismatched = list(info.get("mismatched_keys") or [])
-    if (missing or mismatched) and not allow_new_head:
+    if missing or mismatched:
         what = ", ".join((missing + [str(m) for m in mismatched])[:6])
         raise ModelLoadError(
             f"{raw} lacks trained weights for {what}: transformers would initialise them at random, so its "
             "scores would be meaningless. Pass a trained cross-encoder (or allow_new_head=True to train one)"
         )
 
+
+def _load_tokenizer(src: _Source) -> Any:
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        return AutoTokenizer.from_pretrained(src.source, **src.kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"cannot load the tokenizer of {raw!r}: {_first_line(e)}") from e
-    return model, tokenizer, name
+        raise ModelLoadError(f"cannot load the tokenizer of {src.raw!r}: {_first_line(e)}") from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -316,6 +437,17 @@ class PairTemplate:
         )
 
     @classmethod
+    def from_prompt(cls, prompt: PromptFormat, tokenizer: Any, encode) -> "PairTemplate":
+        """A causal-LM reranker's fixed pieces (:mod:`crossrank.rerank.prompts`), each tokenised on its own."""
+        prefix = [int(tokenizer.bos_token_id)] if prompt.bos and tokenizer.bos_token_id is not None else []
+        if prompt.bos and not prefix:
+            raise ValueError(f"prompt format {prompt.name} starts with a BOS token, but the tokenizer has none")
+        pieces = [[i for t in prompt.pieces(part) if t for i in encode([t])[0]]
+                  for part in (prompt.prefix, prompt.separator, prompt.suffix)]
+        prefix += pieces[0]
+        return cls(prefix, pieces[1], pieces[2], [0] * len(prefix), [0] * len(pieces[1]), [0] * len(pieces[2]), 0, 0)
+
+    @classmethod
     def from_python(cls, tokenizer: Any) -> "PairTemplate":
         a, b = -1001, -1002  # sentinels that no vocabulary uses
         ids = tokenizer.build_inputs_with_special_tokens([a], [b])
@@ -359,20 +491,22 @@ class CrossEncoderReranker:
         name: str | None = None,
         backend: str = "auto",
         calibration: "Calibration | dict | None" = None,
+        prompt_format: "str | dict | PromptFormat | None" = None,
     ) -> None:
-        model, tokenizer, loaded_name = load_sequence_classifier(
+        model, tokenizer, loaded_name, prompt = load_reranker_model(
             model_name_or_path,
             allow_new_head=allow_new_head,
             num_labels=num_labels,
             local_files_only=local_files_only,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            prompt_format=prompt_format,
         )
         self._setup(
             model, tokenizer, name=name or loaded_name, max_length=max_length, batch_tokens=batch_tokens,
             max_batch_size=max_batch_size, dtype=dtype, device=device, activation=activation,
             num_threads=num_threads, long_documents=long_documents, chunk_overlap=chunk_overlap,
-            max_chunks=max_chunks, backend=backend, calibration=calibration,
+            max_chunks=max_chunks, backend=backend, calibration=calibration, prompt=prompt,
         )
 
     @classmethod
@@ -399,12 +533,15 @@ class CrossEncoderReranker:
 
     def _setup(
         self, model, tokenizer, *, name, max_length, batch_tokens, max_batch_size, dtype, device, activation,
-        num_threads, long_documents, chunk_overlap, max_chunks, backend="auto", calibration=None,
+        num_threads, long_documents, chunk_overlap, max_chunks, backend="auto", calibration=None, prompt=None,
     ) -> None:
         if activation not in _ACTIVATIONS:
             raise InputError(f"activation must be one of {', '.join(_ACTIVATIONS)}, not {activation!r}")
         if long_documents not in _LONG_DOCUMENTS:
             raise InputError(f"long_documents must be truncate or chunk, not {long_documents!r}")
+        if prompt is not None and long_documents == "chunk":
+            # a window after the first would lose the document part's own opening ("<Document>: ")
+            raise InputError("long_documents='chunk' is not supported for causal-LM rerankers; use truncate")
         if int(batch_tokens) < 1 or int(max_batch_size) < 1:
             raise InputError("batch_tokens and max_batch_size must be positive")
         if num_threads is not None:
@@ -420,6 +557,7 @@ class CrossEncoderReranker:
                 "(not relevant / relevant)"
             )
         self.name = str(name)
+        self.prompt: PromptFormat | None = prompt
         self.device = resolve_device(device)
         requested_backend = backend
         self.backend = self._resolve_backend(backend, dtype)
@@ -454,7 +592,8 @@ class CrossEncoderReranker:
             self._backend.no_padding()
             self._backend.no_truncation()
         self.template = self._derive_template()
-        self._use_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
+        self._use_token_types = prompt is None and "token_type_ids" in getattr(
+            tokenizer, "model_input_names", ["token_type_ids"])
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = int(pad) if pad is not None else 0
 
@@ -463,7 +602,7 @@ class CrossEncoderReranker:
             limit -= 2  # learned positions offset by padding_idx + 1
         if max_length and int(max_length) > limit:
             raise InputError(f"max_length={max_length} is more than {name} has positions for ({limit})")
-        limit = min(limit, 512)
+        limit = min(limit, 512 if prompt is None else CAUSAL_DEFAULT_MAX_LENGTH)
         tok_max = getattr(tokenizer, "model_max_length", None)
         if isinstance(tok_max, int) and 0 < tok_max < 100_000:
             limit = min(limit, tok_max)
@@ -473,7 +612,8 @@ class CrossEncoderReranker:
         self._avail = self.max_length - self.template.n_special
         self._query_max = self._avail // 2
         self.chunk_overlap = max(0, min(int(chunk_overlap), self._avail // 4))
-        self._check_template()
+        if prompt is None:
+            self._check_template()
         self._runner, self._backend_info = self._make_runner(requested_backend)
 
     def _resolve_backend(self, backend: str, dtype: Any) -> str:
@@ -486,6 +626,8 @@ class CrossEncoderReranker:
                 str(dtype), str(dtype))
         if requested not in ("auto", "fp32") and str(backend or "auto").lower() not in ("auto", "torch"):
             raise InputError(f"backend {backend!r} runs fp32 / int8; dtype={dtype!r} needs backend='torch'")
+        if self.prompt is not None and str(backend or "auto").lower() == "auto":
+            return "torch"  # LLM rerankers: no ONNX graph is built unasked (export of a decoder is slow and large)
         try:
             return resolve_backend(backend, self.device.type, dtype_requested=requested,
                                    fast_bf16=self.device.type == "cpu" and cpu_has_fast_bf16())
@@ -522,6 +664,8 @@ class CrossEncoderReranker:
         return "sigmoid"
 
     def _derive_template(self) -> PairTemplate:
+        if self.prompt is not None:
+            return PairTemplate.from_prompt(self.prompt, self.tokenizer, self._encode)
         try:
             if self._backend is not None:
                 return PairTemplate.from_fast(self._backend)
@@ -550,7 +694,10 @@ class CrossEncoderReranker:
         return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
     def _encode_docs(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of documents; very long texts are cut at whitespace first when that changes nothing we keep."""
+        """Token ids of documents (in the prompt's document part, for a causal-LM reranker); very long texts are
+        cut at whitespace first when that changes nothing we keep."""
+        if self.prompt is not None:
+            texts = [self.prompt.document_text(t) for t in texts]
         if self.long_documents == "chunk":
             need = self._avail + (self.max_chunks - 1) * max(1, self._avail - self.chunk_overlap)
         else:
@@ -568,7 +715,25 @@ class CrossEncoderReranker:
                 out[i] = ids
         return out
 
-    def _prepare_query(self, query: str) -> tuple[list[int], bool]:
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether this model's prompt has room for a task instruction (``score(..., instruction=...)``)."""
+        return self.prompt is not None and self.prompt.takes_instruction
+
+    def _instruction(self, instruction: str | None) -> str | None:
+        """``instruction`` checked: None, or a non-empty string for a model that takes one."""
+        if instruction is None:
+            return None
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise InputError("instruction must be a non-empty string")
+        if not self.takes_instruction:
+            kind = "a cross-encoder classifier" if self.prompt is None else f"prompted as {self.prompt.name}"
+            raise InputError(f"{self.name} takes no instruction ({kind})")
+        return instruction
+
+    def _prepare_query(self, query: str, instruction: str | None = None) -> tuple[list[int], bool]:
+        if self.prompt is not None:
+            query = self.prompt.query_text(query, instruction)
         ids = self._encode([query])[0]
         if len(ids) > self._query_max:
             log.warning("query of %d tokens cut to %d (half of max_length=%d)", len(ids), self._query_max,
@@ -578,24 +743,29 @@ class CrossEncoderReranker:
 
     # ---------------------------------------------------------------- public API
 
-    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+              instruction: str | None = None) -> RerankScores:
         """Scores in input order (higher is more relevant), with per-text truncation flags and tokens run.
 
         ``timeout_s``: time budget; when it runs out between two forward passes the rest is dropped and
-        :class:`crossrank.errors.RerankTimeout` is raised (so a caller that gave up stops costing CPU)."""
+        :class:`crossrank.errors.RerankTimeout` is raised (so a caller that gave up stops costing CPU).
+        ``instruction``: the task description for rerankers whose prompt takes one (:attr:`takes_instruction`;
+        None: the model's default); any other reranker raises ``InputError`` for it."""
         deadline = _deadline(timeout_s)
         check_query(query)
         texts = check_texts(texts)
+        q_ids, q_cut = self._prepare_query(query, self._instruction(instruction))
         if not texts:
             return RerankScores(scores=[], truncated=[])
-        q_ids, q_cut = self._prepare_query(query)
         docs = self._encode_docs(texts)
         return self._score_ids([q_ids] * len(texts), [q_cut] * len(texts), docs, deadline)
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None) -> RerankScores:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                    instruction: str | None = None) -> RerankScores:
         """Scores for ``(query, text)`` pairs from any number of queries (each distinct query tokenised once);
-        ``timeout_s`` as in :meth:`score`."""
+        ``timeout_s`` and ``instruction`` as in :meth:`score`."""
         deadline = _deadline(timeout_s)
+        instruction = self._instruction(instruction)
         pairs = list(pairs)
         if not pairs:
             return RerankScores(scores=[], truncated=[])
@@ -606,13 +776,13 @@ class CrossEncoderReranker:
             q = p[0]
             if q not in queries:
                 check_query(q)
-                queries[q] = self._prepare_query(q)
+                queries[q] = self._prepare_query(q, instruction)
         texts = check_texts([p[1] for p in pairs])
         docs = self._encode_docs(texts)
         qs = [queries[p[0]] for p in pairs]
         return self._score_ids([q for q, _ in qs], [c for _, c in qs], docs, deadline)
 
-    def count_inputs(self, query: str, texts: Sequence[str]) -> InputCount:
+    def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount:
         """What :meth:`score` would run for these pairs, without running it: ``tokens`` (special tokens and every
         window of a chunked document included, equal to ``score(query, texts).tokens``) and ``windows`` (one per
         text unless ``long_documents="chunk"`` splits it). Tokenises only: no forward pass."""
@@ -620,22 +790,22 @@ class CrossEncoderReranker:
         texts = check_texts(texts)
         if not texts:
             return InputCount(0, 0)
-        q_ids, q_cut = self._prepare_query(query)
+        q_ids, q_cut = self._prepare_query(query, self._instruction(instruction))
         plan = self._plan([q_ids] * len(texts), [q_cut] * len(texts), self._encode_docs(texts))
         return InputCount(_plan_tokens(plan, self.template), len(plan.windows))
 
-    def count_tokens(self, query: str, texts: Sequence[str]) -> int:
+    def count_tokens(self, query: str, texts: Sequence[str], instruction: str | None = None) -> int:
         """Tokens :meth:`score` would run for these pairs (``score(query, texts).tokens``), without a forward pass."""
-        return self.count_inputs(query, texts).tokens
+        return self.count_inputs(query, texts, instruction).tokens
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
 
-    def pair_inputs(self, query: str, text: str) -> list[dict[str, list[int]]]:
+    def pair_inputs(self, query: str, text: str, instruction: str | None = None) -> list[dict[str, list[int]]]:
         """What the model is fed for one pair: ``input_ids`` and ``token_type_ids`` per window (one unless
         ``long_documents="chunk"`` splits the text). For debugging and tests."""
         check_query(query)
-        q, _ = self._prepare_query(query)
+        q, _ = self._prepare_query(query, self._instruction(instruction))
         d = self._encode_docs(check_texts([text]))[0]
         windows, _ = self._windows(d, self._avail - len(q))
         return [dict(zip(("input_ids", "token_type_ids"), self.template.build(q, w))) for w in windows]
@@ -657,6 +827,8 @@ class CrossEncoderReranker:
             "long_documents": self.long_documents,
             "calibration": self.calibration.to_dict(),
             "recommended": dict(self.recommended),
+            "prompt_format": None if self.prompt is None else self.prompt.name,
+            "takes_instruction": self.takes_instruction,
         }
 
     def __repr__(self) -> str:

@@ -37,7 +37,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 def make_candidates(passages: Sequence[Passage], idx: np.ndarray, scores: np.ndarray) -> list[Candidate]:
     out = []
-    for rank, (i, s) in enumerate(zip(idx.tolist(), scores.tolist()), start=1):
+    for rank, (i, s) in enumerate(zip(idx.tolist(), scores.tolist(), strict=True), start=1):
         p = passages[i]
         out.append(Candidate(id=p.id, doc_id=p.doc_id, text=p.text, score=float(s), rank=rank, title=p.title))
     return out

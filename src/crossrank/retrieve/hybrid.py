@@ -42,7 +42,7 @@ def reciprocal_rank_fusion(
         raise InputError(f"rrf_k must be >= 0, got {rrf_k}")
     ws = _weights(len(ranked_lists), weights)
     fused: dict[str, float] = {}
-    for w, ids in zip(ws, ranked_lists):
+    for w, ids in zip(ws, ranked_lists, strict=True):
         for pos, doc in enumerate(ids):
             fused[doc] = fused.get(doc, 0.0) + w / (rrf_k + pos + 1)
     return fused
@@ -64,7 +64,7 @@ def weighted_fusion(
     """``{id: sum_i w_i * minmax_i(score)}`` over per-retriever ``{id: score}`` maps."""
     ws = _weights(len(scored_lists), weights)
     fused: dict[str, float] = {}
-    for w, scores in zip(ws, scored_lists):
+    for w, scores in zip(ws, scored_lists, strict=True):
         for doc, s in min_max(scores).items():
             fused[doc] = fused.get(doc, 0.0) + w * s
     return fused

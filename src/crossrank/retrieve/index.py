@@ -39,7 +39,14 @@ from crossrank.files import remove_stale_temp_dirs
 from crossrank.retrieve._common import REBUILD
 from crossrank.retrieve.base import Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
-from crossrank.retrieve.dense import DEFAULT_MODEL, DEFAULT_MODEL_ID, DenseRetriever, encode_passages, load_bi_encoder, model_name_of
+from crossrank.retrieve.dense import (
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_ID,
+    DenseRetriever,
+    encode_passages,
+    load_bi_encoder,
+    model_name_of,
+)
 from crossrank.retrieve.hybrid import HybridRetriever
 from crossrank.types import Document, Passage
 
@@ -404,7 +411,7 @@ def _read_passages(path: Path) -> list[Passage]:
     out = []
     try:
         with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
+            for line in f:
                 o = json.loads(line)
                 out.append(Passage(id=o["id"], doc_id=o["doc_id"], text=o["text"], title=o.get("title", ""),
                                    index=o.get("index", 0)))

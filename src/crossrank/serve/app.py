@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossrank.errors import CrossrankError, IndexLoadError, InputError, ModelLoadError, RerankerUnavailable
-from crossrank.rerank.base import RerankScores
+from crossrank.rerank.base import RerankScores, score_with, takes_instruction
 from crossrank.rerank.calibration import Calibration
 from crossrank.serve import dialects as d
 from crossrank.serve.batcher import (BatchedReranker, Cancelled, CancelScope, DeadlineExceeded, DynamicBatcher,
@@ -100,7 +100,10 @@ class _Engines:
             self.get(self.default_mode)  # fail at start, not on the first request
 
     def supports(self, mode: str) -> bool:
-        return mode == (self.base_mode or "truncate") or hasattr(type(self.inner), "from_model")
+        if mode == (self.base_mode or "truncate"):
+            return True
+        # a variant is the same weights through from_model; LLM rerankers' prompts keep one mode (truncate)
+        return hasattr(type(self.inner), "from_model") and getattr(self.inner, "prompt", None) is None
 
     def get(self, mode: str | None) -> Any:
         mode = mode or self.default_mode
@@ -126,13 +129,18 @@ class _Engines:
                 )
             return self._variants[mode]
 
+    @property
+    def takes_instruction(self) -> bool:
+        return takes_instruction(self.base)
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]], options: dict[str, Any]) -> RerankScores:
         engine = self.get(options.get("long_documents"))
         pairs, cut = self._prepare(pairs, options)
+        instruction = options.get("instruction")
         if hasattr(engine, "score_pairs"):
-            result = engine.score_pairs(pairs)
+            result = engine.score_pairs(pairs, **({"instruction": instruction} if instruction else {}))
         else:
-            result = _score_grouped(engine, pairs)
+            result = _score_grouped(engine, pairs, instruction)
         if any(cut):
             flags = result.truncated if len(result.truncated) == len(pairs) else [False] * len(pairs)
             result.truncated = [a or b for a, b in zip(flags, cut)]
@@ -171,7 +179,7 @@ class _Engines:
                 return Usage(sum(estimate_tokens(query, t, self.max_length) for t in texts), len(texts))
             return Usage(result.tokens, len(texts))
         pairs, _ = self._prepare([(query, t) for t in texts], options)
-        tokens, windows = eng.count_inputs(query, [t for _, t in pairs])
+        tokens, windows = eng.count_inputs(query, [t for _, t in pairs], options.get("instruction"))
         return Usage(tokens, windows)
 
     def _doc_budget(self, query: str) -> int:
@@ -224,7 +232,7 @@ def _innermost(reranker: Any) -> Any:
     return reranker
 
 
-def _score_grouped(reranker: Any, pairs: list[tuple[str, str]]) -> RerankScores:
+def _score_grouped(reranker: Any, pairs: list[tuple[str, str]], instruction: str | None = None) -> RerankScores:
     """``score_pairs`` for rerankers that only have ``score(query, texts)``: one call per distinct query."""
     groups: dict[str, list[int]] = {}
     for i, (q, _) in enumerate(pairs):
@@ -233,7 +241,7 @@ def _score_grouped(reranker: Any, pairs: list[tuple[str, str]]) -> RerankScores:
     truncated = [False] * len(pairs)
     tokens = hits = 0
     for q, idx in groups.items():
-        res = reranker.score(q, [pairs[i][1] for i in idx])
+        res = score_with(reranker, q, [pairs[i][1] for i in idx], instruction=instruction)
         flags = list(getattr(res, "truncated", []) or [])
         for j, i in enumerate(idx):
             scores[i] = float(res[j])
@@ -520,7 +528,7 @@ def create_app(
     state = _State(reranker, config, engines, metrics, batcher)
     if pipeline is not None or index is not None:
         batched = BatchedReranker(batcher, state.model_name, timeout_s=config.default_deadline_ms / 1000.0,
-                                  info=_engine_info(reranker))
+                                  info=_engine_info(reranker), takes_instruction=engines.takes_instruction)
         state.search = _Search(pipeline, index, batched, default_retriever=retriever, k=k, n=n,
                                deadline_ms=search_deadline_ms)
 
@@ -567,6 +575,9 @@ def create_app(
                            f"batch size {len(texts)} > maximum allowed batch size {config.max_documents}",
                            "validation")
         _check_query(query, dialect, config)
+        if options.get("instruction") is not None and not engines.takes_instruction:
+            raise ApiError(400, f"{state.model_name} takes no instruction (only LLM rerankers whose prompt has "
+                                "one do)", "validation")
         mode = options.get("long_documents")
         if mode is not None and not engines.supports(mode):
             raise ApiError(400, f"this reranker cannot switch long_documents to {mode!r}", "validation")
@@ -655,7 +666,7 @@ def create_app(
         result = await run_job(
             request, body.query, body.texts, deadline_ms=body.deadline_ms,
             options={"long_documents": body.long_documents, "truncation_direction": body.truncation_direction
-                     if body.truncation_direction == "left" else None},
+                     if body.truncation_direction == "left" else None, "instruction": body.instruction},
             too_long=None if truncate else "set truncate=true to cut it",
         )
         scores = result.scores.scores
@@ -672,7 +683,8 @@ def create_app(
         """Cohere's wire format: ``{id, results: [{index, relevance_score}], meta}``."""
         started = time.perf_counter()
         texts = [d.text_of(doc) for doc in body.documents]
-        options = {"long_documents": body.long_documents, "max_tokens_per_doc": body.max_tokens_per_doc}
+        options = {"long_documents": body.long_documents, "max_tokens_per_doc": body.max_tokens_per_doc,
+                   "instruction": body.instruction}
         result = await run_job(request, body.query, texts, deadline_ms=body.deadline_ms, options=options)
         usage = await usage_of(body.query, texts, options, result)
         scores = result.scores.scores
@@ -696,7 +708,8 @@ def create_app(
         if isinstance(body, d.InfinityRerankRequest):
             return await infinity(body, request)
         started = time.perf_counter()
-        query, options = d.text_of(body.query), {"long_documents": body.long_documents}
+        query = d.text_of(body.query)
+        options = {"long_documents": body.long_documents, "instruction": body.instruction}
         result = await run_job(request, query, body.texts, deadline_ms=body.deadline_ms, options=options)
         usage = await usage_of(query, body.texts, options, result)
         scores = result.scores.scores
@@ -716,7 +729,7 @@ def create_app(
 
     async def voyage(body: d.VoyageRerankRequest, request: Request) -> Response:
         started = time.perf_counter()
-        options = {"long_documents": body.long_documents}
+        options = {"long_documents": body.long_documents, "instruction": body.instruction}
         result = await run_job(request, body.query, body.documents, deadline_ms=body.deadline_ms, options=options,
                                too_long=None if body.truncation else "set truncation=true to cut it")
         usage = await usage_of(body.query, body.documents, options, result)
@@ -732,7 +745,7 @@ def create_app(
 
     async def infinity(body: d.InfinityRerankRequest, request: Request) -> Response:
         started = time.perf_counter()
-        options = {"long_documents": body.long_documents}
+        options = {"long_documents": body.long_documents, "instruction": body.instruction}
         result = await run_job(request, body.query, body.documents, deadline_ms=body.deadline_ms, options=options)
         usage = await usage_of(body.query, body.documents, options, result)
         scores = result.scores.scores
@@ -761,7 +774,7 @@ def create_app(
             def run_search():
                 with scope.active():
                     return pipe.search(body.query, k=body.k, n=body.n, deadline_ms=deadline, rerank=body.rerank,
-                                       fusion=body.fusion, min_score=body.min_score)
+                                       fusion=body.fusion, min_score=body.min_score, instruction=body.instruction)
 
             try:
                 pipe = await run_in_threadpool(search.get, body.retriever)

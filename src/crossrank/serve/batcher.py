@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
-from crossrank.errors import CrossrankError, RerankerUnavailable
+from crossrank.errors import CrossrankError, InputError, RerankerUnavailable
 from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
 
 log = logging.getLogger("crossrank.serve")
@@ -572,7 +572,7 @@ class DynamicBatcher:
         truncated = result.truncated if len(result.truncated) == len(taken) else [False] * len(taken)
         total = max(1, len(taken))
         seen: set[int] = set()
-        for (job, i), score, cut in zip(taken, result.scores, truncated):
+        for (job, i), score, cut in zip(taken, result.scores, truncated, strict=False):
             if job.failed:
                 continue
             job.scores[i] = float(score)
@@ -662,24 +662,30 @@ class BatchedReranker:
     falls back. A call made inside a :class:`CancelScope` is shed when the scope is cancelled (``Cancelled``)."""
 
     def __init__(self, batcher: DynamicBatcher, name: str, *, timeout_s: float | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, takes_instruction: bool = False) -> None:
         self.batcher = batcher
         self.name = name
         self.timeout_s = timeout_s
         self._info = dict(info or {"model": name})
+        self.takes_instruction = takes_instruction
 
     def info(self) -> dict[str, Any]:
         """The batched engine's ``info()`` (its recommendation included, so pipelines on top fuse as it says)."""
         return dict(self._info)
 
-    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+              instruction: str | None = None) -> RerankScores:
         """Queue the pairs and wait; ``timeout_s`` (the caller's remaining budget, e.g. the pipeline's deadline)
-        tightens the job's deadline, so work nobody waits for any more is dropped from the queue."""
+        tightens the job's deadline, so work nobody waits for any more is dropped from the queue. An
+        ``instruction`` travels as a job option (jobs share a step only with jobs of the same options)."""
         budget = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s or math.inf)
         scope = current_scope()
         if scope is not None and scope.cancelled:
             raise Cancelled("the client went away")
-        job = self.batcher.submit(query, texts, deadline_s=budget)
+        if instruction is not None and not self.takes_instruction:
+            raise InputError(f"{self.name} takes no instruction")
+        options = {"instruction": instruction} if instruction is not None else None
+        job = self.batcher.submit(query, texts, deadline_s=budget, options=options)
         if scope is not None:
             scope.add(job)
         try:

@@ -94,6 +94,7 @@ Text = Annotated[StrictStr, AfterValidator(_encodable)]
 Deadline = Annotated[Union[StrictInt, StrictFloat], Field(gt=0, le=3_600_000)]
 LongDocuments = Literal["truncate", "chunk"]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
+Instruction = Annotated[StrictStr, Field(min_length=1, max_length=4096)]
 
 
 class _Body(BaseModel):
@@ -105,6 +106,9 @@ class _Body(BaseModel):
     long_documents: LongDocuments | None = Field(
         default=None, description="crossrank extension: 'truncate' or 'chunk' (max score over windows)."
     )
+    instruction: Instruction | None = Field(
+        default=None, description="Task instruction for LLM rerankers whose prompt takes one (vLLM's field; "
+                                  "default: the model's own). A reranker that takes none answers 400.")
 
 
 class TEIRerankRequest(_Body):
@@ -258,6 +262,8 @@ class SearchRequest(BaseModel):
     min_score: float | Literal["auto"] | None = Field(
         default=None, description="Drop reranked hits whose relevance is below this; auto: the model's "
                                   "recommended 'nothing relevant' threshold.")
+    instruction: Instruction | None = Field(
+        default=None, description="Task instruction for LLM rerankers whose prompt takes one.")
 
 
 def text_of(doc: Any) -> str:

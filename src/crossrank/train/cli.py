@@ -103,7 +103,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
 
 def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None) -> TrainConfig:
     sources = [SourceSpec.parse(s, "beir") for s in args.beir]
-    for spec, index in zip(sources, args.index):
+    for spec, index in zip(sources, args.index, strict=False):
         spec.index = index
     for spec in sources:
         spec.split = args.split

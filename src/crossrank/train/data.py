@@ -182,7 +182,7 @@ def mine(spec: SourceSpec, corpus: dict[str, tuple[str, str]], queries: dict[str
     out: dict[str, list[tuple[str, float]]] = {}
     # over-fetch a little: chunked indexes can return several passages of one document
     results = r.search_batch(texts, k=k)
-    for q, cands in zip(qids, results):
+    for q, cands in zip(qids, results, strict=True):
         seen, row = set(), []
         for c in cands:
             if c.doc_id not in seen and c.doc_id in corpus:
@@ -367,4 +367,4 @@ def describe(sources: list[Source], schedule: list[list[list[Item]]]) -> dict[st
     for step in schedule:
         for mb in step:
             counts[mb[0].source] += len(mb)
-    return {s.spec.name: {"groups_available": len(s.groups), "groups_seen": c} for s, c in zip(sources, counts)}
+    return {s.spec.name: {"groups_available": len(s.groups), "groups_seen": c} for s, c in zip(sources, counts, strict=True)}

@@ -33,7 +33,7 @@ def compare_settings(dev: Sequence[DevQuery], ce_scores: Sequence[Sequence[float
     the interpolation weights differ between the two (orders of CE alone and RRF do not)."""
     rows: dict[str, list[float]] = {"first_stage": [], "ce": [], "rrf": []}
     interp: dict[float, list[float]] = {w: [] for w in WEIGHTS}
-    for q, ce in zip(dev, ce_scores):
+    for q, ce in zip(dev, ce_scores, strict=True):
         ce = _sigmoid(ce) if activation == "sigmoid" else np.asarray(ce, dtype=float)
         ids = q.doc_ids
         rows["first_stage"].append(ndcg_at_k(ids, q.qrels))

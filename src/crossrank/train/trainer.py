@@ -192,7 +192,7 @@ def score_pairs(model, tokenizer, query: str, texts: Sequence[str], max_length: 
         enc = _encode(tokenizer, [query] * len(idx), [texts[i] for i in idx], max_length, device)
         with ctx:
             logits = model(**enc).logits
-        for i, v in zip(idx, logits[:, 0].float().cpu().tolist()):
+        for i, v in zip(idx, logits[:, 0].float().cpu().tolist(), strict=True):
             out[i] = v
     if was_training:
         model.train()
@@ -311,7 +311,7 @@ def _load_teacher(spec: str):
 
 @torch.no_grad()
 def _teacher_scores(teacher, queries: list[str], texts: list[str]) -> torch.Tensor:
-    return torch.tensor(list(teacher.score_pairs(list(zip(queries, texts))).scores), dtype=torch.float32)
+    return torch.tensor(list(teacher.score_pairs(list(zip(queries, texts, strict=True))).scores), dtype=torch.float32)
 
 
 def train(config: TrainConfig, stop: Callable[[int], bool] | None = None) -> Path:
