@@ -96,6 +96,7 @@ def test_reranker_timeout_falls_back_within_deadline(bm25, engine):
     assert [h.first_stage_rank for h in result.hits] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_tight_deadline_reranks_the_head_and_keeps_the_tail(bm25, engine):
     # ~10 pairs/s: the deadline fits about 3 of the 6 pairs, with ~200 ms to spare for the engine itself on a
     # loaded machine (at 20 pairs/s and 200 ms the spare was 50 ms, and a busy CI machine used it up)
@@ -196,6 +197,7 @@ def test_pipeline_hands_its_remaining_deadline_to_the_reranker(bm25, engine):
     assert rec.budgets[-1] is None
 
 
+@pytest.mark.slow
 def test_engine_stops_when_its_time_budget_runs_out(tiny_model_dir):
     from crossrank.errors import RerankerUnavailable, RerankTimeout
 
@@ -295,6 +297,7 @@ class ColdStart:
         return self.inner.score(query, texts)
 
 
+@pytest.mark.slow
 def test_cold_pipeline_reranks_a_head_on_its_very_first_deadline_query(bm25, tiny_model_dir):
     # each cold load alone is longer than the deadline: without a warm-up nothing could be reranked
     retriever = ColdStart(bm25, 1.2)
@@ -325,3 +328,23 @@ def test_cached_hits_do_not_inflate_the_throughput_estimate(bm25, engine):
         measured = pipe.throughput.pairs_per_s
         assert pipe.search(BROAD).cache_hits == 6
         assert pipe.throughput.pairs_per_s == measured
+
+
+def test_a_recommended_rerank_depth_reranks_only_the_first_stages_head(bm25, tiny_model_dir):
+    rr = CrossEncoderReranker(str(tiny_model_dir), dtype="fp32")
+    rr.recommended = {"rerank_depth": 3}
+    with Pipeline(bm25, rr, k=6, n=6, fusion="none") as pipe:
+        assert pipe.rerank_depth == 3
+        result = pipe.search(BROAD)
+        first = pipe.search(BROAD, rerank=False)
+    assert result.reranked and result.n_reranked == 3 and result.reason is None  # a setting, not a fallback
+    head_ids = {h.id for h in first.hits[:3]}
+    assert {h.id for h in result.hits[:3]} == head_ids  # only the top 3 were reordered...
+    assert [h.id for h in result.hits[3:]] == [h.id for h in first.hits[3:]]  # ...the rest kept their order
+    assert all(h.rerank_score is None for h in result.hits[3:])
+    scores = rr.score(BROAD, [c.full_text for c in bm25.search(BROAD, 3)]).scores
+    assert sorted((h.rerank_score for h in result.hits[:3]), reverse=True) == pytest.approx(sorted(scores, reverse=True))
+    with Pipeline(bm25, rr, k=6, n=6, rerank_depth=None) as pipe:  # the caller overrides it
+        assert pipe.search(BROAD).n_reranked == 6
+    with pytest.raises(InputError, match="rerank_depth"):
+        Pipeline(bm25, rr, rerank_depth=0)

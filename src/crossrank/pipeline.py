@@ -163,6 +163,9 @@ class Pipeline:
             until it ends, so more than one lets the next search proceed).
         instruction: default task instruction for rerankers that take one (LLM rerankers; ``None``: the
             model's own default); a reranker that takes none makes it an ``InputError``.
+        rerank_depth: rerank at most the first stage's top this many of the K candidates (the rest follow in
+            first-stage order); ``"auto"`` (default): the reranker's recommendation (the bundled ``fast`` has
+            one), else all K; ``None``: all K.
 
     Cold start: retrievers and rerankers load lazily (bi-encoder, tokenizer, ONNX sessions) and have no
     throughput estimate before their first call. :meth:`warm_up` runs the retriever and the reranker once on a
@@ -195,8 +198,10 @@ class Pipeline:
         workers: int = 4,
         passages_per_doc: int = 3,
         instruction: str | None = None,
+        rerank_depth: "int | str | None" = "auto",
     ) -> None:
         check_k_n(k, n)
+        self.rerank_depth = resolve_rerank_depth(rerank_depth, reranker)
         self.instruction = _check_instruction(instruction, reranker)
         if unit not in ("passage", "document"):
             raise InputError(f"unit must be 'passage' or 'document', got {unit!r}")
@@ -356,7 +361,7 @@ class Pipeline:
         instruction: str | None = None,
     ) -> "_RerankOutcome":
         texts = [c.full_text for c in candidates]
-        head = len(texts)
+        head = len(texts) if self.rerank_depth is None else min(len(texts), self.rerank_depth)
         timeout_s: float | None = None
         if deadline_ms is not None:
             remaining_s = deadline_ms / 1000.0 - (time.perf_counter() - start)
@@ -394,7 +399,7 @@ class Pipeline:
         if isinstance(scores, RerankScores):
             outcome.truncated = scores.n_truncated
             outcome.cache_hits = scores.cache_hits
-        if head < len(texts):
+        if head < min(len(texts), self.rerank_depth or len(texts)):
             outcome.reason = f"deadline: reranked the top {head} of {len(texts)} candidates"
         return outcome
 
@@ -413,6 +418,18 @@ def resolve_fusion(spec: "Fusion | str | dict | None", reranker: Reranker | None
     if isinstance(spec, str) and spec.strip().lower() == "auto":
         spec = recommendation(reranker).get("fusion") if reranker is not None else None
     return Fusion.parse(spec)
+
+
+def resolve_rerank_depth(spec: "int | str | None", reranker: Reranker | None) -> int | None:
+    """How many of the first stage's candidates get reranked: a positive number, ``"auto"`` (the reranker's
+    recommended ``rerank_depth``, or all) or None (all)."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        spec = recommendation(reranker).get("rerank_depth") if reranker is not None else None
+    if spec is None:
+        return None
+    if isinstance(spec, bool) or not isinstance(spec, int) or spec < 1:
+        raise InputError(f"rerank_depth must be a positive integer, 'auto' or None, got {spec!r}")
+    return spec
 
 
 def resolve_min_score(spec: "float | str | None", reranker: Reranker | None) -> float | None:

@@ -178,19 +178,23 @@ def latency_plan(qids: Sequence[str], ks: Sequence[int], per_k: int, retrievers:
     return plan
 
 
-def rerank_prefix(candidates: Sequence[Candidate], k: int, rerank_scores: Sequence[float], fusion: Any) -> list[Candidate]:
+def rerank_prefix(candidates: Sequence[Candidate], k: int, rerank_scores: Sequence[float], fusion: Any,
+                  depth: int | None = None) -> list[Candidate]:
     """The final list of a reranked configuration: the first-stage top-``k`` reordered by the fused score
-    (``crossrank.pipeline.fuse``), ties kept in first-stage order. Nothing outside the top-``k`` can enter."""
+    (``crossrank.pipeline.fuse``), ties kept in first-stage order. Nothing outside the top-``k`` can enter.
+    With a rerank ``depth`` below ``k`` (a reranker's recommended ``rerank_depth``) only the top ``depth`` are
+    reordered and the rest follow in first-stage order, as the pipeline does; ``rerank_scores`` cover those."""
     from crossrank.pipeline import fuse
 
-    head = list(candidates[:k])
+    tail = list(candidates[depth:k]) if depth is not None and depth < k else []
+    head = list(candidates[: k if not tail else depth])
     if not head:
         return []
     if len(rerank_scores) != len(head) or any(s is None for s in rerank_scores):
         raise RuntimeError("internal error: a candidate of the top-K has no rerank score")
     fused = fuse([c.score for c in head], [float(s) for s in rerank_scores], fusion)
     order = sorted(range(len(head)), key=lambda i: (-fused[i], i))
-    return [head[i] for i in order]
+    return [head[i] for i in order] + tail
 
 
 def write_trec_run(path: Path, lists: Mapping[str, Sequence[Candidate]], tag: str) -> None:
@@ -399,8 +403,12 @@ def evaluate_beir(
     rr_scores: dict[str, ScoreCache] = {}
     rr_fusions: dict[str, list[tuple[str, Any, str]]] = {}
     rr_lat: dict[str, dict[int, dict[str, float]]] = {}
+    rr_depth: dict[str, int | None] = {}
+    from crossrank.pipeline import resolve_rerank_depth
+
     for spec in reranker_specs:
         label, reranker = _load_reranker(spec, reranker_options)
+        depth = resolve_rerank_depth("auto", reranker)  # the pipeline's rule: rerank at most this many
         base = label
         i = 2
         while label in rr_info:
@@ -417,7 +425,7 @@ def evaluate_beir(
                 reranker.score("warm up", ["warm up"])  # synthetic pair: model load / first-call costs stay out
                 task = bars.add_task(f"time {label} (K x {latency_queries} queries)", total=len(todo))
                 for k, q, r in todo:
-                    cands = runs[r][q][:k]
+                    cands = runs[r][q][: min(k, depth or k)]
                     if not cands:
                         bars.advance(task)
                         continue
@@ -439,7 +447,7 @@ def evaluate_beir(
             for q in qids:
                 seen: dict[str, Candidate] = {}
                 for r in rnames:
-                    for c in runs[r][q][: caps[r]]:
+                    for c in runs[r][q][: min(caps[r], depth or caps[r])]:
                         seen.setdefault(c.id, c)
                 need = [c for pid, c in seen.items() if (q, pid) not in cache]
                 if need:
@@ -465,6 +473,7 @@ def evaluate_beir(
                     lat[k][q] = float(m["ms"])
         rr_lat[label] = lat
         rr_scores[label] = cache
+        rr_depth[label] = depth
         fl = []
         for f in fusion_specs:
             if f == "auto":
@@ -487,6 +496,7 @@ def evaluate_beir(
             "latency_ms": {str(k): latency_summary(lat[k].values()) for k in ks},
             "latency_sample": {"queries_per_k": latency_queries, **stats},
             "fusions": {lab: note for lab, _, note in rr_fusions[label] if note},
+            "rerank_depth": depth,
             "info": reranker.info() if callable(getattr(reranker, "info", None)) else None,
         }
         del reranker
@@ -532,8 +542,10 @@ def evaluate_beir(
                 for k in ks:
                     if k > caps[r]:
                         continue
-                    lists = {q: rerank_prefix(runs[r][q], k, [cache.scores.get((q, c.id)) for c in runs[r][q][:k]],
-                                              fusion) for q in qids}
+                    head = min(k, rr_depth[label] or k)
+                    lists = {q: rerank_prefix(runs[r][q], k,
+                                              [cache.scores.get((q, c.id)) for c in runs[r][q][:head]], fusion,
+                                              rr_depth[label]) for q in qids}
                     means, pq = ranking_metrics(qrels, {q: [c.doc_id for c in v] for q, v in lists.items()},
                                                 ["ndcg@10", "mrr@10", "map@100", f"recall@{k}"])
                     wlt = wins_losses_ties(fs_ndcg_pq[f"{r}|{k}"], pq["ndcg@10"])

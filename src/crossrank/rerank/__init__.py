@@ -39,7 +39,8 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
       quality compares with the default's is measured in that bundle's model card);
     - ``"fast-student"``: the bundled 2-layer student distilled from the default, alone;
     - ``"A>B@M"``: a :class:`crossrank.rerank.cascade.CascadeReranker`, A scores every text and B rescores A's
-      top M (e.g. ``"fast-student>default@20"``; ``options`` go to both);
+      top M (e.g. ``"fast-student>default@20"``; ``options`` go to both); ``"A>B@M:rrf"`` picks those M by
+      A's order fused with the input order;
     - ``http://...`` / ``https://...``: :class:`crossrank.rerank.remote.RemoteReranker` (``options`` go to it);
     - a directory holding a crossrank bundle (``crossrank_bundle.json``): that bundle;
     - anything else: :class:`CrossEncoderReranker` on a Hugging Face id or local checkpoint directory.
@@ -66,9 +67,8 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     if cascade is not None:
         from crossrank.rerank.cascade import CascadeReranker
 
-        first, second, top_m = cascade
-        inner = CascadeReranker(load_reranker(first, cache_size=0, **options),
-                                load_reranker(second, cache_size=0, **options), top_m)
+        inner = CascadeReranker(load_reranker(cascade.first, cache_size=0, **options),
+                                load_reranker(cascade.second, cache_size=0, **options), cascade.top_m, cascade.head)
     elif spec.lower().startswith(("http://", "https://")):
         from crossrank.rerank.remote import RemoteReranker
 

@@ -1,7 +1,9 @@
 """A two-stage reranker: a cheap model scores every candidate, a better one rescores only the cheap model's top M.
 
 Spec ``"A>B@M"`` in :func:`crossrank.load_reranker`, for example ``"fast-student>default@20"`` (the spec
-``fast`` is such a cascade). The result's scores are the second model's for the top M and the first model's for
+``fast`` is such a cascade). Which M texts B rescores (:func:`cascade_head`): A's best M by default, or with
+``"A>B@M:rrf"`` the best M by reciprocal-rank fusion of A's order with the input order (the first stage's, when
+the pipeline calls it), which keeps candidates both agree on when A alone is a weak judge. The result's scores are the second model's for the top M and the first model's for
 the rest, so both models must score on the same scale: the bundled ``fast-student`` and ``default`` both return
 calibrated relevance probabilities (``activation="sigmoid"`` with their own Platt calibrations), which is what
 makes the mixed list comparable. The top M, among themselves,
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from crossrank.errors import InputError
 from crossrank.rerank.base import (
@@ -26,36 +28,58 @@ from crossrank.rerank.base import (
     takes_instruction,
 )
 
-SPEC = re.compile(r"^(?P<first>[^>]+)>(?P<second>[^>@]+)@(?P<m>\d+)$")
+SPEC = re.compile(r"^(?P<first>[^>]+)>(?P<second>[^>@]+)@(?P<m>\d+)(:(?P<head>[a-z]+))?$")
+HEADS = ("score", "rrf")
+RRF_K = 60  # the usual reciprocal-rank-fusion constant (as the pipeline's rrf fusion)
 
 
-def parse_cascade_spec(spec: str) -> tuple[str, str, int] | None:
-    """``(first, second, top_m)`` for ``"A>B@M"``; None when ``spec`` is not a cascade spec."""
+class CascadeSpec(NamedTuple):
+    first: str
+    second: str
+    top_m: int
+    head: str = "score"
+
+
+def parse_cascade_spec(spec: str) -> CascadeSpec | None:
+    """The parts of ``"A>B@M"`` or ``"A>B@M:HEAD"``; None when ``spec`` is not a cascade spec."""
     if ">" not in spec:
         return None
     m = SPEC.match(spec.strip())
     if not m:
-        raise InputError(f"cascade spec {spec!r}: write FIRST>SECOND@M, e.g. fast-student>default@20")
+        raise InputError(f"cascade spec {spec!r}: write FIRST>SECOND@M[:rrf], e.g. fast-student>default@20")
     top_m = int(m["m"])
     if top_m < 1:
         raise InputError(f"cascade spec {spec!r}: M must be >= 1")
-    return m["first"].strip(), m["second"].strip(), top_m
+    head = m["head"] or "score"
+    if head not in HEADS:
+        raise InputError(f"cascade spec {spec!r}: the head rule after ':' is one of {', '.join(HEADS)}")
+    return CascadeSpec(m["first"].strip(), m["second"].strip(), top_m, head)
 
 
-def cascade_head(first_scores: Sequence[float], top_m: int) -> list[int]:
-    """Indices of the ``top_m`` best first-model scores (ties: earlier input first): what the second model
-    rescores. The cascade and the held-out evaluation of cascades both pick the head here."""
-    return sorted(range(len(first_scores)), key=lambda i: -first_scores[i])[:top_m]
+def cascade_head(first_scores: Sequence[float], top_m: int, head: str = "score") -> list[int]:
+    """Indices of the ``top_m`` texts the second model rescores: the best first-model scores (``head="score"``),
+    or the best reciprocal-rank fusion of the first model's rank and the input position (``"rrf"``); ties: earlier
+    input first. The cascade and the held-out evaluation of cascades both pick the head here."""
+    by_score = sorted(range(len(first_scores)), key=lambda i: -first_scores[i])
+    if head == "score":
+        return by_score[:top_m]
+    if head != "rrf":
+        raise InputError(f"unknown cascade head rule {head!r}: use one of {', '.join(HEADS)}")
+    rank = {i: r for r, i in enumerate(by_score)}
+    fused = [1.0 / (RRF_K + 1 + rank[i]) + 1.0 / (RRF_K + 1 + i) for i in range(len(first_scores))]
+    return sorted(range(len(first_scores)), key=lambda i: -fused[i])[:top_m]
 
 
 class CascadeReranker:
     """``first`` scores all texts; ``second`` rescores the ``top_m`` best of them (see the module docstring)."""
 
-    def __init__(self, first: Reranker, second: Reranker, top_m: int) -> None:
+    def __init__(self, first: Reranker, second: Reranker, top_m: int, head: str = "score") -> None:
         if int(top_m) < 1:
             raise InputError("top_m must be >= 1")
-        self.first, self.second, self.top_m = first, second, int(top_m)
-        self.name = f"{first.name}>{second.name}@{self.top_m}"
+        if head not in HEADS:
+            raise InputError(f"unknown cascade head rule {head!r}: use one of {', '.join(HEADS)}")
+        self.first, self.second, self.top_m, self.head = first, second, int(top_m), head
+        self.name = f"{first.name}>{second.name}@{self.top_m}" + ("" if head == "score" else f":{head}")
 
     @property
     def takes_instruction(self) -> bool:
@@ -69,7 +93,7 @@ class CascadeReranker:
             raise InputError(f"neither model of {self.name} takes an instruction")
         t0 = time.monotonic()
         a = _score(self.first, query, texts, timeout_s, instruction)
-        head = cascade_head(a.scores, self.top_m)
+        head = cascade_head(a.scores, self.top_m, self.head)
         left = None if timeout_s is None else max(1e-3, timeout_s - (time.monotonic() - t0))
         b = _score(self.second, query, [texts[i] for i in head], left, instruction)
         scores, truncated = list(a.scores), list(a.truncated or [False] * len(texts))
@@ -85,7 +109,7 @@ class CascadeReranker:
         second = _info(self.second)
         return {
             "model": self.name,
-            "cascade": {"first": _info(self.first), "second": second, "top_m": self.top_m},
+            "cascade": {"first": _info(self.first), "second": second, "top_m": self.top_m, "head": self.head},
             "activation": second.get("activation"),
             "max_length": second.get("max_length"),
             "recommended": dict(second.get("recommended") or {}),

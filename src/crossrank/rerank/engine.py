@@ -75,6 +75,11 @@ ATTENTION_BUDGET_BYTES = 64 << 20
 CPU_PASS_TOKENS = 1024
 # Default max_length of causal-LM rerankers (their models allow far more; a user with long documents raises it).
 CAUSAL_DEFAULT_MAX_LENGTH = 1024
+# Model types whose learned position ids start at padding_idx + 1 (create_position_ids_from_input_ids): a table of
+# N entries holds N - padding_idx - 1 tokens.
+_PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+# The classes crossrank loads: a checkpoint whose auto_map names one of them ships its own code for it.
+_LOADED_AUTO_CLASSES = ("AutoModelForSequenceClassification", "AutoModelForCausalLM")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -224,7 +229,7 @@ def _open_checkpoint(name_or_path: str | os.PathLike, *, local_files_only: bool,
         if revision:
             kwargs["revision"] = revision
     if local_dir is not None and not trust_remote_code:
-        _refuse_remote_code(local_dir, raw)
+        _refuse_remote_code(_read_json(local_dir / "config.json"), raw)
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as e:
@@ -232,21 +237,29 @@ def _open_checkpoint(name_or_path: str | os.PathLike, *, local_files_only: bool,
             raise ModelLoadError(_REMOTE_CODE.format(raw=raw)) from e
         where = "the local Hugging Face cache" if kwargs.get("local_files_only") else "the Hugging Face hub"
         raise ModelLoadError(f"cannot load a model config for {raw!r} from {where}: {_first_line(e)}") from e
+    if not trust_remote_code:  # a hub id (read from the cache): the same rule on the config as read
+        _refuse_remote_code({"auto_map": getattr(config, "auto_map", None)}, raw)
     return _Source(raw, source, name, kwargs, config, local_dir)
 
 
-_REMOTE_CODE = ("{raw} needs code from its repository to load (its config names custom classes in auto_map); "
+_REMOTE_CODE = ("{raw} ships its own model code (its config names custom classes in auto_map); "
                 "crossrank runs no remote code unless asked: pass trust_remote_code=True (CLI: "
                 "--trust-remote-code) if you trust that code")
 
 
-def _refuse_remote_code(local_dir: Path, raw: str) -> None:
-    """A local checkpoint whose config points at custom code: refused before transformers reads it."""
+def _read_json(path: Path) -> Any:
     try:
-        config = json.loads((local_dir / "config.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return  # AutoConfig reports it
-    if isinstance(config, dict) and config.get("auto_map"):
+        return None  # AutoConfig reports it
+
+
+def _refuse_remote_code(config: Any, raw: str) -> None:
+    """A checkpoint whose ``auto_map`` names its own class for what crossrank loads (or its own config class):
+    with remote code off, transformers would run a different, stock model (or refuse), so it is refused by name.
+    Local folders are checked before transformers reads them."""
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if isinstance(auto_map, dict) and any(k in auto_map for k in (*_LOADED_AUTO_CLASSES, "AutoConfig")):
         raise ModelLoadError(_REMOTE_CODE.format(raw=raw))
 
 
@@ -598,8 +611,10 @@ class CrossEncoderReranker:
         self._pad_id = int(pad) if pad is not None else 0
 
         limit = int(getattr(config, "max_position_embeddings", 512) or 512)
-        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") and limit > 512:
-            limit -= 2  # learned positions offset by padding_idx + 1
+        if getattr(config, "model_type", "") in _PADDING_OFFSET_POSITIONS:
+            # position ids start at padding_idx + 1 (2 for RoBERTa / XLM-R), whatever the table's size
+            pad = getattr(config, "pad_token_id", None)
+            limit -= (int(pad) + 1) if pad is not None else 2
         if max_length and int(max_length) > limit:
             raise InputError(f"max_length={max_length} is more than {name} has positions for ({limit})")
         limit = min(limit, 512 if prompt is None else CAUSAL_DEFAULT_MAX_LENGTH)
@@ -820,6 +835,7 @@ class CrossEncoderReranker:
             "num_labels": self.num_labels,
             "activation": self.activation,
             "backend": self.backend,
+            "backend_info": dict(self._backend_info or {}),
             "threads": self._num_threads or torch.get_num_threads(),
             "batch_tokens": self.batch_tokens,
             "pass_tokens": self.pass_tokens,

@@ -301,7 +301,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["comparison"] = _compare(sets, rerankers, tables, probs, args.baseline_fusion, best)
     if getattr(args, "cascade", None) and len(rerankers) > 1:
         report["cascade"] = cascade_report(sets, probs[cand], probs[base], args.cascade,
-                                           args.baseline_fusion or best, tables[base], f"{cand}>{base}")
+                                           args.baseline_fusion or best, tables[base], f"{cand}>{base}",
+                                           getattr(args, "cascade_heads", None) or ("score",))
     (out / "heldout.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "heldout.md").write_text(render_markdown(report), encoding="utf-8")
     return report
@@ -415,39 +416,67 @@ def _compare(sets, rerankers, tables, probs, baseline_fusion: str | None, chosen
     return out
 
 
-def cascade_scores(first: dict[str, list[float]], second: dict[str, list[float]], m: int) -> dict[str, list[float]]:
-    """Per query: the first model's scores with its top ``m`` replaced by the second model's (both calibrated,
-    so the mixed list is on one scale), as :class:`crossrank.rerank.cascade.CascadeReranker` scores."""
+def cascade_scores(first: dict[str, list[float]], second: dict[str, list[float]], m: int,
+                   head: str = "score") -> dict[str, list[float]]:
+    """Per query: the first model's scores with its head of ``m`` (:func:`crossrank.rerank.cascade.cascade_head`)
+    replaced by the second model's (both calibrated, so the mixed list is on one scale), as
+    :class:`crossrank.rerank.cascade.CascadeReranker` scores."""
     from crossrank.rerank.cascade import cascade_head
 
     out = {}
     for qid, a in first.items():
         mixed = list(a)
-        for i in cascade_head(a, m):
+        for i in cascade_head(a, m, head):
             mixed[i] = second[qid][i]
         out[qid] = mixed
     return out
 
 
-def cascade_report(sets, first, second, ms: Sequence[int], fusion: str, second_tables, label: str) -> dict[str, Any]:
-    """For each M: the cascade's held-out nDCG@10 under ``fusion`` (BEIR sources; macro mean, and paired against
-    the second model alone with the same fusion) and CE MAP on the answer-selection sources."""
-    out: dict[str, Any] = {"fusion": fusion, "second_alone_macro": None, "by_m": {}}
+def _depth(ho: HeldOut, m: int) -> HeldOut:
+    """``ho`` with each query's candidates cut to the first stage's top ``m``: reranking at depth M (the pipeline
+    puts the rest after them in first-stage order, which nDCG@10 does not see for M >= 10)."""
+    qs = [DevQuery(q.qid, q.query, q.doc_ids[:m], q.texts[:m], q.first_stage_scores[:m], q.qrels) for q in ho.queries]
+    return HeldOut(ho.name, ho.kind, qs)
+
+
+CASCADE_HEADS = ("score", "rrf", "order")
+
+
+def cascade_report(sets, first, second, ms: Sequence[int], fusion: str, second_tables, label: str,
+                   heads: Sequence[str] = ("score",)) -> dict[str, Any]:
+    """For each head rule and M: the held-out nDCG@10 under ``fusion`` (BEIR sources; macro mean, and paired
+    against the second model alone with the same fusion) and CE MAP on the answer-selection sources. Head rules:
+    ``score`` and ``rrf`` are the cascade's (:func:`crossrank.rerank.cascade.cascade_head`); ``order`` is no first
+    model at all: the second reranks the first stage's top M."""
+    out: dict[str, Any] = {"fusion": fusion, "second_alone_macro": None, "by_head": {}}
     beir = [ho for ho in sets if ho.kind == "beir"]
     out["second_alone_macro"] = float(np.mean([_mean(second_tables[ho.name][fusion]) for ho in beir]))
-    for m in ms:
-        rows: dict[str, Any] = {}
-        for ho in sets:
-            mixed = cascade_scores(first[ho.name], second[ho.name], m)
-            if ho.kind == "beir":
-                t = fusion_table(ho, mixed)[fusion]
-                rows[ho.name] = {"ndcg@10": _mean(t), **paired_bootstrap(second_tables[ho.name][fusion], t)}
-            else:
-                rows[ho.name] = {"map": _mean(selection_metrics(ho, mixed)["map"])}
-        macro = float(np.mean([rows[ho.name]["ndcg@10"] for ho in beir]))
-        out["by_m"][str(m)] = {"label": f"{label}@{m}", "macro_ndcg@10": macro,
-                               "vs_second_alone": macro - out["second_alone_macro"], "per_source": rows}
+    for head in heads:
+        by_m = out["by_head"].setdefault(head, {})
+        for m in ms:
+            rows = {ho.name: _cascade_row(ho, first[ho.name], second[ho.name], m, head, fusion,
+                                          second_tables.get(ho.name)) for ho in sets}
+            macro = float(np.mean([rows[ho.name]["ndcg@10"] for ho in beir]))
+            name = f"{label}@{m}" + ("" if head == "score" else f":{head}")
+            by_m[str(m)] = {"label": name if head != "order" else f"{label.split('>')[-1]} at depth {m}",
+                            "macro_ndcg@10": macro, "vs_second_alone": macro - out["second_alone_macro"],
+                            "per_source": rows}
+    out["by_m"] = out["by_head"].get("score", {})
     return out
+
+
+def _cascade_row(ho: HeldOut, first, second, m: int, head: str, fusion: str, second_table) -> dict[str, Any]:
+    if head == "order":
+        if ho.kind != "beir":  # no first stage to take a top M of
+            return {"map": float("nan")}
+        ho = _depth(ho, m)
+        mixed = {q: s[:m] for q, s in second.items()}
+    else:
+        mixed = cascade_scores(first, second, m, head)
+    if ho.kind != "beir":
+        return {"map": _mean(selection_metrics(ho, mixed)["map"])}
+    t = fusion_table(ho, mixed)[fusion]
+    return {"ndcg@10": _mean(t), **paired_bootstrap(second_table[fusion], t)}
 
 
 def _mean(d: dict[str, float]) -> float:
@@ -494,12 +523,18 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append("")
     cas = r.get("cascade")
     if cas:
-        lines += ["## Cascade (the candidate's top M rescored by the baseline)", "",
-                  f"Fusion {cas['fusion']}; the baseline alone: macro nDCG@10 {cas['second_alone_macro']:.4f}.", "",
-                  "| M | macro nDCG@10 | vs baseline alone | per source (nDCG@10 or MAP) |", "|---|---|---|---|"]
-        for m, row in cas["by_m"].items():
-            per = ", ".join(f"{src} {v.get('ndcg@10', v.get('map')):.4f}" for src, v in row["per_source"].items())
-            lines.append(f"| {m} | {row['macro_ndcg@10']:.4f} | {row['vs_second_alone']:+.4f} | {per} |")
+        lines += ["## Cascade (a head of M rescored by the baseline)", "",
+                  f"Fusion {cas['fusion']}; the baseline alone: macro nDCG@10 {cas['second_alone_macro']:.4f}. "
+                  "Head rules: score (the candidate's top M), rrf (the candidate's order fused with the first "
+                  "stage's), order (no candidate: the baseline reranks the first stage's top M).", "",
+                  "| head | M | macro nDCG@10 | vs baseline alone | per source (nDCG@10 or MAP) |",
+                  "|---|---|---|---|---|"]
+        by_head = cas.get("by_head") or {"score": cas["by_m"]}
+        for head, by_m in by_head.items():
+            for m, row in by_m.items():
+                per = ", ".join(f"{src} {v.get('ndcg@10', v.get('map')):.4f}"
+                                for src, v in row["per_source"].items())
+                lines.append(f"| {head} | {m} | {row['macro_ndcg@10']:.4f} | {row['vs_second_alone']:+.4f} | {per} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -525,8 +560,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cascade", default=None, metavar="M,M,...",
                    help="also score the cascade CANDIDATE>BASELINE@M for these M (the candidate's top M rescored "
                         "by the baseline, --baseline-fusion applied); needs --baseline-calibration")
+    p.add_argument("--cascade-heads", default="score", metavar="HEAD,...",
+                   help=f"head rules to score the cascades with: {', '.join(CASCADE_HEADS)} (default: score)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    args.cascade_heads = [h.strip() for h in args.cascade_heads.split(",") if h.strip()]
+    bad = [h for h in args.cascade_heads if h not in CASCADE_HEADS]
+    if bad:
+        p.error(f"unknown --cascade-heads {', '.join(bad)}: use {', '.join(CASCADE_HEADS)}")
     if args.cascade and not args.baseline_calibration:
         p.error("--cascade needs --baseline-calibration (both models' scores must be calibrated to be mixed)")
     args.cascade = [int(m) for m in args.cascade.split(",")] if args.cascade else None
