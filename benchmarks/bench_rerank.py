@@ -254,7 +254,16 @@ class SpecScorer(Scorer):
         self.name = spec
 
     def score(self, query, texts):
-        return np.asarray(self.reranker.score(query, texts).scores, dtype=np.float64)
+        """Scores in input order. A spec with a recommended ``rerank_depth`` (``fast`` = ``default@20``) scores
+        only that many, as a pipeline does; the rest rank after them in input (first-stage) order."""
+        from crossrank.pipeline import resolve_rerank_depth
+
+        depth = resolve_rerank_depth("auto", self.reranker) or len(texts)
+        head = np.asarray(self.reranker.score(query, texts[:depth]).scores, dtype=np.float64)
+        if depth >= len(texts):
+            return head
+        tail = (head.min() if head.size else 0.0) - 1.0 - np.arange(len(texts) - depth) * 1e-6
+        return np.concatenate([head, tail])
 
 
 def make_scorer(name: str, ckpt, max_length: int, threads: int | None) -> Scorer:

@@ -29,6 +29,8 @@ from crossrank.serve.batcher import (
     Overloaded,
 )
 
+pytestmark = pytest.mark.slow  # every test here runs a real server under real load
+
 QUERY = "what do plants make from sunlight"
 SHORT = [f"Plants convert sunlight, water and carbon dioxide into glucose, number {i}." for i in range(1000)]
 LONG = [" ".join(f"leaf{(i + j) % 97} energy" for j in range(260)) for i in range(400)]  # ~512 tokens each

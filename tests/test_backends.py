@@ -74,6 +74,7 @@ def _spearman(a, b):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_onnx_fp32_matches_torch_tightly(tiny_model_dir, reference, cache_dir):
     rr = _engine(tiny_model_dir, "onnx")
     got = np.array(rr.score(QUERY, DOCS).scores)
@@ -88,6 +89,7 @@ def test_onnx_fp32_matches_torch_tightly(tiny_model_dir, reference, cache_dir):
 
 
 @pytest.mark.parametrize("backend", ["torch-int8", "onnx-int8"])
+@pytest.mark.slow
 def test_int8_backends_keep_the_ranking(spread_model_dir, backend):
     if backend not in available_backends("cpu"):
         pytest.skip(f"{backend} not available here")
@@ -102,6 +104,7 @@ def test_int8_backends_keep_the_ranking(spread_model_dir, backend):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_onnx_cache_is_built_once_and_reused(tiny_model_dir, cache_dir, monkeypatch):
     from crossrank import onnx_graph
 

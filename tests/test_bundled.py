@@ -19,6 +19,8 @@ from crossrank.rerank.bundled import (
     pack_bundle,
 )
 
+pytestmark = pytest.mark.slow  # packs, rebuilds and loads real checkpoints (the bundled models among them)
+
 QUERY = "how do cells make energy"
 DOCS = [
     "Mitochondria produce ATP through oxidative phosphorylation; they are the powerhouse of the cell.",
@@ -218,21 +220,32 @@ def test_default_gives_the_cohere_example_a_usable_calibrated_spread():
 
 
 def test_fast_loads_offline_and_ranks_the_toy_example():
-    """``fast`` ships in the package (no download): the cascade its bundle recommends, the 2-layer student on every
-    candidate and the default on the student's top M; the right passages come first."""
-    from crossrank.rerank.bundled import FAST_BUNDLE_DIR
-    from crossrank.rerank.cascade import CascadeReranker
+    """``fast`` ships in the package (no download): what its bundle recommends (held-out rule v2: the default
+    reranking the first stage's top 20, ``default@20``); the right passages come first, and a pipeline reranks only
+    that head."""
+    from crossrank.pipeline import Pipeline
+    from crossrank.rerank.bundled import FAST_BUNDLE_DIR, fast_spec
+    from crossrank.retrieve import BM25Retriever
 
     assert bundle_available(FAST_BUNDLE_DIR), f"the bundled fast reranker is missing from {FAST_BUNDLE_DIR}"
+    assert fast_spec() == "default@20"
     rr = load_reranker("fast", cache_size=0)
-    assert isinstance(rr, CascadeReranker) and rr.top_m >= 1
-    assert rr.first.name.startswith("crossrank-fast@") and rr.second.name.startswith("crossrank-default@")
-    assert rr.info()["recommended"] == load_reranker("default").info()["recommended"]  # the default decides the head
+    default = load_reranker("default", cache_size=0)
+    assert rr.name == default.name and rr.info()["recommended"] == {**default.info()["recommended"], "rerank_depth": 20}
     scores = rr.score(QUERY, DOCS).scores
+    assert scores == pytest.approx(default.score(QUERY, DOCS).scores)
     assert min(scores[0], scores[2]) > scores[1]  # both cell-biology passages above the volcano
     scores = rr.score(COHERE_QUERY, COHERE_DOCS).scores
     assert scores[2] > max(scores[1], scores[3], scores[4])  # Washington above the three non-answers
     assert all(0.0 <= s <= 1.0 for s in scores)
+    from crossrank.corpus import chunk_documents
+    from crossrank.types import Document
+
+    docs = [Document(id=f"d{i}", title="", text=f"{t} How cells make energy, note {i}.")
+            for i, t in enumerate(DOCS * 8)]  # all match the query
+    with Pipeline(BM25Retriever(chunk_documents(docs, max_tokens=0)), rr, k=30, n=30) as pipe:
+        result = pipe.search(QUERY)
+    assert result.n_candidates > 20 and result.n_reranked == 20 and result.reason is None
 
 
 def test_fast_student_is_a_small_calibrated_delta():

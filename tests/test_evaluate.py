@@ -126,6 +126,7 @@ def read_run(path: Path) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
+@pytest.mark.slow
 def test_metrics_match_hand_computation():
     qrels = {"a": {"x": 2, "y": 1, "z": 0}, "b": {"u": 1}}
     ranked = {"a": ["n1", "y", "x", "n2"], "b": ["n3", "n4", "u"]}
@@ -200,6 +201,7 @@ class OverlapReranker:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
 
 
+@pytest.mark.slow
 def test_answer_selection_matches_hand_computation(tmp_path):
     rows = [
         ("1", "who wrote hamlet", "hamlet is a tragedy", 0),
@@ -233,6 +235,7 @@ def test_answer_selection_matches_hand_computation(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the BEIR sweep
+@pytest.mark.slow
 def test_beir_sweep_outputs_schema_cache_and_topk(tmp_path, tiny_reranker, shared_index):
     ds = write_beir(tmp_path / "tiny")
     out = tmp_path / "out"
@@ -304,6 +307,7 @@ def test_beir_sweep_outputs_schema_cache_and_topk(tmp_path, tiny_reranker, share
     assert "## SCHEMA" in md and "Recall@K (first stage, ceiling)" in md
 
 
+@pytest.mark.slow
 def test_cli_eval_reuses_a_given_index_and_rejects_one_that_lacks_a_method(tmp_path, shared_index):
     """``crossrank eval --index DIR`` evaluates on the user's saved index instead of re-encoding the corpus; an
     index without the method a retriever needs is a one-line error, not a rebuild over the user's files."""
@@ -329,6 +333,7 @@ def test_cli_eval_reuses_a_given_index_and_rejects_one_that_lacks_a_method(tmp_p
     assert sorted(p.name for p in bm25_only.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_rerank_max_k_caps_scoring_and_configs(tmp_path, tiny_reranker, shared_index):
     ds = write_beir(tmp_path / "tiny")
     out = tmp_path / "out"
@@ -356,6 +361,7 @@ def test_rerank_max_k_caps_scoring_and_configs(tmp_path, tiny_reranker, shared_i
                       out_dir=out, index_dir=shared_index, progress=False, write_reports=False)
 
 
+@pytest.mark.slow
 def test_interrupted_scoring_resumes_without_rescoring(tmp_path, tiny_reranker, shared_index):
     ds = write_beir(tmp_path / "tiny", with_answers=False)
     out = tmp_path / "out"
@@ -432,6 +438,7 @@ def fake_llm():
     server.server_close()
 
 
+@pytest.mark.slow
 def test_llm_answer_accuracy_through_fake_openai_server(tmp_path, fake_llm, shared_index, monkeypatch):
     ds = write_beir(tmp_path / "tiny")
     out = tmp_path / "out"
@@ -538,6 +545,7 @@ def test_tune_chooses_n_for_answer_datasets():
 
 
 # ---------------------------------------------------------------------------------------------- detection / errors
+@pytest.mark.slow
 def test_detection_and_input_errors(tmp_path):
     ds = write_beir(tmp_path / "tiny")
     assert detect_dataset(ds) == ("beir", ds, "test")

@@ -40,6 +40,8 @@ from crossrank.errors import ModelLoadError
 from crossrank.rerank.backends import onnx_available
 from crossrank.rerank.engine import CrossEncoderReranker
 
+pytestmark = pytest.mark.slow  # four architectures through three backends: about a minute in all
+
 # Small English text the tokenizers are trained on (a few hundred vocabulary entries).
 CORPUS = """\
 Plants convert sunlight, water and carbon dioxide into glucose and oxygen in their chloroplasts.

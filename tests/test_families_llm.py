@@ -11,6 +11,8 @@ import math
 import httpx
 import pytest
 
+pytestmark = pytest.mark.slow  # builds and runs causal LMs: tens of seconds in all
+
 torch = pytest.importorskip("torch")
 
 from crossrank.errors import InputError, ModelLoadError  # noqa: E402
@@ -117,7 +119,7 @@ def test_qwen3_scores_are_the_yes_no_log_odds_of_the_reference_prompt(qwen3, qwe
     assert qwen3.info()["backend"] == "torch"  # auto builds no ONNX graph of a decoder
     for instruction in (None, "Find the passage that names the city"):
         got = qwen3.score(QUERY, DOCS, instruction=instruction).scores
-        for doc, score in zip(DOCS, got):
+        for doc, score in zip(DOCS, got, strict=True):
             ids = _qwen3_reference_ids(tok, QUERY, doc, instruction)
             assert qwen3.pair_inputs(QUERY, doc, instruction)[0]["input_ids"] == ids
             logits = _last_logits(lm, ids)
@@ -130,7 +132,7 @@ def test_qwen3_probability_is_the_softmax_of_yes_over_yes_and_no(qwen3_dir):
     engine = CrossEncoderReranker(str(qwen3_dir), dtype="fp32")  # activation auto: sigmoid
     tok, lm = _reference(qwen3_dir)
     yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
-    for doc, p in zip(DOCS, engine.score(QUERY, DOCS).scores):
+    for doc, p in zip(DOCS, engine.score(QUERY, DOCS).scores, strict=True):
         logits = _last_logits(lm, _qwen3_reference_ids(tok, QUERY, doc))
         assert p == pytest.approx(float(torch.softmax(logits[[no, yes]], dim=0)[1]), abs=1e-5)
 
@@ -178,7 +180,7 @@ def test_bge_gemma_scores_are_the_yes_logit_of_its_reference_prompt(gemma_dir):
     yes = tok("Yes", add_special_tokens=False)["input_ids"][0]
     sep = tok("\n", add_special_tokens=False)["input_ids"]
     prompt = tok(BUILTIN["bge-reranker-v2-gemma"].suffix[1], add_special_tokens=False)["input_ids"]
-    for doc, score in zip(DOCS, engine.score(QUERY, DOCS).scores):
+    for doc, score in zip(DOCS, engine.score(QUERY, DOCS).scores, strict=True):
         # FlagEmbedding's FlagLLMReranker: [bos] + 'A: q' + sep + 'B: p' + sep + prompt, score = logit of "Yes"
         ids = ([tok.bos_token_id] + tok(f"A: {QUERY}", add_special_tokens=False)["input_ids"] + sep
                + tok(f"B: {doc}", add_special_tokens=False)["input_ids"] + sep + prompt)
@@ -194,7 +196,7 @@ def test_bf16_keeps_the_ranking(qwen3_dir, qwen3):
     engine = CrossEncoderReranker(str(qwen3_dir), activation="raw", dtype="bf16", backend="torch")
     assert engine.info()["dtype"] == "bf16"
     got, ref = engine.score(QUERY, DOCS).scores, qwen3.score(QUERY, DOCS).scores
-    assert max(abs(a - b) for a, b in zip(got, ref)) < 0.05
+    assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) < 0.05
 
 
 def test_where_the_prompt_format_comes_from(tmp_path, qwen3_dir):

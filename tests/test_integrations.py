@@ -16,6 +16,8 @@ import pytest
 
 import crossrank
 
+pytestmark = pytest.mark.slow  # each module imports its real framework (LlamaIndex alone takes seconds)
+
 QUERY = "what causes earthquakes"
 TEXTS = [
     "Plates slip along faults and release energy as seismic waves.",

@@ -143,6 +143,7 @@ def test_load_reranker_builds_a_remote_one(server):
 # ------------------------------------------------------------------------------------------------ fake server
 
 
+@pytest.mark.slow
 def test_retries_429_then_succeeds_honouring_retry_after():
     fake = Fake((429, {"Retry-After": "0.3"}, {"error": "Model is overloaded", "error_type": "overloaded"}),
                 (200, {}, tei_ok))
@@ -159,6 +160,7 @@ def test_retries_429_then_succeeds_honouring_retry_after():
         fake.close()
 
 
+@pytest.mark.slow
 def test_503_retries_then_gives_up_with_status_and_body():
     fake = Fake((503, {}, {"error": "warming up", "error_type": "unhealthy"}))
     try:
@@ -191,6 +193,7 @@ def test_bad_answers_raise_unavailable_without_retry(status, payload, match):
         fake.close()
 
 
+@pytest.mark.slow
 def test_cohere_and_voyage_answers_are_read():
     def cohere_ok(body):
         n = len(body["documents"])
@@ -215,6 +218,7 @@ def test_cohere_and_voyage_answers_are_read():
 # ------------------------------------------------------------------------------------------------ circuit breaker
 
 
+@pytest.mark.slow
 def test_circuit_opens_on_a_closed_port_then_half_opens_and_recovers(engine):
     port = free_port()
     remote = RemoteReranker(f"http://127.0.0.1:{port}", retries=1, backoff=0.01, circuit_breaker_failures=2,
@@ -239,6 +243,7 @@ def test_circuit_opens_on_a_closed_port_then_half_opens_and_recovers(engine):
         assert remote.breaker.state == "closed"
 
 
+@pytest.mark.slow
 def test_time_budget_bounds_attempts_and_retries_against_a_hung_service():
     from conftest import SilentServer
 
@@ -254,6 +259,7 @@ def test_time_budget_bounds_attempts_and_retries_against_a_hung_service():
         remote.score(QUERY, DOCS, timeout_s=0)
 
 
+@pytest.mark.slow
 def test_time_budget_leaves_no_room_for_a_long_retry():
     fake = Fake((503, {"Retry-After": "5"}, {"error": "busy", "error_type": "overloaded"}))
     try:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from crossrank.errors import InputError, ModelLoadError
-from crossrank.rerank import CachedReranker, CrossEncoderReranker, RerankScores, load_reranker
+from crossrank.rerank import CachedReranker, CrossEncoderReranker, RerankScores, load_reranker, recommendation
 from crossrank.rerank.engine import cpu_has_fast_bf16, resolve_dtype
 
 QUERY = "what do plants make from sunlight"
@@ -339,3 +339,18 @@ def test_cascade_head_rules():
     assert cascade_head(scores, 3, "rrf") == [1, 0, 4]
     with pytest.raises(InputError, match="head rule"):
         cascade_head(scores, 3, "best")
+
+
+def test_a_depth_spec_recommends_reranking_only_the_first_stages_top_m(tiny_model_dir):
+    from crossrank.pipeline import resolve_rerank_depth
+    from crossrank.rerank.cascade import parse_depth_spec
+
+    rr = load_reranker(f"{tiny_model_dir}@3", max_length=64)
+    assert recommendation(rr)["rerank_depth"] == 3 and resolve_rerank_depth("auto", rr) == 3
+    plain = load_reranker(str(tiny_model_dir), max_length=64)
+    assert "rerank_depth" not in recommendation(plain)
+    assert rr.score(QUERY, ["a", "b"]).scores == plain.score(QUERY, ["a", "b"]).scores  # same model, same scores
+    assert parse_depth_spec("default@20") == ("default", 20) and parse_depth_spec("default") is None
+    assert parse_depth_spec("a>b@3") is None
+    with pytest.raises(InputError, match="depth"):
+        parse_depth_spec("default@0")

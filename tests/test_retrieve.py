@@ -80,6 +80,7 @@ def test_bm25_stemming_and_no_match():
 
 
 # ------------------------------------------------------------------------------------------------ dense
+@pytest.mark.slow
 def test_dense_finds_a_paraphrase(built):
     index, _ = built
     r = index.retriever("dense")
@@ -91,6 +92,7 @@ def test_dense_finds_a_paraphrase(built):
     assert np.allclose(norms, 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dense_batch_equals_single(built):
     r = built[0].retriever("dense")
     qs = ["earthquakes and mountains", "hormone controlling blood sugar"]
@@ -105,6 +107,7 @@ needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime / onnx
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_dense_queries_on_onnx_match_torch(built):
     index, _ = built
     on_onnx = index.retriever("dense", query_backend="onnx")
@@ -120,12 +123,14 @@ def test_dense_queries_on_onnx_match_torch(built):
     assert index.retriever("dense").query_backend_used == "onnx"  # auto picks it on CPU
 
 
+@pytest.mark.slow
 def test_dense_query_backend_errors(built):
     index, _ = built
     with pytest.raises(InputError, match="unknown query backend 'gpu'"):
         index.retriever("dense", query_backend="gpu")
 
 
+@pytest.mark.slow
 def test_onnx_query_encoder_refuses_what_it_cannot_mirror():
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling
@@ -140,6 +145,7 @@ def test_onnx_query_encoder_refuses_what_it_cannot_mirror():
         OnnxQueryEncoder(SentenceTransformer(modules=[bi[0]]))
 
 
+@pytest.mark.slow
 def test_load_bi_encoder_default_is_cached_and_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert load_bi_encoder("default") is load_bi_encoder("default")
@@ -192,6 +198,7 @@ def test_hybrid_fetches_deeper_than_k():
 
 
 # ------------------------------------------------------------------------------------------------ index
+@pytest.mark.slow
 def test_index_roundtrip_identical_results(built):
     index, path = built
     loaded = load_index(path, verify=True)
@@ -209,6 +216,7 @@ def test_index_roundtrip_identical_results(built):
             assert np.allclose([c.score for c in a], [c.score for c in b], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_index_has_no_pickles(built):
     _, path = built
     for f in path.rglob("*.npy"):
@@ -216,6 +224,7 @@ def test_index_has_no_pickles(built):
     assert not [f for f in path.rglob("*") if f.suffix in (".pkl", ".pickle")]
 
 
+@pytest.mark.slow
 def test_index_options_and_errors(built, tmp_path):
     index, _ = built
     h = index.retriever("hybrid", fusion="weighted", weights=[0.5, 0.5], depth=10)
@@ -230,6 +239,7 @@ def test_index_options_and_errors(built, tmp_path):
         bm25_only.retriever("hybrid")
 
 
+@pytest.mark.slow
 def test_incremental_rebuild_reuses_vectors(built, tmp_path):
     index, path = built
     extra = Document(id="d7", title="Comets", text="Comets are icy bodies that grow a glowing tail near the Sun.")
@@ -239,6 +249,7 @@ def test_incremental_rebuild_reuses_vectors(built, tmp_path):
     assert new.retriever("dense").search("frozen objects orbiting close to our star", k=1)[0].id == "d7"
 
 
+@pytest.mark.slow
 def test_float16_vectors_halve_the_file(built, tmp_path):
     _, path = built
     out = load_index(path).save(tmp_path / "f16", dense_dtype="float16")
@@ -262,6 +273,7 @@ def test_load_refuses_missing_or_half_built(tmp_path):
         load_index(half)
 
 
+@pytest.mark.slow
 def test_load_detects_damaged_files(built, tmp_path):
     index, _ = built
     path = index.save(tmp_path / "copy")

@@ -53,6 +53,7 @@ def test_shutdown_cancels_queued_work_without_waiting():
     assert running.result(timeout=5) is True
 
 
+@pytest.mark.slow
 def test_a_process_exits_while_a_timed_out_reranker_call_still_runs(tmp_path):
     """A reranker that ignores its budget and sleeps 60 s: the search falls back at the deadline and the
     interpreter exits then (a ThreadPoolExecutor worker would be joined at exit: 60 s)."""

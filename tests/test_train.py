@@ -63,6 +63,7 @@ def _weights(model_dir: Path) -> dict:
 
 
 @pytest.mark.parametrize("loss", ["listwise", "pairwise", "bce"])
+@pytest.mark.slow
 def test_train_each_loss_and_load_with_reranker(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path, loss):
     import torch
 
@@ -85,6 +86,7 @@ def test_train_each_loss_and_load_with_reranker(tiny_model_dir, tiny_beir, tiny_
     assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
     import torch
 
@@ -224,6 +226,7 @@ def test_answer_selection_sources_hold_out_questions_too(tiny_model_dir, tiny_be
         assert len(q.qrels) >= 1 and len(q.doc_ids) > len(q.qrels)
 
 
+@pytest.mark.slow
 def test_distillation_learns_the_teachers_scores(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
     """A 1-layer student of the tiny model, distilled from a teacher that scores on a 100x wider scale: the
     student's scores move towards the teacher's."""

@@ -43,12 +43,16 @@ BUNDLED = {"default": DEFAULT_BUNDLE_DIR, "fast": FAST_BUNDLE_DIR, "fast-student
 
 
 def fast_spec() -> str:
-    """What the reranker spec ``fast`` means: the cascade its bundle recommends (``fast-student>default@M``: the
-    2-layer student scores every candidate, the default rescores its top M), or the student alone when the bundle
-    recommends no cascade."""
+    """What the reranker spec ``fast`` means: what its bundle recommends (``settings.cascade``, chosen on held-out
+    queries: see the bundle's model card). ``head`` ``order``: ``default@M``, the default reranks the first
+    stage's top M; ``score`` / ``rrf``: ``fast-student>default@M[:rrf]``, the 2-layer student scores every
+    candidate and the default rescores a head of M; the student alone when the bundle recommends no cascade."""
     cascade = read_manifest(FAST_BUNDLE_DIR).get("settings", {}).get("cascade")
     if isinstance(cascade, dict) and cascade.get("second") and int(cascade.get("top_m", 0)) > 0:
-        return f"fast-student>{cascade['second']}@{int(cascade['top_m'])}"
+        second, m, head = cascade["second"], int(cascade["top_m"]), cascade.get("head", "score")
+        if head == "order":
+            return f"{second}@{m}"
+        return f"fast-student>{second}@{m}" + ("" if head == "score" else f":{head}")
     return "fast-student"
 MANIFEST = "crossrank_bundle.json"
 DELTA = "delta.safetensors"

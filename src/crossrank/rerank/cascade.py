@@ -56,6 +56,21 @@ def parse_cascade_spec(spec: str) -> CascadeSpec | None:
     return CascadeSpec(m["first"].strip(), m["second"].strip(), top_m, head)
 
 
+DEPTH_SPEC = re.compile(r"^(?P<name>[^>@]+)@(?P<m>\d+)$")
+
+
+def parse_depth_spec(spec: str) -> tuple[str, int] | None:
+    """``(name, M)`` for ``"B@M"``: B reranks only the first stage's top M (the cascade whose first model is
+    the first stage; a recommendation, ``rerank_depth``, that the pipeline and the evaluator follow); None when
+    ``spec`` is not one."""
+    m = DEPTH_SPEC.match(spec.strip())
+    if not m:
+        return None
+    if int(m["m"]) < 1:
+        raise InputError(f"reranker spec {spec!r}: the depth after '@' must be >= 1")
+    return m["name"].strip(), int(m["m"])
+
+
 def cascade_head(first_scores: Sequence[float], top_m: int, head: str = "score") -> list[int]:
     """Indices of the ``top_m`` texts the second model rescores: the best first-model scores (``head="score"``),
     or the best reciprocal-rank fusion of the first model's rank and the input position (``"rrf"``); ties: earlier
@@ -97,7 +112,7 @@ class CascadeReranker:
         left = None if timeout_s is None else max(1e-3, timeout_s - (time.monotonic() - t0))
         b = _score(self.second, query, [texts[i] for i in head], left, instruction)
         scores, truncated = list(a.scores), list(a.truncated or [False] * len(texts))
-        for i, s, cut in zip(head, b.scores, b.truncated or [False] * len(head)):
+        for i, s, cut in zip(head, b.scores, b.truncated or [False] * len(head), strict=True):
             scores[i], truncated[i] = float(s), bool(cut)
         return RerankScores(scores=scores, truncated=truncated, cache_hits=a.cache_hits + b.cache_hits,
                             tokens=a.tokens + b.tokens)

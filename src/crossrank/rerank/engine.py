@@ -424,7 +424,7 @@ class PairTemplate:
         parts_t: dict[str, list[int]] = {"prefix": [], "mid": [], "suffix": []}
         a_types, b_types = set(), set()
         state = "prefix"
-        for s, i, t in zip(seq, ids, types):
+        for s, i, t in zip(seq, ids, types, strict=True):
             if s == 0:
                 if state == "prefix":
                     state = "a"
@@ -726,7 +726,7 @@ class CrossEncoderReranker:
         out = self._encode(clipped)
         redo = [i for i, ids in enumerate(out) if cut[i] and len(ids) <= need]
         if redo:
-            for i, ids in zip(redo, self._encode([texts[i] for i in redo])):
+            for i, ids in zip(redo, self._encode([texts[i] for i in redo]), strict=True):
                 out[i] = ids
         return out
 
@@ -823,7 +823,7 @@ class CrossEncoderReranker:
         q, _ = self._prepare_query(query, self._instruction(instruction))
         d = self._encode_docs(check_texts([text]))[0]
         windows, _ = self._windows(d, self._avail - len(q))
-        return [dict(zip(("input_ids", "token_type_ids"), self.template.build(q, w))) for w in windows]
+        return [dict(zip(("input_ids", "token_type_ids"), self.template.build(q, w), strict=True)) for w in windows]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -869,7 +869,7 @@ class CrossEncoderReranker:
         """The (query, window) sequences to run for these pairs: what :meth:`_score_ids` scores and what
         :meth:`count_inputs` counts (one function, so the two cannot disagree)."""
         plan = _Plan([], [], [])
-        for i, (q, cut, d) in enumerate(zip(q_ids, q_cut, docs)):
+        for i, (q, cut, d) in enumerate(zip(q_ids, q_cut, docs, strict=True)):
             windows, dropped = self._windows(d, self._avail - len(q))
             plan.truncated.append(cut or dropped)
             for w in windows:
@@ -883,7 +883,7 @@ class CrossEncoderReranker:
         seqs = [self.template.build(q, w) for q, w in plan.windows]
         logits = self._forward_all(seqs, deadline)
         best = [-math.inf] * len(docs)
-        for o, v in zip(plan.owner, logits):
+        for o, v in zip(plan.owner, logits, strict=True):
             if v > best[o]:
                 best[o] = v
         scores = [self._activate(v) for v in best]
@@ -948,7 +948,7 @@ class CrossEncoderReranker:
                 rel = (logits[:, 1] - logits[:, 0]).tolist()
             else:
                 rel = logits[:, 0].tolist()
-            for i, v in zip(batch, rel):
+            for i, v in zip(batch, rel, strict=True):
                 out[i] = v
         return out
 

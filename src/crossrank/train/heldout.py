@@ -95,7 +95,7 @@ def _first_stage(dev: list[DevQuery], index_dir: str, k: int) -> list[DevQuery]:
     retriever = load_index(index_dir).retriever("hybrid")
     results = retriever.search_batch([q.query for q in dev], k=k)
     out = []
-    for q, cands in zip(dev, results):
+    for q, cands in zip(dev, results, strict=True):
         cands = first_per_document(cands)
         out.append(DevQuery(q.qid, q.query, [c.doc_id for c in cands], [c.full_text for c in cands],
                             [float(c.score) for c in cands], q.qrels))
@@ -209,7 +209,7 @@ def calibration_pairs(sets: list[HeldOut], scores: dict[str, dict[str, list[floa
         depth = CALIBRATION_DEPTH if ho.kind == "beir" else None
         for q in ho.queries:
             h = halves[_half(q.qid)]
-            for d, x in list(zip(q.doc_ids, scores[ho.name][q.qid]))[:depth]:
+            for d, x in list(zip(q.doc_ids, scores[ho.name][q.qid], strict=True))[:depth]:
                 h["logits"].append(x)
                 h["labels"].append(int(q.qrels.get(d, 0) > 0))
                 h["source"].append(ho.name)
@@ -367,7 +367,7 @@ def _threshold(sets: list[HeldOut], probs: dict[str, dict[str, list[float]]],
     if "squad" in by_name and noans:
         g = groups.setdefault("squad", {0: ([], []), 1: ([], [])})
         for q in by_name["squad"].queries:
-            for d, p in zip(q.doc_ids, probs["squad"][q.qid]):
+            for d, p in zip(q.doc_ids, probs["squad"][q.qid], strict=True):
                 if q.qrels.get(d, 0) > 0:
                     g[_half(q.qid)][0].append(p)
         for qid, _, _ in noans:
@@ -376,7 +376,7 @@ def _threshold(sets: list[HeldOut], probs: dict[str, dict[str, list[float]]],
         if name in by_name:
             g = groups.setdefault(name, {0: ([], []), 1: ([], [])})
             for q in by_name[name].queries:
-                for d, p in zip(q.doc_ids, probs[name][q.qid]):
+                for d, p in zip(q.doc_ids, probs[name][q.qid], strict=True):
                     g[_half(q.qid)][0 if q.qrels.get(d, 0) > 0 else 1].append(p)
     if not groups:
         return {}
