@@ -311,6 +311,7 @@ def test_health_info_metrics_docs_page(client):
     assert "<textarea" in html and "http://" not in html and "https://" not in html and " src=" not in html
 
 
+@pytest.mark.slow
 def test_docs_pages_load_nothing_from_another_host(client, secured, monkeypatch):
     """Issue 18 item 10: /docs and /redoc are served from packaged assets, so they work offline."""
     import re
@@ -410,6 +411,7 @@ def test_queue_full_answers_429(gated_server):
     assert "one too many" not in gated.queries_seen()
 
 
+@pytest.mark.slow
 def test_deadline_drops_before_inference(gated_server):
     server, gated = gated_server
     with ThreadPoolExecutor(4) as pool:
@@ -426,6 +428,7 @@ def test_deadline_drops_before_inference(gated_server):
     assert not {"late", "late too"} & gated.queries_seen()
 
 
+@pytest.mark.slow
 def test_disconnected_client_is_dropped(gated_server):
     server, gated = gated_server
     with ThreadPoolExecutor(4) as pool:
@@ -441,6 +444,7 @@ def test_disconnected_client_is_dropped(gated_server):
 
 
 @pytest.mark.parametrize("gated_server", [{"batching": True}, {"batching": False}], indirect=True)
+@pytest.mark.slow
 def test_cross_request_batching_switch(gated_server):
     server, gated = gated_server
     batching = server.app.state.crossrank.config.batching
@@ -478,6 +482,7 @@ def test_engine_error_is_a_500_without_traceback_and_spares_the_others(gated_ser
 # ------------------------------------------------------------------------------------------------ /search
 
 
+@pytest.mark.slow
 def test_search_route(engine, small_corpus):
     from crossrank.corpus import load_corpus
     from crossrank.retrieve import build_index
@@ -502,6 +507,7 @@ def test_search_route(engine, small_corpus):
         assert "/search" in httpx.get(s.url + "/openapi.json").json()["paths"]
 
 
+@pytest.mark.slow
 def test_search_loads_its_models_at_startup(engine, small_corpus):
     """The first /search must not pay for the bi-encoder load: the server warms its default retriever up."""
     from crossrank.corpus import load_corpus

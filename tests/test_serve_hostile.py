@@ -226,6 +226,7 @@ def strict(engine):
         yield s
 
 
+@pytest.mark.slow
 def test_slow_headers_and_bodies_are_cut_off(strict):
     port = strict.port
     with socket.create_connection(("127.0.0.1", port)) as sock:  # headers, a byte at a time, never finished

@@ -197,6 +197,7 @@ def test_usage_counts_cache_hits(server, engine):
     assert infinity["usage"]["total_tokens"] == expected
 
 
+@pytest.mark.slow
 def test_usage_of_chunks_and_cohere_search_units(server, tiny_model_dir):
     from crossrank.rerank.engine import CrossEncoderReranker
 
