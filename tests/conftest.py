@@ -68,6 +68,50 @@ class SilentServer:
         self.close()
 
 
+class Gated:
+    """A real engine behind a gate: ``score_pairs`` records each call and blocks while the gate is closed. A pair
+    whose query is ``"boom"`` raises (an engine failure); ``s_per_pair`` makes each call take that much longer per
+    pair, as a real model's would (the tiny one is fast on a fast machine)."""
+
+    def __init__(self, engine, s_per_pair: float = 0.0):
+        import threading
+
+        self.engine, self.name, self.s_per_pair = engine, engine.name, s_per_pair
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def info(self):
+        return self.engine.info()
+
+    def score(self, query, texts):
+        return self.score_pairs([(query, t) for t in texts])
+
+    def score_pairs(self, pairs, options=None):
+        import time
+
+        pairs = list(pairs)
+        self.calls.append(pairs)
+        self.entered.set()
+        if not self.gate.wait(30):
+            raise RuntimeError("gate never opened")
+        if any(q == "boom" for q, _ in pairs):
+            raise RuntimeError("engine exploded")
+        time.sleep(self.s_per_pair * len(pairs))
+        return self.engine.score_pairs(pairs)
+
+    def rerank(self, query, texts, top_n=None):
+        raise NotImplementedError
+
+    def step_of(self, query) -> int:
+        """Index of the first engine call holding one of ``query``'s pairs."""
+        return next(i for i, call in enumerate(self.calls) if any(q == query for q, _ in call))
+
+    def queries_seen(self):
+        return {q for call in self.calls for q, _ in call}
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout

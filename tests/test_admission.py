@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from conftest import Gated
 from crossrank.serve import ServeConfig, ServerThread, create_app
 from crossrank.serve.batcher import (
     BatchedReranker,
@@ -41,41 +42,6 @@ def engine(tiny_model_dir):
     from crossrank.rerank.engine import CrossEncoderReranker
 
     return CrossEncoderReranker(str(tiny_model_dir), dtype="fp32", device="cpu")
-
-
-class Gated:
-    """The real engine; ``score_pairs`` records each call and blocks while the gate is closed. ``s_per_pair``
-    makes each call take that much longer per pair, as a real model's would (the tiny one is fast on a fast
-    machine)."""
-
-    def __init__(self, engine, s_per_pair: float = 0.0):
-        self.engine, self.name, self.s_per_pair = engine, engine.name, s_per_pair
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.calls: list[list[tuple[str, str]]] = []
-
-    def info(self):
-        return self.engine.info()
-
-    def score(self, query, texts):
-        return self.score_pairs([(query, t) for t in texts])
-
-    def score_pairs(self, pairs, options=None):
-        pairs = list(pairs)
-        self.calls.append(pairs)
-        self.entered.set()
-        if not self.gate.wait(30):
-            raise RuntimeError("gate never opened")
-        time.sleep(self.s_per_pair * len(pairs))
-        return self.engine.score_pairs(pairs)
-
-    def step_of(self, query) -> int:
-        """Index of the first engine call holding one of ``query``'s pairs."""
-        return next(i for i, call in enumerate(self.calls) if any(q == query for q, _ in call))
-
-    def queries_seen(self):
-        return {q for call in self.calls for q, _ in call}
 
 
 class Recorder:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from conftest import Gated
 from crossrank.serve import ServeConfig, ServerThread, create_app
 
 QUERY = "what do plants make from sunlight"
@@ -50,40 +50,6 @@ def secured(engine):
     app = create_app(engine, config=ServeConfig(api_key=KEY, max_body_bytes=4096))
     with ServerThread(app) as s:
         yield s
-
-
-class Gated:
-    """Wraps the engine: ``score_pairs`` records each pass and blocks while the gate is closed."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.name = engine.name
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.calls: list[list[tuple[str, str]]] = []
-
-    def info(self):
-        return self.engine.info()
-
-    def score(self, query, texts):
-        return self.score_pairs([(query, t) for t in texts])
-
-    def score_pairs(self, pairs):
-        pairs = list(pairs)
-        self.calls.append(pairs)
-        self.entered.set()
-        if not self.gate.wait(20):
-            raise RuntimeError("gate never opened")
-        if any(q == "boom" for q, _ in pairs):
-            raise RuntimeError("engine exploded")
-        return self.engine.score_pairs(pairs)
-
-    def rerank(self, query, texts, top_n=None):
-        raise NotImplementedError
-
-    def queries_seen(self):
-        return {q for call in self.calls for q, _ in call}
 
 
 def _wait_for(predicate, timeout=10.0):
