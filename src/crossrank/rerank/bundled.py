@@ -17,20 +17,18 @@ embeddings frozen, so they equal the base's. The bundle therefore stores only wh
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import threading
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
 from crossrank.errors import ModelLoadError
-from crossrank.files import remove_stale_temp_dirs, share_files
+from crossrank.files import file_sha256, fsync_tree, remove_stale_temp_dirs, share_files, swap_into_place
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +62,6 @@ BASE_FILE = "model.safetensors"
 FROZEN = "bert.embeddings.word_embeddings.weight"
 # Engine options a bundle may recommend in its settings; anything else there (fusion weights, ...) is for others.
 ENGINE_SETTINGS = ("max_length", "activation", "long_documents", "chunk_overlap", "max_chunks", "calibration")
-
-_sha_cache: dict[tuple[str, int, int], str] = {}
-_sha_lock = threading.Lock()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, remembered per process (keyed by path, size and mtime)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    with _sha_lock:
-        if key in _sha_cache:
-            return _sha_cache[key]
-    with open(p, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    with _sha_lock:
-        _sha_cache[key] = digest
-    return digest
-
 
 def bundled_dir(spec: str | os.PathLike) -> Path | None:
     """The bundle folder a spec names: a bundled name ("default", "fast") or a folder holding a bundle manifest;
@@ -248,7 +227,7 @@ def pack_bundle(
                 "package": BASE_PACKAGE,
                 "version": _base_version(),
                 "file": BASE_FILE,
-                "sha256": file_sha256(base_file),
+                "sha256": file_sha256(base_file, remember=True),
             },
             "from_base": dict(sorted(from_base.items())),
             "delta": {"file": DELTA, "sha256": file_sha256(tmp / DELTA), "tensors": len(delta)},
@@ -258,7 +237,8 @@ def pack_bundle(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card if model_card is not None else _default_card(manifest), encoding="utf-8")
         share_files(tmp)
-        _swap_into_place(tmp, out_dir)
+        fsync_tree(tmp)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -270,20 +250,6 @@ def _default_card(manifest: dict[str, Any]) -> str:
         f"# {manifest['name']}\n\nA MiniLM-L6 cross-encoder reranker packed by crossrank as a delta on "
         f"all-MiniLM-L6-v2 ({BASE_PACKAGE} {manifest['base']['version']}).\n"
     )
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` with ``tmp`` so readers see the old or the new directory, never a half-written one."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{id(tmp)}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------------- load
 
 
 def load_bundle(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, base_dir: str | os.PathLike | None = None):
@@ -300,7 +266,7 @@ def load_bundle(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, base_dir: st
     base_file = base_dir / base.get("file", BASE_FILE)
     if not base_file.is_file():
         raise ModelLoadError(f"the base model file {base_file} is missing; reinstall {BASE_PACKAGE}")
-    if file_sha256(base_file) != base.get("sha256"):
+    if file_sha256(base_file, remember=True) != base.get("sha256"):
         raise ModelLoadError(
             f"the installed {BASE_PACKAGE} ({_base_version()}) is not the one this bundle was packed against "
             f"({base.get('version')}): {base_file} has a different sha256. Install "
@@ -416,7 +382,8 @@ def export_bundle(out_dir: str | os.PathLike, bundle_dir: str | os.PathLike = DE
         if card.is_file():
             shutil.copyfile(card, tmp / "README.md")
         share_files(tmp)
-        _swap_into_place(tmp, out_dir)
+        fsync_tree(tmp)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,9 +17,6 @@ Nothing is pickled: numpy files are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +32,7 @@ import numpy as np
 from crossrank.corpus.chunking import as_passages, chunk_documents
 from crossrank.corpus.loaders import load_corpus
 from crossrank.errors import IndexLoadError, InputError
-from crossrank.files import remove_stale_temp_dirs
+from crossrank.files import file_sha256, fsync_dir, fsync_file, remove_stale_temp_dirs, swap_into_place
 from crossrank.retrieve._common import REBUILD
 from crossrank.retrieve.base import Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
@@ -164,8 +161,8 @@ class Index:
                 manifest["dense"] = {**manifest["dense"], "dtype": dtype.name}
             manifest["files"] = _file_table(tmp)
             _write_manifest(tmp, manifest)
-            _fsync_dir(tmp)
-            _swap_into_place(tmp, target)
+            fsync_dir(tmp)
+            swap_into_place(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -365,38 +362,9 @@ def _check_file(d: Path, rel: str, info: dict[str, Any], verify: bool) -> None:
         raise IndexLoadError(f"index {d} is incomplete: {rel} is missing; " + REBUILD)
     if f.stat().st_size != info.get("bytes"):
         raise IndexLoadError(f"index {d} is damaged: {rel} has the wrong size; " + REBUILD)
-    if verify and _sha256(f) != info.get("sha256"):
+    if verify and file_sha256(f) != info.get("sha256"):
         raise IndexLoadError(f"index {d} is damaged: {rel} changed since the index was built (sha256 differs "
                              "from the manifest's); " + REBUILD)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_passages(path: Path, passages: Sequence[Passage]) -> None:
@@ -428,10 +396,10 @@ def _write_dense(path: Path, embeddings: np.ndarray, dtype: np.dtype) -> None:
 def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     table = {}
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        _fsync_file(f)
-        table[f.relative_to(root).as_posix()] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        fsync_file(f)
+        table[f.relative_to(root).as_posix()] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
     for sub in sorted(p for p in root.rglob("*") if p.is_dir()):
-        _fsync_dir(sub)
+        fsync_dir(sub)
     return table
 
 
@@ -460,36 +428,3 @@ def _check_replaceable(target: Path) -> None:
             f"refusing to overwrite {target}: it exists, is not empty and is not a crossrank index; "
             "choose another directory or remove it"
         )
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    parent = target.parent
-    if not target.exists():
-        os.rename(tmp, target)
-    elif _exchange(tmp, target):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous index
-    else:
-        old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            os.rename(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(parent)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError
-from crossrank.files import share_files
+from crossrank.files import fsync_tree, share_files, swap_into_place
 from crossrank.hardware import cpu_flags
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe, interleave
@@ -213,14 +213,8 @@ def dev_ndcg(model, tokenizer, dev: Sequence[DevQuery], k: int, max_length: int,
 
 
 def _atomic_dir_replace(tmp: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    fsync_tree(tmp)
+    swap_into_place(tmp, final)
 
 
 def _save_hf(model, tokenizer, path: Path) -> None:
