@@ -195,7 +195,7 @@ def search(
     k: int = typer.Option(100, "--k", help="Candidates from the first stage."),
     n: int = typer.Option(10, "--n", help="Results returned."),
     retriever: str = typer.Option("hybrid", help="bm25, dense or hybrid."),
-    reranker: str = typer.Option("default", help="'default', 'fast' or 'fast-student' (bundled), 'none', a cascade like fast-student>default@20, a model id/path, or a rerank service URL."),
+    reranker: str = typer.Option("default", help="'default', 'fast' or 'fast-student' (bundled), 'none', a depth like default@20 (rerank the first stage's top 20), a cascade like fast-student>default@20, a model id/path, or a rerank service URL."),
     fusion: str = typer.Option("auto", help="Final order: none (cross-encoder), rrf, interpolate[:w], or auto (the model's recommendation)."),
     deadline_ms: Optional[float] = typer.Option(None, help="Time budget; the reranker is cut short to meet it."),
     min_score: Optional[str] = typer.Option(
@@ -279,7 +279,7 @@ def quickstart(
 
 @app.command()
 def serve(
-    model: str = typer.Option("default", help="Reranker: 'default', 'fast', 'fast-student', a cascade like fast-student>default@20, a model id or path."),
+    model: str = typer.Option("default", help="Reranker: 'default', 'fast', 'fast-student', a depth like default@20, a cascade like fast-student>default@20, a model id or path."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8080, help="TCP port to listen on."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve POST /search over this index."),

@@ -8,7 +8,6 @@ Scores on the wire: the engine reports scores after its activation (``info()["ac
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import logging
 import math
@@ -20,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,11 +27,20 @@ from crossrank.errors import CrossrankError, IndexLoadError, InputError, ModelLo
 from crossrank.rerank.base import RerankScores, score_with, takes_instruction
 from crossrank.rerank.calibration import Calibration
 from crossrank.serve import dialects as d
-from crossrank.serve.batcher import (BatchedReranker, Cancelled, CancelScope, DeadlineExceeded, DynamicBatcher,
-                                     JobResult, Overloaded, estimate_tokens)
+from crossrank.serve.batcher import (
+    BatchedReranker,
+    Cancelled,
+    CancelScope,
+    DeadlineExceeded,
+    DynamicBatcher,
+    JobResult,
+    Overloaded,
+    estimate_tokens,
+)
 from crossrank.serve.config import ServeConfig
 from crossrank.serve.docs import DOC_PATHS, install_docs
 from crossrank.serve.metrics import Metrics
+from crossrank.serve.openapi import install_openapi
 from crossrank.serve.page import PAGE_HTML
 
 log = logging.getLogger("crossrank.serve")
@@ -143,7 +151,7 @@ class _Engines:
             result = _score_grouped(engine, pairs, instruction)
         if any(cut):
             flags = result.truncated if len(result.truncated) == len(pairs) else [False] * len(pairs)
-            result.truncated = [a or b for a, b in zip(flags, cut)]
+            result.truncated = [a or b for a, b in zip(flags, cut, strict=True)]
         return result
 
     def _prepare(self, pairs: Sequence[tuple[str, str]], options: dict[str, Any]) -> tuple[list[tuple[str, str]], list[bool]]:
@@ -163,7 +171,7 @@ class _Engines:
                 return budgets[query]
 
             pairs, cut2 = self._cut(pairs, budget, keep_end=True)
-            cut = [a or b for a, b in zip(cut, cut2)]
+            cut = [a or b for a, b in zip(cut, cut2, strict=True)]
         return pairs, cut
 
     def usage(self, query: str, texts: Sequence[str], options: dict[str, Any], result: RerankScores) -> Usage:
@@ -212,7 +220,7 @@ class _Engines:
             return pairs, cut
         offsets = self._token_offsets([pairs[i][1] for i in idx])
         out = list(pairs)
-        for i, offs in zip(idx, offsets):
+        for i, offs in zip(idx, offsets, strict=True):
             n = budgets[i]
             if len(offs) <= n:
                 continue
@@ -474,18 +482,26 @@ def _check_query(query: str, dialect: str, config: ServeConfig) -> None:
 
 
 def _deadline_ms(request: Request, body_value: float | None, default: float) -> float:
+    """The body's ``deadline_ms``, else the header's, else ``default``."""
+    header = _deadline_header(request)
     if body_value is not None:
         return float(body_value)
+    return header if header is not None else default
+
+
+def _deadline_header(request: Request) -> float | None:
+    """The ``X-Crossrank-Deadline-Ms`` header, checked whenever it is sent (a malformed one is a 400 even when the
+    body's ``deadline_ms`` wins over it)."""
     raw = request.headers.get(DEADLINE_HEADER)
-    if raw is not None:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ApiError(400, f"{DEADLINE_HEADER} must be a number of milliseconds, got {raw!r}", "validation")
-        if not (0 < value <= 3_600_000) or math.isnan(value):
-            raise ApiError(400, f"{DEADLINE_HEADER} must be in (0, 3600000], got {raw!r}", "validation")
-        return value
-    return default
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{DEADLINE_HEADER} must be a number of milliseconds, got {raw!r}", "validation") from None
+    if not (0 < value <= 3_600_000) or math.isnan(value):
+        raise ApiError(400, f"{DEADLINE_HEADER} must be in (0, 3600000], got {raw!r}", "validation")
+    return value
 
 
 # --------------------------------------------------------------------------------------------------- app
@@ -559,6 +575,16 @@ def create_app(
         redoc_url=None,
     )
     install_docs(app)
+    modes = [mode for mode in ("truncate", "chunk") if engines.supports(mode)]
+    fixed = state.search.fixed if state.search is not None else None
+    install_openapi(
+        app, api_key=bool(config.api_key), open_paths=OPEN_PATHS, max_query_chars=config.max_query_chars,
+        max_documents=config.max_documents, takes_instruction=engines.takes_instruction, long_documents=modes,
+        retrievers=state.search.retrievers if state.search is not None else None,
+        search_instruction=(engines.takes_instruction if fixed is None
+                            else takes_instruction(getattr(fixed, "reranker", None))),
+        max_search_k=config.max_search_k,
+    )
     app.state.crossrank = state
     app.add_middleware(_Gate, state=state)
     _install_handlers(app)
@@ -586,9 +612,9 @@ def create_app(
         try:
             job = batcher.submit(query, texts, deadline_s=budget_ms / 1000.0, options=options)
         except Overloaded as exc:
-            raise ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": str(exc.retry_after_s)})
+            raise ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": str(exc.retry_after_s)}) from exc
         except RerankerUnavailable as exc:
-            raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"})
+            raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"}) from exc
         future = asyncio.wrap_future(job.future)
         gone = await _until_done_or_gone(request, future, budget_ms / 1000.0 + 0.25)
         if not future.done():
@@ -600,15 +626,15 @@ def create_app(
         try:
             result = future.result()
         except DeadlineExceeded as exc:
-            raise ApiError(504, f"{exc} (budget {budget_ms:g} ms)", "timeout")
+            raise ApiError(504, f"{exc} (budget {budget_ms:g} ms)", "timeout") from exc
         except Cancelled:
-            raise ApiError(CLIENT_CLOSED, "client closed the request", "cancelled")
+            raise ApiError(CLIENT_CLOSED, "client closed the request", "cancelled") from None
         except InputError as exc:
-            raise ApiError(400, str(exc), "validation")
+            raise ApiError(400, str(exc), "validation") from exc
         except RerankerUnavailable as exc:
-            raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"})
+            raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"}) from exc
         except Exception:  # the batcher logged it with its traceback
-            raise ApiError(500, "Inference failed", "backend")
+            raise ApiError(500, "Inference failed", "backend") from None
         scores = result.scores
         if any(not math.isfinite(s) for s in scores.scores):
             log.error("the model returned a non-finite score")
@@ -653,9 +679,13 @@ def create_app(
         return await run_in_threadpool(engines.usage, query, texts, options, result.scores)
 
     @app.post("/rerank", tags=["rerank"], summary="Hugging Face TEI rerank (infinity requests accepted)",
-              responses={400: {"description": "Batch is empty"}, 413: {"description": "Batch size error"},
-                         422: {"description": "Tokenization error (input too long with truncate=false)"},
-                         429: {"description": "Model is overloaded"}, 504: {"description": "Deadline exceeded"}})
+              responses=d.error_responses(d.TEI, {
+                  400: "Batch or query empty, malformed JSON, bad deadline header, an instruction the reranker "
+                       "cannot take, or a Host that is not allowed",
+                  413: "Batch size error (more than max_documents texts), or a body over max_body_bytes",
+                  422: "Schema error, a query over max_query_chars, or tokenization error (input longer than the "
+                       "model's maximum with truncate=false)",
+                  **_RERANK_ERRORS}))
     async def rerank_tei(body: d.RootRerankRequest, request: Request) -> Response:
         """TEI's wire format: a bare array of ``{index, score, text?}``, best first. A body with ``documents``
         instead of ``texts`` is infinity's, answered as on ``/v1/rerank``."""
@@ -678,7 +708,11 @@ def create_app(
             ranks.append(item)
         return JSONResponse(ranks, headers=timing_headers(result, started))
 
-    @app.post("/v2/rerank", tags=["rerank"], summary="Cohere v2 rerank")
+    @app.post("/v2/rerank", tags=["rerank"], summary="Cohere v2 rerank",
+              responses=d.error_responses(d.COHERE, {
+                  400: "Any invalid request (Cohere's status for schema errors, empty or too many documents, a "
+                       "query over max_query_chars), malformed JSON, or a Host that is not allowed",
+                  413: "A body over max_body_bytes", **_RERANK_ERRORS}))
     async def rerank_cohere(body: d.CohereRerankRequest, request: Request) -> Response:
         """Cohere's wire format: ``{id, results: [{index, relevance_score}], meta}``."""
         started = time.perf_counter()
@@ -697,7 +731,13 @@ def create_app(
             headers=timing_headers(result, started),
         )
 
-    @app.post("/v1/rerank", tags=["rerank"], summary="Jina / Cohere v1, Voyage or infinity rerank (by the body)")
+    @app.post("/v1/rerank", tags=["rerank"], summary="Jina / Cohere v1, Voyage or infinity rerank (by the body)",
+              responses=d.error_responses(d.JINA, {
+                  400: "Documents or query empty, malformed JSON, bad deadline header, an instruction the reranker "
+                       "cannot take, or a Host that is not allowed",
+                  413: "More than max_documents documents, or a body over max_body_bytes",
+                  422: "Schema error (one message in `detail`), a query over max_query_chars, or an input longer "
+                       "than the model's maximum with Voyage's truncation=false", **_RERANK_ERRORS}))
     async def rerank_v1(body: d.V1RerankRequest, request: Request) -> Response:
         """Jina's wire format, with Cohere v1's ``id`` and ``meta``: ``{id, model, usage: {total_tokens,
         prompt_tokens}, results: [{index, relevance_score, document}], meta}``. A Voyage body (``top_k`` or
@@ -760,15 +800,21 @@ def create_app(
     if state.search is not None:
         search = state.search
 
-        @app.post("/search", tags=["search"], summary="Retrieve K, rerank, return N")
+        @app.post("/search", tags=["search"], summary="Retrieve K, rerank, return N",
+                  responses=d.error_responses(d.NATIVE, {
+                      400: "Empty query, n more than k (k the server's default when not given), a retriever this "
+                           "index lacks, an instruction the reranker cannot take, malformed JSON, bad deadline "
+                           "header, or a Host that is not allowed",
+                      413: "A body over max_body_bytes",
+                      422: "Schema error, k over max_search_k, or a query over max_query_chars",
+                      500: "Search failed", 503: "The index or a model could not be loaded"}))
         async def search_route(body: d.SearchRequest, request: Request) -> Response:
             """``SearchResult.to_dict()``: hits with first-stage and rerank scores, timings, fallback reason."""
             _check_query(body.query, d.NATIVE, config)
             if body.k is not None and body.k > config.max_search_k:
                 raise ApiError(422, f"k={body.k} is above the limit of {config.max_search_k}", "validation")
-            deadline = body.deadline_ms
-            if deadline is None and request.headers.get(DEADLINE_HEADER) is not None:
-                deadline = _deadline_ms(request, None, config.default_deadline_ms)
+            header = _deadline_header(request)
+            deadline = body.deadline_ms if body.deadline_ms is not None else header
             scope = CancelScope()  # this request's batcher jobs: shed if the client goes away (as /rerank does)
 
             def run_search():
@@ -787,14 +833,14 @@ def create_app(
             except ApiError:
                 raise
             except InputError as exc:
-                raise ApiError(400, str(exc), "validation")
+                raise ApiError(400, str(exc), "validation") from exc
             except (IndexLoadError, ModelLoadError, RerankerUnavailable) as exc:
-                raise ApiError(503, str(exc), "unavailable")
+                raise ApiError(503, str(exc), "unavailable") from exc
             except CrossrankError as exc:
-                raise ApiError(400, str(exc), "validation")
+                raise ApiError(400, str(exc), "validation") from exc
             except Exception as exc:
                 log.error("search failed: %s: %s", type(exc).__name__, exc)
-                raise ApiError(500, "search failed", "backend")
+                raise ApiError(500, "search failed", "backend") from exc
             if body.rerank and not result.reranked:
                 metrics.fallbacks.inc()
             if result.truncated:
@@ -803,7 +849,8 @@ def create_app(
                 metrics.cache_hits.inc(result.cache_hits)
             return JSONResponse(result.to_dict(), headers={TRUNCATED_HEADER: str(result.truncated)})
 
-    @app.get("/health", tags=["service"])
+    @app.get("/health", tags=["service"], responses=d.error_responses(d.NATIVE, {
+        400: "A Host that is not allowed", 503: "The inference worker is not running"}))
     async def health() -> Response:
         if not batcher.alive:
             return JSONResponse({"error": "unhealthy: the inference worker is not running",
@@ -813,7 +860,7 @@ def create_app(
         return JSONResponse({"status": "ok", "queue_pairs": pairs, "queue_requests": requests,
                              "queue_seconds": None if backlog is None else round(backlog, 3)})
 
-    @app.get("/info", tags=["service"])
+    @app.get("/info", tags=["service"], responses=d.error_responses(d.NATIVE, {400: "A Host that is not allowed"}))
     async def info() -> Response:
         """TEI's ``Info`` at top level (what tei-client and huggingface_hub read), plus crossrank's own fields."""
         einfo = _engine_info(reranker)
@@ -845,7 +892,9 @@ def create_app(
             "engine": einfo,
         })
 
-    @app.get("/metrics", tags=["service"])
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format"},
+                        **d.error_responses(d.NATIVE, {400: "A Host that is not allowed"})})
     async def metrics_route() -> Response:
         pairs, requests = batcher.depth()
         metrics.on_depth(pairs, requests)
@@ -858,6 +907,15 @@ def create_app(
     state.route_paths = frozenset(getattr(r, "path", "") for r in app.routes)
     return app
 
+
+# Statuses every rerank route answers alike (bodies in the route's dialect). 499 (client went away) is not here:
+# nobody is left to read it; it is only counted in the metrics.
+_RERANK_ERRORS = {
+    429: "Overloaded: the queue is full, or the request cannot be scored before its deadline (Retry-After)",
+    500: "Inference failed",
+    503: "The reranker is unavailable (Retry-After)",
+    504: "Deadline exceeded before the request was scored",
+}
 
 _TEI_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 

@@ -28,7 +28,10 @@ the provider's. A body with none of the marker fields is Jina's. Token usage in 
 
 Every rerank body also takes ``deadline_ms`` (a time budget; the ``X-Crossrank-Deadline-Ms`` header does the
 same) and ``long_documents`` ("truncate" | "chunk"). Unknown fields are ignored (Cohere's SDK sends
-``priority`` and ``relevant_spans``). Types are strict: ``"yes"`` is not a boolean and ``1`` is not a string.
+``priority`` and ``relevant_spans``). Types are strict: ``"yes"`` is not a boolean and ``1`` is not a string (an
+integer may be written ``2.0``, as JSON Schema's ``integer`` allows). Bounds are JSON Schema's in the OpenAPI
+document, those the routes check themselves included (``Documented``), and the server's limits are written into
+it by ``serve/openapi.py``.
 Every string field is ``Text``: one that cannot be encoded as UTF-8 (a lone surrogate such as ``"\ud800"``) is a
 schema error, answered like any other in the route's dialect.
 """
@@ -36,10 +39,27 @@ schema error, answered like any other in the route's dialect.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt,
-                      StrictStr, PrivateAttr, Tag, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetJsonSchemaHandler,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 TEI, COHERE, JINA, NATIVE = "tei", "cohere", "jina", "native"
 VOYAGE, INFINITY = "voyage", "infinity"  # request shapes sharing a route with another dialect
@@ -69,6 +89,39 @@ def status_for(kind: str, dialect: str) -> int:
     return _STATUS[kind][dialect]
 
 
+class ErrorBody(BaseModel):
+    """The error body of TEI and of crossrank's own routes."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: str
+    error_type: str = Field(examples=["validation", "empty", "unauthorized", "overloaded", "timeout"])
+
+
+class CohereErrorBody(BaseModel):
+    """Cohere's error body."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    message: str
+
+
+class JinaErrorBody(BaseModel):
+    """The error body on ``/v1/rerank`` (Jina's, also what Voyage, infinity and Cohere v1 clients read): one
+    message, schema errors included (not FastAPI's list of validation errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+    detail: str
+
+
+ERROR_MODELS: dict[str, type[BaseModel]] = {TEI: ErrorBody, NATIVE: ErrorBody, COHERE: CohereErrorBody,
+                                            JINA: JinaErrorBody}
+
+
+def error_responses(dialect: str, statuses: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` for these error statuses, each with ``dialect``'s error body."""
+    return {status: {"model": ERROR_MODELS[dialect], "description": text} for status, text in statuses.items()}
+
+
 def error_body(dialect: str, message: str, error_type: str) -> dict[str, Any]:
     """The JSON error body of ``dialect``."""
     if not message.isascii():  # a message quoting unencodable input must not turn the error into a 500
@@ -90,10 +143,46 @@ def _encodable(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Documented:
+    """JSON Schema keywords for a rule the server checks itself, after the schema (its own status and message:
+    an empty ``texts`` is TEI's 400, not a schema error's 422), so that the OpenAPI document shows the rule.
+    ``Documented(minItems=1)``; hashable, as typing needs of ``Annotated`` metadata."""
+
+    keywords: tuple[tuple[str, Any], ...]
+
+    def __init__(self, **keywords: Any) -> None:
+        object.__setattr__(self, "keywords", tuple(sorted(keywords.items())))
+
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema.update(dict(self.keywords))
+        return schema
+
+
 Text = Annotated[StrictStr, AfterValidator(_encodable)]
-Deadline = Annotated[Union[StrictInt, StrictFloat], Field(gt=0, le=3_600_000)]
+# A query needs a character that is not white space by Python's str.isspace, which the routes strip (a blank one is
+# their 400 "empty"). Spelled out, not as \S: a JSON Schema pattern is ECMA-262's, whose \s lacks \x1c-\x1f and
+# \x85 and has \ufeff. Its length limit is the server's max_query_chars, written into the app's document.
+WHITESPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+Query = Annotated[Text, Documented(pattern=f"[^{WHITESPACE}]")]
+# Empty lists are the routes' 400 "empty" (TEI's "Batch is empty"); at most max_documents (the app's document).
+Texts = Annotated[list[Text], Documented(minItems=1)]
+# strict: a JSON integer is accepted, a boolean or a string is not; the bounds are JSON Schema's
+# exclusiveMinimum / maximum in the document
+Deadline = Annotated[float, Field(strict=True, gt=0, le=3_600_000)]
 LongDocuments = Literal["truncate", "chunk"]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` is any number without a fraction, ``2.0`` included (JSON does not tell them apart),
+    so such a float is taken as the integer; ``true`` and ``"2"`` are still refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+PositiveInt = Annotated[StrictInt, Field(ge=1), BeforeValidator(_integral)]
 Instruction = Annotated[StrictStr, Field(min_length=1, max_length=4096)]
 
 
@@ -114,8 +203,8 @@ class _Body(BaseModel):
 class TEIRerankRequest(_Body):
     """Hugging Face text-embeddings-inference ``/rerank``."""
 
-    query: Text = Field(examples=["What is Deep Learning?"])
-    texts: list[Text] = Field(examples=[["Deep Learning is ..."]])
+    query: Query = Field(examples=["What is Deep Learning?"])
+    texts: Texts = Field(examples=[["Deep Learning is ..."]])
     truncate: StrictBool | None = Field(
         default=None, description="Cut inputs longer than the model's maximum; false: 422 instead. "
         "Unset: the server's auto_truncate.")
@@ -135,6 +224,13 @@ class TextObject(BaseModel):
     text: Text
 
 
+class QueryObject(BaseModel):
+    """A query given as ``{"text": ...}`` (Jina)."""
+
+    model_config = ConfigDict(extra="ignore")
+    text: Query
+
+
 Document = Union[Text, TextObject]
 
 
@@ -142,19 +238,32 @@ class CohereRerankRequest(_Body):
     """Cohere ``/v2/rerank``."""
 
     model: Text | None = Field(default=None, examples=["crossrank"])
-    query: Text = Field(examples=["What is the capital of the United States?"])
-    documents: list[Document] = Field(description="Texts (strings; {'text': ...} objects are accepted too).")
+    query: Query = Field(examples=["What is the capital of the United States?"])
+    documents: Annotated[list[Document], Documented(minItems=1)] = Field(
+        description="Texts (strings; {'text': ...} objects are accepted too).")
     top_n: PositiveInt | None = None
     max_tokens_per_doc: PositiveInt | None = Field(
         default=None, description="Cut each document to this many tokens before scoring.")
 
 
 class JinaRerankRequest(_Body):
-    """Jina ``/v1/rerank``, which is also Cohere v1's: dict documents, ``rank_fields``."""
+    """Jina ``/v1/rerank``, which is also Cohere v1's: dict documents, ``rank_fields``.
+
+    An object document needs a string ``text`` unless the request names ``rank_fields`` (the ``anyOf`` below);
+    with ``rank_fields``, it needs at least one of those fields, each a string where present: a rule JSON Schema
+    cannot state (the keys come from another field's values), answered 422 like a schema error."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"properties": {"rank_fields": {"type": "array"}}, "required": ["rank_fields"]},
+        {"properties": {"documents": {"items": {"anyOf": [
+            {"type": "string"},
+            {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        ]}}}},
+    ]})
 
     model: Text | None = Field(default=None, examples=["crossrank"])
-    query: Union[Text, TextObject] = Field(examples=["Organic skincare products for sensitive skin"])
-    documents: list[Union[Text, dict[str, Any]]] = Field(
+    query: Union[Query, QueryObject] = Field(examples=["Organic skincare products for sensitive skin"])
+    documents: Annotated[list[Union[Text, dict[str, Any]]], Documented(minItems=1)] = Field(
         description="Strings or objects: their 'text', or with rank_fields those fields as 'key: value' lines.")
     top_n: PositiveInt | None = None
     return_documents: StrictBool | None = Field(
@@ -203,8 +312,8 @@ class VoyageRerankRequest(_Body):
     """Voyage ``/v1/rerank`` (told from Jina's by ``top_k`` or ``truncation``)."""
 
     model: Text | None = Field(default=None, examples=["rerank-2"])
-    query: Text
-    documents: list[Text]
+    query: Query
+    documents: Texts
     top_k: PositiveInt | None = None
     return_documents: StrictBool = False
     truncation: StrictBool = Field(default=True, description="false: 422 for inputs over the model's maximum.")
@@ -214,8 +323,8 @@ class InfinityRerankRequest(_Body):
     """infinity ``/rerank`` (told from TEI's by ``documents``, from Jina's by ``raw_scores``)."""
 
     model: Text | None = Field(default=None, examples=["default/not-specified"])
-    query: Text
-    documents: list[Text]
+    query: Query
+    documents: Texts
     return_documents: StrictBool = False
     raw_scores: StrictBool = Field(default=False, description="true: model logits instead of [0, 1] scores.")
     top_n: PositiveInt | None = None
@@ -235,6 +344,16 @@ def shape_tei(body: Any) -> str:
     return INFINITY if isinstance(body, dict) and "documents" in body and "texts" not in body else TEI
 
 
+# What shape_v1 / shape_tei decide, as JSON Schema: each shape's schema plus these is what it accepts, so that exactly
+# one branch of the route's oneOf admits a body (serve/openapi.py). ``false``: the field must be absent.
+V1_SHAPE_SCHEMAS: dict[str, dict[str, Any]] = {
+    JINA: {"properties": {"raw_scores": False, "top_k": False, "truncation": False}},
+    VOYAGE: {"properties": {"raw_scores": False}, "anyOf": [{"required": ["top_k"]}, {"required": ["truncation"]}]},
+    INFINITY: {"required": ["raw_scores"]},
+}
+TEI_SHAPE_SCHEMAS: dict[str, dict[str, Any]] = {TEI: {}, INFINITY: {"properties": {"texts": False}}}
+
+
 V1RerankRequest = Annotated[
     Union[Annotated[JinaRerankRequest, Tag(JINA)], Annotated[VoyageRerankRequest, Tag(VOYAGE)],
           Annotated[InfinityRerankRequest, Tag(INFINITY)]],
@@ -246,20 +365,24 @@ RootRerankRequest = Annotated[
 ]
 
 
+# Pipeline fusion specs (crossrank.pipeline.Fusion.parse) in their documented spelling; the weight is in [0, 1].
+FUSION = r"^(auto|(none|rrf|interpolate)(:(0(\.[0-9]*)?|1(\.0*)?|\.[0-9]+))?)$"
+
+
 class SearchRequest(BaseModel):
     """crossrank ``/search``: retrieve K from the index, rerank, return N."""
 
     model_config = ConfigDict(extra="ignore")
-    query: Text = Field(examples=["what causes earthquakes"])
+    query: Query = Field(examples=["what causes earthquakes"])
     k: PositiveInt | None = Field(default=None, description="Candidates from the first stage.")
     n: PositiveInt | None = Field(default=None, description="Results returned.")
     retriever: Literal["bm25", "dense", "hybrid"] | None = None
     deadline_ms: Deadline | None = None
     rerank: StrictBool = True
-    fusion: StrictStr = Field(default="auto", examples=["auto", "none", "rrf", "interpolate:0.3"],
+    fusion: StrictStr = Field(default="auto", examples=["auto", "none", "rrf", "interpolate:0.3"], pattern=FUSION,
                               description="Final order: auto (the model's recommendation), none (cross-encoder "
-                                          "order), rrf, interpolate[:w] (w on the cross-encoder).")
-    min_score: float | Literal["auto"] | None = Field(
+                                          "order), rrf, interpolate[:w] (w in [0, 1], on the cross-encoder).")
+    min_score: Annotated[float, Field(strict=True, allow_inf_nan=False)] | Literal["auto"] | None = Field(
         default=None, description="Drop reranked hits whose relevance is below this; auto: the model's "
                                   "recommended 'nothing relevant' threshold.")
     instruction: Instruction | None = Field(
