@@ -52,11 +52,13 @@ def child(spec: str, cands_file: str, peer_ckpt: str | None) -> None:
             return model.predict([(q, t) for t in texts], show_progress_bar=False)
     else:
         import crossrank
+        from crossrank.pipeline import resolve_rerank_depth
 
         reranker = crossrank.load_reranker(spec, cache_size=0)
+        depth = resolve_rerank_depth("auto", reranker)  # fast = default@20: a pipeline scores only the top 20
 
         def score(q, texts):
-            return reranker.score(q, texts).scores
+            return reranker.score(q, texts[:depth] if depth else texts).scores
     load_s = time.perf_counter() - t0
     (q1, t1), (q2, t2) = data[0], data[1]
     t0 = time.perf_counter()
