@@ -304,7 +304,7 @@ def test_score_agrees_with_sentence_transformers_on_a_chat_template_checkpoint(q
     import shutil
 
     st = pytest.importorskip("sentence_transformers")
-    target = tmp_path / "Qwen3-Reranker-st"
+    target = tmp_path / "my-st-reranker"  # a name no built-in format matches: the template must say it all
     shutil.copytree(qwen3_dir, target)
     fmt = BUILTIN["qwen3-reranker"]
     template = (
@@ -324,6 +324,26 @@ def test_score_agrees_with_sentence_transformers_on_a_chat_template_checkpoint(q
         pytest.skip(f"this sentence-transformers cannot score the checkpoint: {type(exc).__name__}: {exc}")
     from crossrank.rerank.engine import CrossEncoderReranker
 
-    ours = CrossEncoderReranker(str(target), activation="raw", dtype="fp32").score(QUERY, DOCS).scores
+    engine = CrossEncoderReranker(str(target), activation="raw", dtype="fp32")
+    assert engine.prompt.name.startswith("chat template") and engine.takes_instruction
+    assert engine.prompt.default_instruction == fmt.default_instruction
+    ours = engine.score(QUERY, DOCS).scores
     assert [float(x) for x in got] == pytest.approx(ours, abs=1e-4)
     assert not any(math.isnan(x) for x in ours)
+    # the format read from the template is Qwen3-Reranker's: the reference ids, with a task instruction too
+    tok = _reference(target)[0]
+    for instruction in (None, "Find the city"):
+        assert engine.pair_inputs(QUERY, DOCS[0], instruction)[0]["input_ids"] == _qwen3_reference_ids(
+            tok, QUERY, DOCS[0], instruction)
+    # a sentence-transformers LogitScore module names the answer tokens: here "no" is the relevant one
+    (target / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_LogitScore",
+         "type": "sentence_transformers.cross_encoder.modules.LogitScore"}]), encoding="utf-8")
+    (target / "1_LogitScore").mkdir()
+    (target / "1_LogitScore" / "config.json").write_text(json.dumps(
+        {"true_token_id": tok.convert_tokens_to_ids("no"), "false_token_id": tok.convert_tokens_to_ids("yes")}),
+        encoding="utf-8")
+    flipped = CrossEncoderReranker(str(target), activation="raw", dtype="fp32")
+    assert (flipped.prompt.true_token, flipped.prompt.false_token) == ("no", "yes")
+    assert flipped.score(QUERY, DOCS).scores == pytest.approx([-x for x in ours], abs=1e-5)

@@ -339,14 +339,14 @@ def _load_causal(src: _Source, prompt_format: Any) -> tuple[Any, Any, str, Promp
 
     from crossrank.rerank.causal import NextTokenScorer
 
-    fmt = resolve_prompt_format(prompt_format, src.local_dir, src.name)
+    tokenizer = _load_tokenizer(src)
+    fmt = resolve_prompt_format(prompt_format, src.local_dir, src.name, tokenizer)
     if fmt is None:
         raise ModelLoadError(
             f"{src.raw} is a causal language model, and crossrank does not know how it scores a pair: pass "
             f"prompt_format= (CLI: --prompt-format): a built-in ({', '.join(BUILTIN)}), or a dict / JSON file of "
             f"PromptFormat fields; or put a {PROMPT_FILE} in the checkpoint"
         )
-    tokenizer = _load_tokenizer(src)
     true_id, false_id = _answer_id(tokenizer, fmt.true_token, src.raw), None
     if fmt.false_token is not None:
         false_id = _answer_id(tokenizer, fmt.false_token, src.raw)

@@ -19,8 +19,10 @@ is the softmax probability of "yes" over the two, as the models' authors score),
 alone when ``false_token`` is None (bge-reranker-v2-gemma's score).
 
 Where a format comes from, first match wins (:func:`resolve_prompt_format`): the caller's ``prompt_format``
-(a built-in name, a dict or a JSON file), the checkpoint's own ``crossrank_prompt.json``, then the built-in
-table by the model's name.
+(a built-in name, a dict or a JSON file), the checkpoint's own ``crossrank_prompt.json``, the checkpoint's chat
+template when it renders a ``query`` and a ``document`` message (the sentence-transformers layout for causal
+rerankers, with its ``LogitScore`` answer tokens where the checkpoint has that module, else "yes" / "no"), then
+the built-in table by the model's name.
 """
 
 from __future__ import annotations
@@ -169,10 +171,72 @@ def _read(path: Path) -> PromptFormat:
 
 
 def resolve_prompt_format(override: "str | Mapping[str, Any] | PromptFormat | None", model_dir: Path | None,
-                          name: str) -> PromptFormat | None:
+                          name: str, tokenizer: Any = None) -> PromptFormat | None:
     """The prompt format of a causal-LM reranker (module docstring: where it comes from); None if unknown."""
     if override is not None:
         return parse_prompt_format(override)
     if model_dir is not None and (model_dir / PROMPT_FILE).is_file():
         return _read(model_dir / PROMPT_FILE)
-    return builtin_for_name(name)
+    from_template = from_chat_template(tokenizer, model_dir, name) if tokenizer is not None else None
+    return from_template or builtin_for_name(name)
+
+
+# Stand-ins rendered through a chat template to find where the query, the document and the task go.
+_QUERY, _DOCUMENT, _TASK = "\x00crossrank-query\x00", "\x00crossrank-document\x00", "\x00crossrank-task\x00"
+
+
+def from_chat_template(tokenizer: Any, model_dir: Path | None, name: str) -> PromptFormat | None:
+    """The format a chat template with ``query`` and ``document`` roles (and an optional ``task``) renders, as
+    sentence-transformers feeds causal rerankers; None when the template has no such roles. The query part ends
+    at the last line break before the document, so the two are tokenised apart where tokenizers split anyway."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or "query" not in template or "document" not in template:
+        return None
+    messages = [{"role": "query", "content": _QUERY}, {"role": "document", "content": _DOCUMENT}]
+    try:
+        with_task = tokenizer.apply_chat_template(messages, tokenize=False, task=_TASK)
+        plain = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render these roles is not this layout
+        return None
+    if not isinstance(with_task, str) or not (0 <= with_task.find(_QUERY) < with_task.find(_DOCUMENT)):
+        return None
+    head, rest = with_task.split(_QUERY, 1)
+    between, suffix = rest.split(_DOCUMENT, 1)
+    cut = between.rfind("\n") + 1
+    query_tail, doc_head = between[:cut], between[cut:]
+    query, default = "{query}", None
+    if _TASK in head:
+        head, after_task = head.split(_TASK, 1)
+        plain_head = plain.split(_QUERY, 1)[0]
+        if not (plain_head.startswith(head) and plain_head.endswith(after_task)):
+            return None
+        default = plain_head[len(head): len(plain_head) - len(after_task)] or None
+        if default is None:  # the template writes nothing without a task: nothing to default to
+            return None
+        query = "{instruction}" + after_task + query
+    cut = head.rfind("\n") + 1  # the fixed prefix ends at a line break too; the rest of its line joins the query
+    true_token, false_token = _logit_score_tokens(tokenizer, model_dir)
+    return PromptFormat(name=f"chat template of {Path(name).name}", prefix=head[:cut],
+                        query=head[cut:] + query + query_tail, document=doc_head + "{document}", suffix=suffix,
+                        true_token=true_token, false_token=false_token, default_instruction=default)
+
+
+def _logit_score_tokens(tokenizer: Any, model_dir: Path | None) -> tuple[str, str | None]:
+    """The answer tokens of a sentence-transformers ``LogitScore`` module in the checkpoint, else yes / no (what
+    sentence-transformers assumes for a causal reranker without one)."""
+    modules = _json(model_dir / "modules.json") if model_dir is not None else None
+    for m in modules if isinstance(modules, list) else []:
+        if isinstance(m, dict) and str(m.get("type", "")).endswith("LogitScore"):
+            cfg = _json(model_dir / str(m.get("path", "")) / "config.json") or {}
+            true_id, false_id = cfg.get("true_token_id"), cfg.get("false_token_id")
+            if isinstance(true_id, int):
+                false = tokenizer.decode([false_id]) if isinstance(false_id, int) else None
+                return tokenizer.decode([true_id]), false
+    return "yes", "no"
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
