@@ -1,14 +1,17 @@
 """A two-stage reranker: a cheap model scores every candidate, a better one rescores only the cheap model's top M.
 
-Spec ``"A>B@M"`` in :func:`crossrank.load_reranker`, for example ``"fast-student>default@20"`` (the spec
-``fast`` is such a cascade). Which M texts B rescores (:func:`cascade_head`): A's best M by default, or with
-``"A>B@M:rrf"`` the best M by reciprocal-rank fusion of A's order with the input order (the first stage's, when
-the pipeline calls it), which keeps candidates both agree on when A alone is a weak judge. The result's scores are the second model's for the top M and the first model's for
-the rest, so both models must score on the same scale: the bundled ``fast-student`` and ``default`` both return
-calibrated relevance probabilities (``activation="sigmoid"`` with their own Platt calibrations), which is what
-makes the mixed list comparable. The top M, among themselves,
-are in exactly the second model's order. Recommendations (fusion, ``min_score``) are the second model's: its
-scores decide the head of the ranking.
+Spec ``"A>B@M"`` in :func:`crossrank.load_reranker`, for example ``"fast-student>default@20"``. Which M texts
+B rescores (:func:`cascade_head`): A's best M by default, or with ``"A>B@M:rrf"`` the best M by reciprocal-rank
+fusion of A's order with the input order (the first stage's, when the pipeline calls it), which keeps
+candidates both agree on when A alone is a weak judge. The result's scores are the second model's for the top M
+and the first model's for the rest, so both models must score on the same scale: the bundled ``fast-student``
+and ``default`` both return calibrated relevance probabilities (``activation="sigmoid"`` with their own Platt
+calibrations), which is what makes the mixed list comparable. The top M, among themselves, are in exactly the
+second model's order. Recommendations (fusion, ``min_score``) are the second model's: its scores decide the head
+of the ranking.
+
+The degenerate cascade whose first model is the first stage itself is a depth: ``"B@M"`` (:func:`parse_depth_spec`),
+B on the first stage's top M. The spec ``fast`` is one (``default@20``, chosen on held-out queries).
 """
 
 from __future__ import annotations
