@@ -190,6 +190,24 @@ def test_bge_gemma_scores_are_the_yes_logit_of_its_reference_prompt(gemma_dir):
         engine.score(QUERY, DOCS, instruction="anything")
 
 
+def test_bge_gemma_batches_and_truncates_like_one_by_one(gemma_dir):
+    from crossrank.rerank.engine import CrossEncoderReranker
+
+    fixed = CrossEncoderReranker(str(gemma_dir), activation="raw", dtype="fp32").template.n_special
+    limit = fixed + 48  # room for the query part and about 30 document tokens
+    engine = CrossEncoderReranker(str(gemma_dir), activation="raw", dtype="fp32", max_length=limit)
+    tok = _reference(gemma_dir)[0]
+    texts = [("word " * n).strip() or "x" for n in (1, 40, 3, 120, 7)]
+    together = engine.score(QUERY, texts)
+    assert together.scores == pytest.approx([engine.score(QUERY, [t]).scores[0] for t in texts], abs=1e-4)
+    assert together.truncated == [False, True, False, True, False]
+    ids = engine.pair_inputs(QUERY, texts[3])[0]["input_ids"]
+    prompt = tok(BUILTIN["bge-reranker-v2-gemma"].suffix[1], add_special_tokens=False)["input_ids"]
+    sep = tok("\n", add_special_tokens=False)["input_ids"]
+    assert len(ids) == limit and ids[0] == tok.bos_token_id and ids[-len(prompt) - len(sep):] == sep + prompt
+    assert tok.decode(ids[1:]).startswith(f"A: {QUERY}\nB: word")  # the query whole, the document cut
+
+
 def test_bf16_keeps_the_ranking(qwen3_dir, qwen3):
     from crossrank.rerank.engine import CrossEncoderReranker
 
