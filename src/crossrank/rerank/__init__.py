@@ -95,8 +95,9 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
 
 def recommendation(reranker: Any) -> dict[str, Any]:
     """What ``reranker`` recommends around its scores (``{}`` when nothing): ``fusion`` (``{"method", "weight"}``,
-    the final order chosen on held-out training queries) and ``min_score`` (the "nothing here is relevant"
-    threshold on its calibrated scores). The bundled models carry both; a plain checkpoint or a remote service
+    the final order chosen on held-out training queries), ``min_score`` (the "nothing here is relevant"
+    threshold on its calibrated scores) and ``rerank_depth`` (rerank only the first stage's top this many: a
+    ``B@M`` spec, ``fast``). The bundled models carry the first two; a plain checkpoint or a remote service
     recommends nothing. The pipeline, the CLI, the server and the evaluator all read it here."""
     info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
     rec = info.get("recommended") if isinstance(info, dict) else None

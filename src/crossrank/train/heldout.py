@@ -461,7 +461,6 @@ def cascade_report(sets, first, second, ms: Sequence[int], fusion: str, second_t
             by_m[str(m)] = {"label": name if head != "order" else f"{label.split('>')[-1]} at depth {m}",
                             "macro_ndcg@10": macro, "vs_second_alone": macro - out["second_alone_macro"],
                             "per_source": rows}
-    out["by_m"] = out["by_head"].get("score", {})
     return out
 
 
@@ -529,8 +528,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                   "stage's), order (no candidate: the baseline reranks the first stage's top M).", "",
                   "| head | M | macro nDCG@10 | vs baseline alone | per source (nDCG@10 or MAP) |",
                   "|---|---|---|---|---|"]
-        by_head = cas.get("by_head") or {"score": cas["by_m"]}
-        for head, by_m in by_head.items():
+        for head, by_m in cas["by_head"].items():
             for m, row in by_m.items():
                 per = ", ".join(f"{src} {v.get('ndcg@10', v.get('map')):.4f}"
                                 for src, v in row["per_source"].items())
