@@ -152,13 +152,19 @@ def test_bad_input_is_an_input_error(bm25):
         with pytest.raises(InputError, match="k must be"):
             pipe.search("x", k=0)
         with pytest.raises(InputError, match="n=10 is more than k=5: .* raise k or lower n"):
-            pipe.search("x", k=5)
+            pipe.search("x", k=5, n=10)
         with pytest.raises(InputError, match="deadline"):
             pipe.search("x", deadline_ms=-5)
     with pytest.raises(InputError, match="fusion"):
         Fusion.parse("borda")
     with pytest.raises(InputError, match="n=4 is more than k=3"):
         Pipeline(bm25, None, k=3, n=4)
+
+
+def test_a_k_below_the_default_n_returns_at_most_k_hits(bm25):
+    with Pipeline(bm25, None, k=20, n=10) as pipe:
+        assert len(pipe.search(BROAD, k=3).hits) == 3
+        assert len(pipe.search(BROAD).hits) == 6  # all six documents match; n=10 is the cap
 
 
 def test_fusion_math():

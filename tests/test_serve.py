@@ -466,6 +466,11 @@ def test_search_route(engine, small_corpus):
         assert first["reranked"] is False and first["hits"][0]["rerank_score"] is None
         r = _post(s.url, "/search", {"query": " "})
         assert r.status_code == 400 and set(r.json()) == {"error", "error_type"}
+        # a k below the server's n: at most k hits, not an error; an explicit n above k is one
+        small_k = _post(s.url, "/search", {"query": "how do cells get energy", "k": 2})
+        assert small_k.status_code == 200 and len(small_k.json()["hits"]) == 2, small_k.text
+        r = _post(s.url, "/search", {"query": "x", "k": 2, "n": 3})
+        assert r.status_code == 400 and r.json()["error"].startswith("n=3 is more than k=2")
         assert _post(s.url, "/search", {"query": "x", "k": 51}).status_code == 422
         assert _post(s.url, "/search", {"query": "x", "retriever": "dense"}).status_code == 400  # no dense part
         assert _post(s.url, "/search", {"query": "x", "retriever": "magic"}).status_code == 422

@@ -21,6 +21,7 @@ from rich.table import Table
 from typer._click.exceptions import ClickException, UsageError  # typer bundles its own click
 
 from crossrank.errors import CrossrankError, InputError
+from crossrank.types import DEFAULT_N
 
 app = typer.Typer(
     name="crossrank",
@@ -193,7 +194,7 @@ def search(
     index_dir: Path = typer.Argument(..., help="Index directory made by 'crossrank index'."),
     query: str = typer.Argument(..., help="The query."),
     k: int = typer.Option(100, "--k", help="Candidates from the first stage."),
-    n: int = typer.Option(10, "--n", help="Results returned."),
+    n: Optional[int] = typer.Option(None, "--n", help="Results returned (default: 10, or K when K is smaller)."),
     retriever: str = typer.Option("hybrid", help="bm25, dense or hybrid."),
     reranker: str = typer.Option("default", help="'default', 'fast' or 'fast-student' (bundled), 'none', a depth like default@20 (rerank the first stage's top 20), a cascade like fast-student>default@20, a model id/path, or a rerank service URL."),
     fusion: str = typer.Option("auto", help="Final order: none (cross-encoder), rrf, interpolate[:w], or auto (the model's recommendation)."),
@@ -216,6 +217,7 @@ def search(
     if retriever not in RETRIEVERS:
         raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
     check_query(query)  # bad input fails before seconds of model loading
+    n = min(DEFAULT_N, k) if n is None else n
     check_k_n(k, n)
     start = time.perf_counter()
     idx = load_index(index_dir)
@@ -285,7 +287,7 @@ def serve(
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve POST /search over this index."),
     retriever: str = typer.Option("hybrid", help="First stage for /search: bm25, dense or hybrid."),
     k: int = typer.Option(100, "--k", help="Default K for /search."),
-    n: int = typer.Option(10, "--n", help="Default N for /search."),
+    n: Optional[int] = typer.Option(None, "--n", help="Default N for /search (default: 10, or K when K is smaller)."),
     api_key: Optional[str] = typer.Option(None, envvar="CROSSRANK_API_KEY", help="Require 'Authorization: Bearer KEY'."),
     api_key_file: Optional[Path] = typer.Option(None, help="Read the API key from this file (keeps it out of 'ps')."),
     allowed_hosts: Optional[str] = typer.Option(
@@ -308,6 +310,7 @@ def serve(
     from crossrank import serve as serve_mod
 
     # bad options fail before seconds of model loading
+    n = min(DEFAULT_N, k) if n is None else n
     _check_serve_options(retriever, k, n, port, index_dir, long_documents, deadline_ms)
     serve_mod.ServeConfig.from_env(
         api_key_file=api_key_file, api_key=api_key, allowed_hosts=allowed_hosts, max_documents=max_documents,

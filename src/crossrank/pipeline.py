@@ -36,7 +36,7 @@ from crossrank.rerank import recommendation
 from crossrank.rerank.base import Reranker, RerankScores, score_with, takes_instruction
 from crossrank.retrieve.base import Retriever
 from crossrank.threads import DaemonThreadPoolExecutor
-from crossrank.types import Candidate, Hit, SearchResult, Timings, first_per_document
+from crossrank.types import DEFAULT_N, Candidate, Hit, SearchResult, Timings, first_per_document
 
 FusionMethod = Literal["none", "rrf", "interpolate"]
 Unit = Literal["passage", "document"]
@@ -190,7 +190,7 @@ class Pipeline:
         reranker: Reranker | None = None,
         *,
         k: int = 100,
-        n: int = 10,
+        n: int = DEFAULT_N,
         deadline_ms: float | None = None,
         fusion: "Fusion | str | dict | None" = "auto",
         min_score: "float | str | None" = None,
@@ -291,12 +291,12 @@ class Pipeline:
         instruction: str | None = None,
     ) -> SearchResult:
         """Run one query through the pipeline. Raises ``InputError`` only for bad input (empty query, bad k/n,
-        n > k, an instruction for a reranker that takes none). A deadline on a cold pipeline warms it up first
+        an explicit n > k, an instruction for a reranker that takes none); without ``n``, at most ``k`` results. A deadline on a cold pipeline warms it up first
         (see the class docstring)."""
         check_query(query)
         instruction = self.instruction if instruction is None else _check_instruction(instruction, self.reranker)
         k = self.k if k is None else k
-        n = self.n if n is None else n
+        n = min(self.n, k) if n is None else n  # a small k asks for at most k results; only an explicit n > k errs
         check_k_n(k, n)
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         if deadline_ms is not None and deadline_ms <= 0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Protocol, TypeVar
 
+DEFAULT_N = 10  # results a search returns when none are asked for (at most k)
+
 
 @dataclass(frozen=True, slots=True)
 class Document:

@@ -42,6 +42,7 @@ from crossrank.serve.docs import DOC_PATHS, install_docs
 from crossrank.serve.metrics import Metrics
 from crossrank.serve.openapi import install_openapi
 from crossrank.serve.page import PAGE_HTML
+from crossrank.types import DEFAULT_N
 
 log = logging.getLogger("crossrank.serve")
 
@@ -515,7 +516,7 @@ def create_app(
     index: Any = None,
     retriever: str = "hybrid",
     k: int = 100,
-    n: int = 10,
+    n: int = DEFAULT_N,
     search_deadline_ms: float | None = None,
 ) -> FastAPI:
     """The crossrank HTTP service around ``reranker`` (anything with the ``Reranker`` protocol; ``score_pairs``
