@@ -10,6 +10,15 @@ or any request without an answer, and prints a table plus the on/off ratios.
     python benchmarks/load_test.py                                  # bundled default model, 8 clients x 20
     python benchmarks/load_test.py --model /path/to/tiny --requests 2   # quick end-to-end check
 
+Overload sweep (``--concurrency 1,4,16,64``): one fresh server per level, default limits and the default 30 s
+deadline; each of N closed-loop clients sends TEI ``/rerank`` requests of 20-100 texts of 50-300 words (seeded)
+for ``--duration`` seconds and honours ``Retry-After`` on a 429, as the provider SDKs do. It reports goodput
+(pairs of requests answered 200 within the deadline, per second of the level's wall time), p50/p95/p99 of the
+200s, status counts and the slowest 429, then the goodput at 16 and 64 clients as a share of the best at 1-4.
+``PYTHONPATH=OLD_CHECKOUT/src`` runs the servers of another checkout (the "before" column):
+
+    python benchmarks/load_test.py --concurrency 1,4,16,64 --duration 40 --json benchmarks/results/overload.json
+
 Data: ../shared/data/scifact (read in place, not copied); falls back to the sample corpus bundled with the
 package when it is absent (then queries are document titles).
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -109,10 +119,13 @@ class ModeResult:
         return self.ok / self.wall_s if self.wall_s else 0.0
 
 
-def start_server(args, port: int, batching: bool) -> subprocess.Popen:
+def start_server(args, port: int, batching: bool, defaults: bool = False) -> subprocess.Popen:
+    """``defaults``: the server's own limits and deadline (the overload sweep); otherwise room for ``--docs``
+    texts and ``--deadline-ms``."""
     cmd = [sys.executable, "-m", "crossrank.serve", "--model", args.model, "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--cache-size", "0",
-           "--max-documents", str(max(1000, args.docs)), "--deadline-ms", str(args.deadline_ms)]
+           "--port", str(port), "--log-level", "warning", "--cache-size", "0"]
+    if not defaults:
+        cmd += ["--max-documents", str(max(1000, args.docs)), "--deadline-ms", str(args.deadline_ms)]
     if not batching:
         cmd.append("--no-dynamic-batching")
     if args.threads:
@@ -217,6 +230,140 @@ def run_mode(args, docs: list[str], queries: list[str], batching: bool) -> ModeR
     return res
 
 
+# ---------------------------------------------------------------------------------------------------- overload sweep
+
+DEADLINE_S = 30.0  # the server's default deadline, which the sweep leaves as it is
+
+
+@dataclass
+class LevelResult:
+    clients: int
+    statuses: dict[int, int] = field(default_factory=dict)
+    ok_latencies: list[float] = field(default_factory=list)
+    rejected_latencies: list[float] = field(default_factory=list)
+    good_pairs: int = 0
+    late: int = 0
+    transport_errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def goodput(self) -> float:
+        return self.good_pairs / self.wall_s if self.wall_s else 0.0
+
+    def sent(self) -> int:
+        return sum(self.statuses.values()) + len(self.transport_errors)
+
+    @staticmethod
+    def pct(xs: list[float], q: float) -> float:
+        if not xs:
+            return float("nan")
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] * 1000
+
+
+def request_body(rng: random.Random, docs: list[str], queries: list[str]) -> dict:
+    """A TEI rerank request: 20-100 texts, each cut to 50-300 words."""
+    texts = []
+    for _ in range(rng.randint(20, 100)):
+        words = docs[rng.randrange(len(docs))].split()
+        texts.append(" ".join(words[: rng.randint(50, 300)]))
+    return {"query": queries[rng.randrange(len(queries))], "texts": texts}
+
+
+def retry_after_s(resp: httpx.Response) -> float:
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
+def run_level(args, docs: list[str], queries: list[str], clients: int) -> LevelResult:
+    res = LevelResult(clients=clients)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(args, port, batching=True, defaults=True)
+    try:
+        wait_ready(proc, url, args.start_timeout)
+        httpx.post(url + "/rerank", json=request_body(random.Random(0), docs, queries), timeout=120)  # warm-up
+        lock = threading.Lock()
+        start = threading.Barrier(clients + 1)
+        stop_at = [0.0]
+
+        def client(c: int) -> None:
+            rng = random.Random(1000 * clients + c)
+            with httpx.Client(base_url=url, timeout=DEADLINE_S + 30) as http:
+                start.wait()
+                while time.monotonic() < stop_at[0]:
+                    body = request_body(rng, docs, queries)
+                    t0 = time.perf_counter()
+                    try:
+                        resp = http.post("/rerank", json=body)
+                    except httpx.HTTPError as exc:
+                        with lock:
+                            res.transport_errors.append(f"{type(exc).__name__}: {exc}")
+                        continue
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        res.statuses[resp.status_code] = res.statuses.get(resp.status_code, 0) + 1
+                        if resp.status_code == 200:
+                            res.ok_latencies.append(dt)
+                            if dt <= DEADLINE_S:
+                                res.good_pairs += len(body["texts"])
+                            else:
+                                res.late += 1
+                        elif resp.status_code == 429:
+                            res.rejected_latencies.append(dt)
+                    if resp.status_code == 429:
+                        time.sleep(min(retry_after_s(resp), max(0.0, stop_at[0] - time.monotonic())))
+
+        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+        for t in threads:
+            t.start()
+        stop_at[0] = time.monotonic() + args.duration
+        start.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        res.wall_s = time.perf_counter() - t0
+    finally:
+        stop_server(proc)
+    return res
+
+
+def sweep(args, docs: list[str], queries: list[str]) -> int:
+    levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    server_src = os.environ.get("PYTHONPATH", "") or "this checkout"
+    print(f"overload sweep: model={args.model} levels={levels} duration={args.duration:g}s "
+          f"server code={server_src} load={os.getloadavg()[0]:.2f}", flush=True)
+    results = []
+    for n in levels:
+        r = run_level(args, docs, queries, n)
+        results.append(r)
+        print(f"  {n} clients: {r.statuses} in {r.wall_s:.1f}s", flush=True)
+    head = (f"{'clients':>7} {'sent':>5} {'200':>5} {'429':>5} {'504':>5} {'other':>5} {'late':>4} {'goodput pairs/s':>15} "
+            f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'slowest 429 ms':>14}")
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in results:
+        other = sum(v for k, v in r.statuses.items() if k not in (200, 429, 504)) + len(r.transport_errors)
+        print(f"{r.clients:>7} {r.sent():>5} {r.statuses.get(200, 0):>5} {r.statuses.get(429, 0):>5} "
+              f"{r.statuses.get(504, 0):>5} {other:>5} {r.late:>4} {r.goodput():>15.1f} "
+              f"{r.pct(r.ok_latencies, 0.5):>7.0f} {r.pct(r.ok_latencies, 0.95):>7.0f} "
+              f"{r.pct(r.ok_latencies, 0.99):>7.0f} {r.pct(r.rejected_latencies, 1.0):>14.0f}")
+    best_low = max((r.goodput() for r in results if r.clients <= 4), default=0.0)
+    if best_low:
+        for r in results:
+            if r.clients > 4:
+                print(f"goodput at {r.clients} clients: {r.goodput() / best_low:.2f} x the best at 1-4 clients")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "server_code": server_src, "duration_s": args.duration, "model": args.model,
+            "levels": [{"clients": r.clients, "statuses": r.statuses, "late": r.late, "wall_s": r.wall_s,
+                        "goodput_pairs_s": r.goodput(), "p50_ms": r.pct(r.ok_latencies, 0.5),
+                        "p95_ms": r.pct(r.ok_latencies, 0.95), "p99_ms": r.pct(r.ok_latencies, 0.99),
+                        "slowest_429_ms": r.pct(r.rejected_latencies, 1.0),
+                        "errors": r.transport_errors[:10]} for r in results]}, indent=2))
+    return 1 if any(k >= 500 and k != 504 for r in results for k in r.statuses) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', a hub id or a checkpoint directory")
@@ -231,9 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--modes", default="on,off", help="which runs, in order: on, off or both")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--concurrency", default=None, metavar="N,N,...",
+                   help="overload sweep instead of the on/off comparison: these client counts, one server each")
+    p.add_argument("--duration", type=float, default=40.0, help="seconds each sweep level issues requests")
     args = p.parse_args(argv)
 
     docs, queries, source = load_data(args.docs)
+    if args.concurrency:
+        return sweep(args, docs, queries)
     print(f"model={args.model} clients={args.clients} requests/client={args.requests} docs/request={args.docs} "
           f"time cap={args.time_cap:g}s data={source}", flush=True)
     results = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,6 +130,26 @@ def test_a_request_that_cannot_make_its_deadline_is_refused_at_once(engine):
         b.stop()
 
 
+def test_admission_safety_leaves_headroom_below_the_measured_rate(engine):
+    """The same request behind the same queue: admitted when admission counts on the whole rate, refused when
+    it counts on half of it (the prediction doubles past the deadline)."""
+    for safety, admitted in ((1.0, True), (0.5, False)):
+        gated = Gated(engine)
+        b, seen = _batcher(gated, tokens_per_s=2000.0, admission_safety=safety)
+        try:
+            _park(gated, lambda b=b: b.submit("first", SHORT[:1], deadline_s=60))
+            b.submit("queued", SHORT[:100], deadline_s=60)
+            wait = b.backlog_s() + 50 * 22 / 2000.0  # the queue plus its own ~50 pairs at the full rate
+            try:
+                b.submit("next", SHORT[:50], deadline_s=wait * 1.5)
+                assert admitted, f"admitted at safety {safety}"
+            except Overloaded as exc:
+                assert not admitted and exc.reason == "deadline", f"refused at safety {safety}: {exc}"
+        finally:
+            gated.gate.set()
+            b.stop()
+
+
 def test_before_any_measurement_or_when_idle_everything_is_admitted(engine):
     gated = Gated(engine)
     b, seen = _batcher(gated)
@@ -240,7 +261,31 @@ def gated_server(engine, request):
         gated.gate.set()
 
 
-@pytest.mark.parametrize("gated_server", [{"tokens_per_s": 2000.0}], indirect=True)  # ~22 tokens, ~11 ms a pair
+def test_the_deadline_runs_from_arrival_not_from_the_end_of_the_body(gated_server):
+    """A body that takes longer to arrive than the request's whole budget is answered 504 at once, unscored:
+    the client's clock started when it sent the request, not when the server finished reading it."""
+    server, gated = gated_server
+    gated.gate.set()
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"query": "slow body", "texts": SHORT[:3], "deadline_ms": 500}).encode()
+    head = (f"POST /rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + body[:10])
+        time.sleep(0.8)  # past the 500 ms budget before the body is complete
+        sock.sendall(body[10:])
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert b" 504 " in status_line, reply[:300]
+    assert b"before scoring" in rest
+    assert "slow body" not in gated.queries_seen()
+    assert _post(server.url, "/rerank", {"query": "on time", "texts": SHORT[:3], "deadline_ms": 5000}).status_code == 200
+
+
+# ~22 tokens, ~11 ms a pair; admission counts on the whole prior (no headroom): the predictions worked out below
+@pytest.mark.parametrize("gated_server", [{"tokens_per_s": 2000.0, "admission_safety": 1.0}], indirect=True)
 def test_overloaded_answers_429_with_retry_after_in_each_dialect(gated_server):
     """Earliest deadline first: what is queued with earlier deadlines fills the time before a new request's
     own; one that cannot fit behind it is refused at once, and what was admitted finishes in time."""

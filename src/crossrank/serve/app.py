@@ -47,6 +47,7 @@ from crossrank.types import DEFAULT_N
 log = logging.getLogger("crossrank.serve")
 
 DEADLINE_HEADER = "x-crossrank-deadline-ms"
+ARRIVED = "crossrank_arrived"  # request.state key: time.monotonic() when the request came in
 TRUNCATED_HEADER = "X-Crossrank-Truncated"
 OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"} | DOC_PATHS)
 # Client went away: nginx's convention; nobody reads it, but metrics count it.
@@ -349,6 +350,7 @@ class _Gate:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        scope.setdefault("state", {})[ARRIVED] = time.monotonic()  # deadlines run from here (run_job)
         status = [500]
 
         async def send_status(message: dict) -> None:
@@ -541,6 +543,7 @@ def create_app(
         max_length=engines.max_length,
         observer=metrics,
         tokens_per_s=config.tokens_per_s,
+        admission_safety=config.admission_safety,
     )
     state = _State(reranker, config, engines, metrics, batcher)
     if pipeline is not None or index is not None:
@@ -610,14 +613,17 @@ def create_app(
             raise ApiError(400, f"this reranker cannot switch long_documents to {mode!r}", "validation")
         options = {key: v for key, v in options.items() if v is not None}
         budget_ms = _deadline_ms(request, deadline_ms, config.default_deadline_ms)
+        left_s = budget_ms / 1000.0 - (time.monotonic() - getattr(request.state, ARRIVED, time.monotonic()))
+        if left_s <= 0:  # reading and parsing the body took all of it
+            raise ApiError(504, f"deadline of {budget_ms:g} ms exceeded before scoring", "timeout")
         try:
-            job = batcher.submit(query, texts, deadline_s=budget_ms / 1000.0, options=options)
+            job = batcher.submit(query, texts, deadline_s=left_s, options=options)
         except Overloaded as exc:
             raise ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": str(exc.retry_after_s)}) from exc
         except RerankerUnavailable as exc:
             raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"}) from exc
         future = asyncio.wrap_future(job.future)
-        gone = await _until_done_or_gone(request, future, budget_ms / 1000.0 + 0.25)
+        gone = await _until_done_or_gone(request, future, left_s + 0.25)
         if not future.done():
             job.cancel()
             future.cancel()

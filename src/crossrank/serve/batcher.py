@@ -182,10 +182,12 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         name: str = "crossrank-batcher",
         tokens_per_s: float | None = None,
+        admission_safety: float = 1.0,
     ) -> None:
         """``tokens_per_s``: a prior for the throughput estimate (e.g. from a benchmark of this engine), so
         admission predicts from the first request; it weighs as one second of measurement and fades as steps are
-        measured. None (default): admit everything until the worker has measured."""
+        measured. None (default): admit everything until the worker has measured. ``admission_safety``: admission
+        predicts with this share of the estimate (1.0: as measured; less leaves headroom for its error)."""
         self.score_fn = score_fn
         self.batching = batching
         self.batch_tokens = batch_tokens
@@ -198,6 +200,7 @@ class DynamicBatcher:
         self.count_tokens = count_tokens
         self.observer = observer
         self.name = name
+        self.admission_safety = admission_safety
         self._queue: list[Job] = []  # in scheduling order (see the class docstring)
         self._pending_pairs = 0
         self._seq = itertools.count()
@@ -305,7 +308,7 @@ class DynamicBatcher:
                     f"(limits {self.max_queue_pairs} pairs, {self.max_queue_requests} requests)",
                     reason="queue_full", retry_after_s=math.ceil(retry),
                 )
-            pos = self._place(job, now, rate)
+            pos = self._place(job, now, rate * self.admission_safety if rate is not None else None)
             job.seq = next(self._seq)
             job.owner = self
             self._queue.insert(pos, job)

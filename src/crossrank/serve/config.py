@@ -28,6 +28,10 @@ class ServeConfig:
       ``tokens_per_s``: a throughput prior (estimated tokens per second, e.g. from a benchmark of this model on
       this machine) so admission predicts from the first request; None (default): everything is admitted until
       the worker has timed a step. Measurements take over either way.
+      ``admission_safety``: the share of the measured throughput admission counts on (1.0: exactly as measured).
+      Under overload the worker shares the CPU with parsing and refusing requests, so it runs slower than it was
+      measured running; the headroom keeps admitted requests inside their deadlines.
+      A request's deadline runs from its arrival (before its body is read), as the client's clock does.
     Batching
       ``batching``: True packs (query, document) pairs from all waiting requests into shared forward passes
       (TEI-style continuous batching); False runs each request alone, in arrival order (for comparison).
@@ -80,6 +84,7 @@ class ServeConfig:
     max_connections: int = 768
     max_header_bytes: int = 16 * 1024
     tokens_per_s: float | None = None
+    admission_safety: float = 0.8
 
     def __post_init__(self) -> None:
         positive = ("max_documents", "max_body_bytes", "max_query_chars", "max_queue_pairs", "max_queue_requests",
@@ -94,6 +99,8 @@ class ServeConfig:
         rate = self.tokens_per_s
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
             raise InputError(f"serve option tokens_per_s must be > 0, got {self.tokens_per_s!r}")
+        if not 0 < self.admission_safety <= 1:
+            raise InputError(f"serve option admission_safety must be in (0, 1], got {self.admission_safety!r}")
         if self.default_deadline_ms <= 0:
             raise InputError(f"serve option default_deadline_ms must be > 0, got {self.default_deadline_ms!r}")
         if self.long_documents not in (None, "truncate", "chunk"):
