@@ -900,12 +900,15 @@ def create_app(
         })
 
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse,
-             responses={200: {"description": "Prometheus text exposition format"},
+             responses={200: {"description": "Prometheus text exposition format (OpenMetrics when the Accept "
+                                               "header asks for application/openmetrics-text)"},
                         **d.error_responses(d.NATIVE, {400: "A Host that is not allowed"})})
-    async def metrics_route() -> Response:
+    async def metrics_route(request: Request) -> Response:
         pairs, requests = batcher.depth()
         metrics.on_depth(pairs, requests)
-        return Response(metrics.render(), media_type=metrics.content_type)
+        metrics.set_build(_version(), state.model_name)
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:

@@ -1,8 +1,26 @@
-"""Prometheus metrics, one registry per app (so several apps in one process, as in tests, do not collide)."""
+"""Prometheus metrics, one registry per app (so several apps in one process, as in tests, do not collide).
+
+Besides crossrank's own series the registry holds what prometheus-client's default registry would (``process_*``,
+``python_info``, ``python_gc_*``) and ``crossrank_build_info{version, model}``; a scrape is answered in the
+Prometheus text format, or in OpenMetrics when its ``Accept`` header asks for ``application/openmetrics-text``.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -17,6 +35,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # the process and runtime series a default registry carries (CPU, memory, open fds, start time, GC)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build = Info("crossrank_build", "The crossrank version and the model this server answers with",
+                          registry=r)
         self.requests = Counter("crossrank_requests", "HTTP requests by route and status code",
                                 ["route", "status"], registry=r)
         self.duration = Histogram("crossrank_request_duration_seconds", "HTTP request duration by route",
@@ -80,5 +104,18 @@ class Metrics:
         self.requests.labels(route, str(status)).inc()
         self.duration.labels(route).observe(seconds)
 
+    def set_build(self, version: str, model: str) -> None:
+        """Label ``crossrank_build_info`` with the package version and the served model's name."""
+        self.build.info({"version": version, "model": model})
+
     def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body and its content type for a request's ``Accept`` header: OpenMetrics when the header
+        names ``application/openmetrics-text``, else the Prometheus text format (as :meth:`render`)."""
+        encoder, content_type = choose_encoder(accept or "")
+        if content_type.startswith(OPENMETRICS_CONTENT_TYPE.split(";")[0]):
+            return encoder(self.registry), content_type
+        return self.render(), self.content_type
