@@ -260,3 +260,14 @@ def test_connections_are_bounded(strict):
     while httpx.get(strict.url + "/health").status_code != 200:
         assert time.monotonic() < until, "connections were not released"
         time.sleep(0.05)
+
+
+def test_a_served_model_is_timed_at_startup_so_admission_predicts_from_the_first_request(tiny_model_dir):
+    """Without a throughput prior, admission admits everything until the worker has timed a step, and a burst of
+    clients at startup would all be queued to expire. ``build_app`` times the model once while it loads."""
+    app = _build(tiny_model_dir)
+    assert app.state.crossrank.config.tokens_per_s > 0
+    with ServerThread(app) as s:
+        health = httpx.get(s.url + "/health").json()
+        assert health["queue_seconds"] == 0  # a prediction exists before any request was scored
+        assert _raw_post(s.url, "/rerank", {"query": QUERY, "texts": DOCS}).status_code == 200

@@ -70,6 +70,8 @@ def build_app(
         config.allow_bound(host)
     reranker = load_reranker(model, **options)
     config.model_name = str(getattr(reranker, "name", model))
+    if not remote and config.tokens_per_s is None:
+        config.tokens_per_s = measured_tokens_per_s(reranker)
     loaded_index = None
     if index is not None:
         from crossrank.retrieve import load_index
@@ -77,6 +79,33 @@ def build_app(
         loaded_index = load_index(Path(index))
     return create_app(reranker, config=config, index=loaded_index, retriever=retriever, k=k, n=n,
                       search_deadline_ms=deadline_ms)
+
+
+WARM_UP_TEXT = "A warm-up passage of ordinary words, long enough to fill the model's input. " * 40
+
+
+def measured_tokens_per_s(reranker: Any, pairs: int = 4) -> float | None:
+    """The reranker's throughput in the batcher's estimated tokens per second, timed on ``pairs`` full-length
+    pairs after one untimed pair (lazy loads, first allocations). It seeds admission control, which otherwise
+    admits everything until its worker has timed a step: a burst of clients at startup would all be admitted and
+    most would expire. A pass this small understates the rate (fixed overhead), so the prior errs on the side of
+    refusing; measurements of real steps take over within a few steps. None if the warm-up fails."""
+    from crossrank.serve.batcher import estimate_tokens
+
+    info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
+    max_length = int(info.get("max_length") or 512)
+    query, texts = "warm-up query", [WARM_UP_TEXT] * pairs
+    try:
+        reranker.score(query, texts[:1])
+        start = time.perf_counter()
+        reranker.score(query, texts)
+        seconds = time.perf_counter() - start
+    except Exception as exc:  # the first real request will report a broken model; startup goes on
+        log.warning("throughput warm-up failed (%s): admission waits for the first measured step", exc)
+        return None
+    tokens = sum(estimate_tokens(query, t, max_length) for t in texts)
+    log.info("warm-up: %d pairs in %.0f ms (~%.0f estimated tokens/s)", pairs, seconds * 1000, tokens / seconds)
+    return tokens / max(seconds, 1e-6)
 
 
 def run(
