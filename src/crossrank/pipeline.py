@@ -33,7 +33,7 @@ from typing import Literal, Sequence
 
 from crossrank.errors import InputError, RerankTimeout, check_query
 from crossrank.rerank import recommendation
-from crossrank.rerank.base import Reranker, RerankScores, score_with, takes_instruction
+from crossrank.rerank.base import Reranker, RerankScores, as_reranker, check_instruction
 from crossrank.retrieve.base import Retriever
 from crossrank.threads import DaemonThreadPoolExecutor
 from crossrank.types import DEFAULT_N, Candidate, Hit, SearchResult, Timings, first_per_document
@@ -201,8 +201,9 @@ class Pipeline:
         rerank_depth: "int | str | None" = "auto",
     ) -> None:
         check_k_n(k, n)
+        reranker = as_reranker(reranker)  # the full protocol from here on, whatever the caller passed
         self.rerank_depth = resolve_rerank_depth(rerank_depth, reranker)
-        self.instruction = _check_instruction(instruction, reranker)
+        self.instruction = check_instruction(reranker, instruction)
         if unit not in ("passage", "document"):
             raise InputError(f"unit must be 'passage' or 'document', got {unit!r}")
         self.retriever = retriever
@@ -246,7 +247,7 @@ class Pipeline:
             return "reranker warm-up timed out" + (f" after {timeout_s:g} s" if timeout_s is not None else "")
         except Exception as exc:  # noqa: BLE001 - searches report a broken reranker with their fallback
             return f"reranker warm-up failed: {type(exc).__name__}: {exc}"
-        self.throughput.update(len(texts) - getattr(scores, "cache_hits", 0), time.perf_counter() - call_start)
+        self.throughput.update(len(texts) - scores.cache_hits, time.perf_counter() - call_start)
         return None
 
     def _auto_warm_up(self, deadline_ms: float) -> None:
@@ -259,11 +260,11 @@ class Pipeline:
                instruction: str | None = None):
         """``reranker.score``, bounded by ``timeout_s`` (raises ``FutureTimeout`` / ``RerankTimeout``)."""
         if timeout_s is None:
-            return score_with(reranker, query, texts, instruction=instruction)
+            return reranker.score(query, texts, instruction=instruction)
         # a reranker that takes the budget stops working when it runs out (instead of finishing for nobody);
         # in a copy of the caller's context: context variables (the server's per-request cancel scope) follow the
         # call onto the worker thread
-        future = self._executor.submit(contextvars.copy_context().run, score_with, reranker, query, texts,
+        future = self._executor.submit(contextvars.copy_context().run, reranker.score, query, texts,
                                        timeout_s=timeout_s, instruction=instruction)
         try:
             return future.result(timeout=timeout_s)
@@ -294,7 +295,7 @@ class Pipeline:
         an explicit n > k, an instruction for a reranker that takes none); without ``n``, at most ``k`` results. A deadline on a cold pipeline warms it up first
         (see the class docstring)."""
         check_query(query)
-        instruction = self.instruction if instruction is None else _check_instruction(instruction, self.reranker)
+        instruction = self.instruction if instruction is None else check_instruction(self.reranker, instruction)
         k = self.k if k is None else k
         n = min(self.n, k) if n is None else n  # a small k asks for at most k results; only an explicit n > k errs
         check_k_n(k, n)
@@ -350,7 +351,7 @@ class Pipeline:
             n_candidates=len(candidates),
             n_reranked=outcome.n_reranked,
             retriever=getattr(self.retriever, "name", type(self.retriever).__name__),
-            reranker=getattr(reranker, "name", None) if reranker is not None else None,
+            reranker=reranker.name if reranker is not None else None,
             truncated=outcome.truncated,
             cache_hits=outcome.cache_hits,
             below_min_score=below,
@@ -390,7 +391,7 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - the promise: a search never fails because the reranker did
             return _RerankOutcome(reason=f"reranker failed: {type(exc).__name__}: {exc}")
         # pairs answered from a score cache cost nothing: they must not inflate the estimate
-        self.throughput.update(head - getattr(scores, "cache_hits", 0), time.perf_counter() - call_start)
+        self.throughput.update(head - scores.cache_hits, time.perf_counter() - call_start)
 
         values = [float(s) for s in scores]
         if len(values) != head:
@@ -447,17 +448,6 @@ def resolve_min_score(spec: "float | str | None", reranker: Reranker | None) -> 
     if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not math.isfinite(spec):
         raise InputError(f"min_score must be a finite number or 'auto', got {spec!r}")
     return float(spec)
-
-
-def _check_instruction(instruction: str | None, reranker: Reranker | None) -> str | None:
-    if instruction is None:
-        return None
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise InputError("instruction must be a non-empty string")
-    if reranker is None or not takes_instruction(reranker):
-        name = getattr(reranker, "name", None)
-        raise InputError(f"an instruction needs a reranker that takes one; {name or 'no reranker'} takes none")
-    return instruction
 
 
 def check_k_n(k: int, n: int) -> None:

@@ -41,17 +41,13 @@ def _weights_signature(path: Path) -> list[Any]:
 def _bundle_dirs(spec: str) -> list[Path]:
     """The bundle folders whose weights decide what ``spec`` scores (both models of a cascade ``A>B@M``)."""
     from crossrank.errors import CrossrankError
-    from crossrank.rerank.bundled import bundled_dir, fast_spec
-    from crossrank.rerank.cascade import parse_cascade_spec, parse_depth_spec
+    from crossrank.rerank.bundled import bundled_dir
+    from crossrank.rerank.cascade import spec_models
 
     try:
-        if spec == "fast":
-            spec = fast_spec()
-        cascade = parse_cascade_spec(spec)
-        depth = None if cascade else parse_depth_spec(spec)
+        names = spec_models(spec).names
     except CrossrankError:  # not a spec this resolves (the loader reports it)
         return []
-    names = [cascade.first, cascade.second] if cascade else [depth[0] if depth else spec]
     found = [bundled_dir(n) for n in names]
     return [d for d in found if d is not None and d.is_dir()]
 

@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from crossrank.errors import InputError
-from crossrank.rerank.base import RankedText, Reranker, RerankScores, rank_by_scores
+from crossrank.rerank.base import RankedText, Reranker, RerankScores, as_reranker, rank_by_scores
 from crossrank.rerank.cache import CachedReranker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,25 +59,25 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     if cache_size < 0:
         raise InputError("cache_size must be >= 0")
 
-    from crossrank.rerank.bundled import bundled_dir, fast_spec
-    from crossrank.rerank.cascade import parse_cascade_spec, parse_depth_spec
+    from crossrank.rerank.bundled import bundled_dir
+    from crossrank.rerank.cascade import spec_models
 
-    if spec == "fast":
-        spec = fast_spec()
+    parts = spec_models(spec)
+    spec = parts.names[0]
     inner: Reranker
-    url = spec.lower().startswith(("http://", "https://"))
-    cascade = None if url else parse_cascade_spec(spec)
-    depth = None if url or cascade is not None or os.path.exists(spec) else parse_depth_spec(spec)
-    if depth is not None:
-        inner = load_reranker(depth[0], cache_size=0, **options)
-        if not isinstance(getattr(inner, "recommended", None), dict):
-            raise InputError(f"{spec!r}: a rerank depth applies to a local reranker, not {depth[0]!r}")
-        inner.recommended = {**inner.recommended, "rerank_depth": depth[1]}
-    elif cascade is not None:
+    if parts.cascade:
         from crossrank.rerank.cascade import CascadeReranker
 
-        inner = CascadeReranker(load_reranker(cascade.first, cache_size=0, **options),
-                                load_reranker(cascade.second, cache_size=0, **options), cascade.top_m, cascade.head)
+        first, second = (load_reranker(name, cache_size=0, **options) for name in parts.names)
+        inner = CascadeReranker(first, second, parts.top_m, parts.head)
+    elif parts.top_m is not None:
+        from crossrank.rerank.engine import CrossEncoderReranker
+
+        inner = load_reranker(spec, cache_size=0, **options)
+        if not isinstance(inner, CrossEncoderReranker):
+            raise InputError(f"{spec + '@' + str(parts.top_m)!r}: a rerank depth applies to a local reranker, "
+                             f"not {spec!r}")
+        inner.recommended = {**inner.recommended, "rerank_depth": parts.top_m}
     elif spec.lower().startswith(("http://", "https://")):
         from crossrank.rerank.remote import RemoteReranker
 
@@ -99,8 +99,7 @@ def recommendation(reranker: Any) -> dict[str, Any]:
     threshold on its calibrated scores) and ``rerank_depth`` (rerank only the first stage's top this many: a
     ``B@M`` spec, ``fast``). The bundled models carry the first two; a plain checkpoint or a remote service
     recommends nothing. The pipeline, the CLI, the server and the evaluator all read it here."""
-    info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
-    rec = info.get("recommended") if isinstance(info, dict) else None
+    rec = as_reranker(reranker).info().get("recommended")
     return dict(rec) if isinstance(rec, dict) else {}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from crossrank.errors import InputError
 
@@ -46,24 +46,54 @@ class RankedText:
     text: str
 
 
+class InputCount(NamedTuple):
+    """What scoring some pairs runs: tokens (special tokens included) and windows (sequences)."""
+
+    tokens: int
+    windows: int
+
+
 @runtime_checkable
 class Reranker(Protocol):
-    """Anything that scores (query, text) pairs: the local cross-encoder, a remote service, a cache around either."""
+    """Anything that scores (query, text) pairs: the local cross-encoder, a remote service, a cache or a cascade
+    around them, the server's batched reranker. Every implementation has every member; an object that only has
+    ``score(query, texts)`` becomes one through :func:`as_reranker`.
+
+    ``takes_instruction``: whether the model's prompt has room for a task instruction (LLM rerankers); the others
+    raise ``InputError`` for one (:func:`check_instruction`)."""
 
     name: str
+    takes_instruction: bool
 
-    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
-        """Scores in input order; higher is more relevant.
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+              instruction: str | None = None) -> RerankScores:
+        """Scores in input order; higher is more relevant. ``timeout_s``: a time budget, after which the reranker
+        stops working and raises ``RerankTimeout``. ``instruction``: the task description (None: the model's
+        default)."""
+        ...
 
-        Implementations may also take a keyword ``timeout_s`` (a time budget after which they stop working and
-        raise ``RerankTimeout``); the pipeline passes its remaining deadline to those that do
-        (:func:`accepts_timeout`). Those whose model reads a task instruction (LLM rerankers) have a true
-        ``takes_instruction`` attribute and take a keyword ``instruction`` (:func:`takes_instruction`).
-        Callers pass both through :func:`score_with`."""
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                    instruction: str | None = None) -> RerankScores:
+        """Scores for (query, text) pairs of any number of queries, in input order, as :meth:`score`'s would be
+        (:func:`score_by_query` where the implementation has nothing better)."""
         ...
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         """Texts sorted by score, best first, cut to ``top_n``."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What scores: at least ``model``; ``activation``, ``max_length``, ``recommended`` where known."""
+        ...
+
+    def with_options(self, **options: Any) -> "Reranker":
+        """The same model under other options (``long_documents="chunk"``, ...): a new reranker, this one unchanged;
+        no options: this one. An option the reranker cannot take is an ``InputError``."""
+        ...
+
+    def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
+        """What :meth:`score` would run for these pairs, without running it; None where the reranker cannot know
+        (a remote service, a cascade whose second pass depends on the first)."""
         ...
 
 
@@ -86,34 +116,123 @@ def check_texts(texts: Iterable[Any]) -> list[str]:
     return out
 
 
-def takes_instruction(reranker: Any) -> bool:
-    """Whether ``reranker.score`` takes an ``instruction`` (its model's prompt has room for a task description)."""
-    return getattr(reranker, "takes_instruction", False) is True
+def takes_instruction(reranker: Reranker | None) -> bool:
+    """Whether ``reranker`` (None: no reranker) takes a task instruction."""
+    return reranker is not None and reranker.takes_instruction is True
 
 
-def score_with(reranker: Any, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
-               instruction: str | None = None) -> "RerankScores":
-    """``reranker.score(query, texts)`` with the optional keywords it takes: the time budget where it accepts one
-    (elsewhere the caller bounds the call itself), the instruction (an ``InputError`` for a reranker that takes
-    none: an instruction silently ignored would be a wrong answer, not a degraded one)."""
-    extra: dict[str, Any] = {}
-    if timeout_s is not None and accepts_timeout(reranker):
-        extra["timeout_s"] = timeout_s
-    if instruction is not None:
-        if not takes_instruction(reranker):
-            raise InputError(f"reranker {getattr(reranker, 'name', reranker)!r} takes no instruction "
-                             "(only LLM rerankers whose prompt has one do)")
-        extra["instruction"] = instruction
-    return reranker.score(query, texts, **extra)
+def check_instruction(reranker: Reranker | None, instruction: str | None) -> str | None:
+    """``instruction`` checked for ``reranker``: None, or a non-empty string for a reranker that takes one (an
+    instruction silently ignored would be a wrong answer, not a degraded one, so any other is an ``InputError``)."""
+    if instruction is None:
+        return None
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise InputError("instruction must be a non-empty string")
+    if not takes_instruction(reranker):
+        if reranker is None:
+            raise InputError("an instruction needs a reranker that takes one; there is no reranker, so the search "
+                             "takes none")
+        raise InputError(f"{reranker.name} takes no instruction (only LLM rerankers whose prompt has room for one "
+                         "do; this one takes none)")
+    return instruction
 
 
-def accepts_timeout(reranker: Any) -> bool:
-    """Whether ``reranker.score`` takes the optional ``timeout_s`` keyword (see :class:`Reranker`)."""
-    fn = getattr(reranker, "score", None)
-    if fn is None:
-        return False
+def score_by_query(score: Callable[[str, list[str]], RerankScores],
+                   pairs: Sequence[tuple[str, str]]) -> RerankScores:
+    """``score_pairs`` from ``score(query, texts)``: the pairs grouped by query, each group scored in one call, the
+    results scattered back in input order (``truncated`` per pair, ``cache_hits`` and ``tokens`` summed)."""
+    groups: dict[str, list[int]] = {}
+    pairs = list(pairs)
+    for i, p in enumerate(pairs):
+        if not isinstance(p, (tuple, list)) or len(p) != 2:
+            raise InputError("score_pairs takes (query, text) pairs")
+        groups.setdefault(p[0], []).append(i)
+    scores = [0.0] * len(pairs)
+    truncated = [False] * len(pairs)
+    hits = tokens = 0
+    for query, idx in groups.items():
+        res = score(query, [pairs[i][1] for i in idx])
+        flags = res.truncated or [False] * len(idx)
+        for j, i in enumerate(idx):
+            scores[i], truncated[i] = float(res.scores[j]), bool(flags[j])
+        hits += res.cache_hits
+        tokens += res.tokens
+    return RerankScores(scores=scores, truncated=truncated, cache_hits=hits, tokens=tokens)
+
+
+def as_reranker(reranker: Any) -> Reranker:
+    """``reranker`` itself when it is a :class:`Reranker`, else a :class:`ScoreOnlyReranker` around it (an object
+    with just ``score(query, texts)``, such as a caller's own scorer); None stays None."""
+    if reranker is None or isinstance(reranker, Reranker):
+        return reranker
+    return ScoreOnlyReranker(reranker)
+
+
+class ScoreOnlyReranker:
+    """The full :class:`Reranker` around an object that has ``score(query, texts)`` and maybe some of the rest
+    (``score_pairs``, ``info``, a ``timeout_s`` keyword, ``takes_instruction``): what it has is found out once,
+    here, so no caller probes. Results that are plain lists of scores become :class:`RerankScores`."""
+
+    def __init__(self, scorer: Any) -> None:
+        if not callable(getattr(scorer, "score", None)):
+            raise InputError(f"a reranker needs a score(query, texts) method; {type(scorer).__name__} has none")
+        self.scorer = scorer
+        self.name = str(getattr(scorer, "name", type(scorer).__name__))
+        self.takes_instruction = getattr(scorer, "takes_instruction", False) is True
+        self._timeout = _takes_keyword(scorer.score, "timeout_s")
+        pairs = getattr(scorer, "score_pairs", None)
+        self._pairs = pairs if callable(pairs) else None
+        info = getattr(scorer, "info", None)
+        self._info = info if callable(info) else None
+        count = getattr(scorer, "count_inputs", None)
+        self._count = count if callable(count) else None
+
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+              instruction: str | None = None) -> RerankScores:
+        """The scorer's scores; ``timeout_s`` reaches it where it takes one (elsewhere the caller bounds the
+        call itself)."""
+        extra: dict[str, Any] = {}
+        if timeout_s is not None and self._timeout:
+            extra["timeout_s"] = timeout_s
+        if check_instruction(self, instruction) is not None:
+            extra["instruction"] = instruction
+        return _scores(self.scorer.score(query, texts, **extra))
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                    instruction: str | None = None) -> RerankScores:
+        if self._pairs is None:
+            return score_by_query(lambda q, t: self.score(q, t, timeout_s=timeout_s, instruction=instruction), pairs)
+        extra = {"instruction": instruction} if check_instruction(self, instruction) is not None else {}
+        return _scores(self._pairs(list(pairs), **extra))
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
+        texts = list(texts)
+        return rank_by_scores(texts, self.score(query, texts).scores, top_n)
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info()) if self._info is not None else {"model": self.name}
+
+    def with_options(self, **options: Any) -> Reranker:
+        if options:
+            raise InputError(f"{self.name!r} takes no options ({', '.join(sorted(options))})")
+        return self
+
+    def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
+        return None if self._count is None else InputCount(*self._count(query, texts, instruction))
+
+    def __repr__(self) -> str:
+        return f"ScoreOnlyReranker({self.scorer!r})"
+
+
+def _scores(result: Any) -> RerankScores:
+    """A scorer's answer as :class:`RerankScores` (a plain sequence of scores: no flags, no counts)."""
+    return result if isinstance(result, RerankScores) else RerankScores(scores=list(result))
+
+
+def _takes_keyword(fn: Any, name: str) -> bool:
+    """Whether ``fn`` takes the keyword-only parameter ``name``."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "timeout_s" in params and params["timeout_s"].kind is inspect.Parameter.KEYWORD_ONLY
+    return name in params and params[name].kind is inspect.Parameter.KEYWORD_ONLY

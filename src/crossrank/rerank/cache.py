@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from crossrank.errors import InputError
-from crossrank.rerank.base import RankedText, Reranker, RerankScores, rank_by_scores, score_with
+from crossrank.rerank.base import InputCount, RankedText, Reranker, RerankScores, as_reranker, rank_by_scores
 
 
 class CachedReranker:
@@ -25,16 +25,21 @@ class CachedReranker:
     def __init__(self, inner: Reranker, max_entries: int = 100_000) -> None:
         if max_entries < 1:
             raise InputError("max_entries must be at least 1 (use the inner reranker directly for no cache)")
-        self.inner = inner
+        self.inner = as_reranker(inner)
         self.max_entries = int(max_entries)
         self._entries: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
         self._lock = threading.Lock()
+        self._variant = b""  # the options of a with_options variant, in its keys (it shares the entries)
         self.hits = 0
         self.misses = 0
 
     @property
     def name(self) -> str:
         return self.inner.name
+
+    @property
+    def takes_instruction(self) -> bool:
+        return self.inner.takes_instruction
 
     @property
     def hit_rate(self) -> float:
@@ -59,8 +64,21 @@ class CachedReranker:
             self.hits = self.misses = 0
 
     def info(self) -> dict[str, Any]:
-        inner_info = self.inner.info() if hasattr(self.inner, "info") else {"model": self.name}
-        return {**inner_info, "cache": self.stats()}
+        return {**self.inner.info(), "cache": self.stats()}
+
+    def with_options(self, **options: Any) -> "CachedReranker":
+        """The inner reranker's variant behind this cache's entries (the same store and bound; the options are part
+        of the variant's keys, since a pair scored another way is another score); no options: this cache."""
+        if not options:
+            return self
+        variant = CachedReranker(self.inner.with_options(**options), self.max_entries)
+        variant._entries, variant._lock = self._entries, self._lock
+        variant._variant = self._variant + repr(sorted(options.items())).encode("utf-8", "surrogatepass")
+        return variant
+
+    def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
+        """The inner reranker's count: what scoring these pairs runs with no cache in front."""
+        return self.inner.count_inputs(query, texts, instruction)
 
     # ---------------------------------------------------------------- keys
 
@@ -68,6 +86,8 @@ class CachedReranker:
         h = hashlib.blake2b(digest_size=16)
         h.update(self.name.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
+        if self._variant:
+            h.update(b"\x02" + self._variant + b"\x00")
         if instruction is not None:  # the same pair under another task instruction is another score
             h.update(b"\x01" + instruction.encode("utf-8", "surrogatepass") + b"\x00")
         h.update(query.encode("utf-8", "surrogatepass"))
@@ -84,17 +104,17 @@ class CachedReranker:
 
     def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
               instruction: str | None = None) -> RerankScores:
-        """Cached scores; ``timeout_s`` and ``instruction`` reach the wrapped reranker as in
-        :func:`crossrank.rerank.base.score_with`."""
+        """Cached scores; ``timeout_s`` and ``instruction`` reach the wrapped reranker for the pairs it scores."""
         texts = list(texts)
         if not isinstance(query, str) or any(not isinstance(t, str) for t in texts):
             raise InputError("query and texts must be strings")
         base = self._query_hasher(query, instruction)
         keys = [self._key(base, t) for t in texts]
-        return self._score_keys(keys, [(query, t) for t in texts], lambda todo: score_with(
-            self.inner, query, [t for _, t in todo], timeout_s=timeout_s, instruction=instruction))
+        return self._score_keys(keys, [(query, t) for t in texts], lambda todo: self.inner.score(
+            query, [t for _, t in todo], timeout_s=timeout_s, instruction=instruction))
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None) -> RerankScores:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                    instruction: str | None = None) -> RerankScores:
         """Cached scores for pairs from many queries (the server's batcher calls this)."""
         pairs = [tuple(p) for p in pairs]
         bases: dict[str, Any] = {}
@@ -105,27 +125,8 @@ class CachedReranker:
             if q not in bases:
                 bases[q] = self._query_hasher(q, instruction)
             keys.append(self._key(bases[q], t))
-        return self._score_keys(keys, pairs, lambda todo: self._inner_pairs(todo, instruction))
-
-    def _inner_pairs(self, todo: list[tuple[str, str]], instruction: str | None = None) -> RerankScores:
-        if hasattr(self.inner, "score_pairs"):
-            if instruction is None:
-                return self.inner.score_pairs(todo)
-            return self.inner.score_pairs(todo, instruction=instruction)
-        # A reranker without score_pairs: one call per query, results put back in order.
-        scores = [0.0] * len(todo)
-        truncated = [False] * len(todo)
-        tokens = 0
-        by_query: dict[str, list[int]] = {}
-        for i, (q, _) in enumerate(todo):
-            by_query.setdefault(q, []).append(i)
-        for q, idx in by_query.items():
-            res = score_with(self.inner, q, [todo[i][1] for i in idx], instruction=instruction)
-            tokens += res.tokens
-            for j, i in enumerate(idx):
-                scores[i] = res.scores[j]
-                truncated[i] = bool(res.truncated[j]) if res.truncated else False
-        return RerankScores(scores=scores, truncated=truncated, tokens=tokens)
+        return self._score_keys(keys, pairs, lambda todo: self.inner.score_pairs(
+            todo, timeout_s=timeout_s, instruction=instruction))
 
     def _score_keys(self, keys: list[bytes], pairs: list[tuple[str, str]], run) -> RerankScores:
         n = len(keys)
@@ -168,7 +169,7 @@ class CachedReranker:
 
     def __getattr__(self, item: str) -> Any:
         # Anything else (max_length, device, close, ...) comes from the wrapped reranker.
-        if item in ("inner", "_entries", "_lock"):
+        if item in ("inner", "_entries", "_lock", "_variant"):
             raise AttributeError(item)
         return getattr(self.inner, item)
 

@@ -16,19 +16,22 @@ B on the first stage's top M. The spec ``fast`` is one (``default@20``, chosen o
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any, NamedTuple, Sequence
 
 from crossrank.errors import InputError
 from crossrank.rerank.base import (
+    InputCount,
     RankedText,
     Reranker,
     RerankScores,
+    as_reranker,
+    check_instruction,
     check_texts,
     rank_by_scores,
-    score_with,
-    takes_instruction,
+    score_by_query,
 )
 
 SPEC = re.compile(r"^(?P<first>[^>]+)>(?P<second>[^>@]+)@(?P<m>\d+)(:(?P<head>[a-z]+))?$")
@@ -74,6 +77,37 @@ def parse_depth_spec(spec: str) -> tuple[str, int] | None:
     return m["name"].strip(), int(m["m"])
 
 
+class SpecModels(NamedTuple):
+    """The models a reranker spec names (one, or a cascade's first and second), its M (a cascade's head or a
+    depth's; None for neither) and a cascade's head rule."""
+
+    names: tuple[str, ...]
+    top_m: int | None = None
+    head: str = "score"
+
+    @property
+    def cascade(self) -> bool:
+        return len(self.names) == 2
+
+
+def spec_models(spec: str) -> SpecModels:
+    """What a reranker spec (see :func:`crossrank.rerank.load_reranker`) is made of: ``"fast"`` is what its bundle
+    recommends; ``"A>B@M[:rrf]"`` a cascade; ``"B@M"`` a depth (unless a path of that name exists); a URL, a path
+    or any other name itself. The loader builds from it and the evaluator fingerprints the bundles it names."""
+    spec = spec.strip()
+    if spec == "fast":
+        from crossrank.rerank.bundled import fast_spec
+
+        spec = fast_spec()
+    if spec.lower().startswith(("http://", "https://")):
+        return SpecModels((spec,))
+    cascade = parse_cascade_spec(spec)
+    if cascade is not None:
+        return SpecModels((cascade.first, cascade.second), cascade.top_m, cascade.head)
+    depth = None if os.path.exists(spec) else parse_depth_spec(spec)
+    return SpecModels((spec,)) if depth is None else SpecModels((depth[0],), depth[1])
+
+
 def cascade_head(first_scores: Sequence[float], top_m: int, head: str = "score") -> list[int]:
     """Indices of the ``top_m`` texts the second model rescores: the best first-model scores (``head="score"``),
     or the best reciprocal-rank fusion of the first model's rank and the input position (``"rrf"``); ties: earlier
@@ -96,19 +130,19 @@ class CascadeReranker:
             raise InputError("top_m must be >= 1")
         if head not in HEADS:
             raise InputError(f"unknown cascade head rule {head!r}: use one of {', '.join(HEADS)}")
-        self.first, self.second, self.top_m, self.head = first, second, int(top_m), head
+        self.first, self.second = as_reranker(first), as_reranker(second)
+        self.top_m, self.head = int(top_m), head
         self.name = f"{first.name}>{second.name}@{self.top_m}" + ("" if head == "score" else f":{head}")
 
     @property
     def takes_instruction(self) -> bool:
         """An instruction reaches whichever of the two models takes one."""
-        return takes_instruction(self.first) or takes_instruction(self.second)
+        return self.first.takes_instruction or self.second.takes_instruction
 
     def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
               instruction: str | None = None) -> RerankScores:
         texts = check_texts(texts)
-        if instruction is not None and not self.takes_instruction:
-            raise InputError(f"neither model of {self.name} takes an instruction")
+        check_instruction(self, instruction)
         t0 = time.monotonic()
         a = _score(self.first, query, texts, timeout_s, instruction)
         head = cascade_head(a.scores, self.top_m, self.head)
@@ -120,14 +154,33 @@ class CascadeReranker:
         return RerankScores(scores=scores, truncated=truncated, cache_hits=a.cache_hits + b.cache_hits,
                             tokens=a.tokens + b.tokens)
 
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                    instruction: str | None = None) -> RerankScores:
+        """One cascade per distinct query (each picks its own head), all within the one ``timeout_s``."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        return score_by_query(lambda query, texts: self.score(
+            query, texts, timeout_s=None if end is None else max(1e-3, end - time.monotonic()),
+            instruction=instruction), pairs)
+
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
 
+    def with_options(self, **options: Any) -> "CascadeReranker":
+        """Both models under ``options``; no options: this cascade."""
+        if not options:
+            return self
+        return CascadeReranker(self.first.with_options(**options), self.second.with_options(**options), self.top_m,
+                               self.head)
+
+    def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
+        """None: what the second model runs depends on the first model's scores."""
+        return None
+
     def info(self) -> dict[str, Any]:
-        second = _info(self.second)
+        second = dict(self.second.info())
         return {
             "model": self.name,
-            "cascade": {"first": _info(self.first), "second": second, "top_m": self.top_m, "head": self.head},
+            "cascade": {"first": dict(self.first.info()), "second": second, "top_m": self.top_m, "head": self.head},
             "activation": second.get("activation"),
             "max_length": second.get("max_length"),
             "recommended": dict(second.get("recommended") or {}),
@@ -139,10 +192,6 @@ class CascadeReranker:
 
 def _score(reranker: Reranker, query: str, texts: list[str], timeout_s: float | None,
            instruction: str | None) -> RerankScores:
-    instruction = instruction if takes_instruction(reranker) else None
-    return score_with(reranker, query, texts, timeout_s=timeout_s, instruction=instruction)
-
-
-def _info(reranker: Any) -> dict[str, Any]:
-    info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
-    return dict(info) if isinstance(info, dict) else {}
+    """``reranker``'s scores, with the instruction where it takes one (the cascade takes it when either does)."""
+    return reranker.score(query, texts, timeout_s=timeout_s,
+                          instruction=instruction if reranker.takes_instruction else None)

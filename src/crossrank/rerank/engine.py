@@ -38,6 +38,7 @@ a causal language model with a known reranking prompt (Qwen3-Reranker, bge-reran
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -47,14 +48,22 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError, RerankTimeout, check_query
 from crossrank.hardware import cpu_flags
-from crossrank.rerank.base import RankedText, RerankScores, check_texts, rank_by_scores
+from crossrank.rerank.base import (
+    InputCount,
+    RankedText,
+    Reranker,
+    RerankScores,
+    check_instruction,
+    check_texts,
+    rank_by_scores,
+)
 from crossrank.rerank.calibration import Calibration
 from crossrank.rerank.prompts import BUILTIN, PROMPT_FILE, PromptFormat, resolve_prompt_format
 
@@ -64,6 +73,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _ACTIVATIONS = ("auto", "sigmoid", "raw")
 _LONG_DOCUMENTS = ("truncate", "chunk")
+_VARIANT_OPTIONS = ("long_documents", "chunk_overlap", "max_chunks")  # what with_options can change
 # A document longer than this many characters per token of budget is cut (at whitespace) before tokenising;
 # if the cut text turns out to have too few tokens it is re-tokenised whole, so the result is exact.
 _CHARS_PER_TOKEN = 12
@@ -550,11 +560,7 @@ class CrossEncoderReranker:
     ) -> None:
         if activation not in _ACTIVATIONS:
             raise InputError(f"activation must be one of {', '.join(_ACTIVATIONS)}, not {activation!r}")
-        if long_documents not in _LONG_DOCUMENTS:
-            raise InputError(f"long_documents must be truncate or chunk, not {long_documents!r}")
-        if prompt is not None and long_documents == "chunk":
-            # a window after the first would lose the document part's own opening ("<Document>: ")
-            raise InputError("long_documents='chunk' is not supported for causal-LM rerankers; use truncate")
+        _check_long_documents(long_documents, prompt)
         if int(batch_tokens) < 1 or int(max_batch_size) < 1:
             raise InputError("batch_tokens and max_batch_size must be positive")
         if num_threads is not None:
@@ -737,14 +743,7 @@ class CrossEncoderReranker:
 
     def _instruction(self, instruction: str | None) -> str | None:
         """``instruction`` checked: None, or a non-empty string for a model that takes one."""
-        if instruction is None:
-            return None
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise InputError("instruction must be a non-empty string")
-        if not self.takes_instruction:
-            kind = "a cross-encoder classifier" if self.prompt is None else f"prompted as {self.prompt.name}"
-            raise InputError(f"{self.name} takes no instruction ({kind})")
-        return instruction
+        return check_instruction(self, instruction)
 
     def _prepare_query(self, query: str, instruction: str | None = None) -> tuple[list[int], bool]:
         if self.prompt is not None:
@@ -846,6 +845,25 @@ class CrossEncoderReranker:
             "prompt_format": None if self.prompt is None else self.prompt.name,
             "takes_instruction": self.takes_instruction,
         }
+
+    def with_options(self, **options: Any) -> Reranker:
+        """This engine with other long-document handling (``long_documents``, ``chunk_overlap``, ``max_chunks``):
+        the same weights, backend and lock (no second copy of the model, no second backend set up); no options:
+        this engine."""
+        if not options:
+            return self
+        unknown = set(options) - set(_VARIANT_OPTIONS)
+        if unknown:
+            raise InputError(f"{self.name}: with_options takes {', '.join(_VARIANT_OPTIONS)}, not "
+                             f"{', '.join(sorted(unknown))}")
+        mode = options.get("long_documents", self.long_documents)
+        _check_long_documents(mode, self.prompt)
+        variant = copy.copy(self)
+        variant.long_documents = mode
+        variant.max_chunks = max(1, int(options.get("max_chunks", self.max_chunks)))
+        variant.chunk_overlap = max(0, min(int(options.get("chunk_overlap", self.chunk_overlap)), self._avail // 4))
+        variant.recommended = dict(self.recommended)
+        return variant
 
     def __repr__(self) -> str:
         return f"CrossEncoderReranker({self.name!r}, dtype={self.info()['dtype']}, device={self.device})"
@@ -953,13 +971,6 @@ class CrossEncoderReranker:
         return out
 
 
-class InputCount(NamedTuple):
-    """What scoring some pairs runs: tokens (special tokens included) and windows (sequences)."""
-
-    tokens: int
-    windows: int
-
-
 @dataclass
 class _Plan:
     windows: list[tuple[list[int], list[int]]]  # (query ids, document window ids), one per sequence to run
@@ -971,6 +982,14 @@ def _plan_tokens(plan: _Plan, template: PairTemplate) -> int:
     """Tokens the sequences of ``plan`` hold once built with ``template`` (its ``build`` adds exactly
     ``n_special`` ids to each query + window)."""
     return sum(len(q) + len(w) + template.n_special for q, w in plan.windows)
+
+
+def _check_long_documents(mode: str, prompt: PromptFormat | None) -> None:
+    if mode not in _LONG_DOCUMENTS:
+        raise InputError(f"long_documents must be truncate or chunk, not {mode!r}")
+    if prompt is not None and mode == "chunk":
+        # a window after the first would lose the document part's own opening ("<Document>: ")
+        raise InputError("long_documents='chunk' is not supported for causal-LM rerankers; use truncate")
 
 
 def _deadline(timeout_s: float | None) -> float | None:

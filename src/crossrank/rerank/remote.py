@@ -18,6 +18,7 @@ Scores are the service's [0, 1] relevance scores (TEI is asked for ``raw_scores=
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import json
 import random
@@ -29,7 +30,15 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from crossrank.errors import InputError, RerankerUnavailable, RerankTimeout, check_query
-from crossrank.rerank.base import RankedText, RerankScores, check_texts, rank_by_scores
+from crossrank.rerank.base import (
+    InputCount,
+    RankedText,
+    RerankScores,
+    check_instruction,
+    check_texts,
+    rank_by_scores,
+    score_by_query,
+)
 
 APIS = ("auto", "tei", "cohere", "jina")
 _PATHS = {"tei": "/rerank", "cohere": "/v2/rerank", "jina": "/v1/rerank"}
@@ -178,48 +187,64 @@ class RemoteReranker:
         )
         self.calls = 0
         self.attempts = 0
-        self.last_truncated = 0  # inputs the service reported cut in the last score() (it does not say which)
+
+    takes_instruction = False  # the wire formats have no field for one
 
     # ---------------------------------------------------------------- Reranker protocol
-    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None) -> RerankScores:
+    def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
+              instruction: str | None = None) -> RerankScores:
         """Scores in input order. ``timeout_s``: time budget for the whole call (every batch and retry): each
         HTTP attempt's timeouts are cut to what is left (:class:`crossrank.errors.RerankTimeout` when they run
         out, not counted against the service by the circuit breaker), and a failed attempt is not retried when the
         wait before the retry would end past it (the failure is raised, as after the last attempt). httpx
         timeouts bound each network wait, so a service that trickles bytes can overrun the budget by up to one
-        of those waits."""
-        if timeout_s is not None and not timeout_s > 0:
-            raise InputError(f"timeout_s must be positive, got {timeout_s}")
-        deadline = time.monotonic() + float(timeout_s) if timeout_s is not None else None
+        of those waits. An ``instruction`` is an ``InputError``: these services take none."""
+        check_instruction(self, instruction)
+        return self._score(query, texts, _deadline(timeout_s))
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                    instruction: str | None = None) -> RerankScores:
+        """One :meth:`score` per distinct query, all within the one ``timeout_s``."""
+        check_instruction(self, instruction)
+        deadline = _deadline(timeout_s)
+        return score_by_query(lambda query, texts: self._score(query, texts, deadline), pairs)
+
+    def with_options(self, **options: Any) -> "RemoteReranker":
+        """This client with other ``retries``, ``backoff`` or ``max_documents_per_request`` (the same connection
+        pool and circuit breaker: the same service); ``long_documents="truncate"`` is what the services do
+        already. No options: this client."""
+        allowed = ("long_documents", "retries", "backoff", "max_documents_per_request")
+        unknown = set(options) - set(allowed)
+        if unknown:
+            raise InputError(f"a remote reranker's with_options takes {', '.join(allowed)}, not "
+                             f"{', '.join(sorted(unknown))}")
+        if options.get("long_documents", "truncate") != "truncate":
+            raise InputError(f"a remote reranker cannot switch long_documents to {options['long_documents']!r}")
+        if not options:
+            return self
+        variant = copy.copy(self)
+        variant.retries = int(options.get("retries", self.retries))
+        variant.backoff = float(options.get("backoff", self.backoff))
+        variant.batch = int(options.get("max_documents_per_request", self.batch))
+        if variant.retries < 0 or variant.backoff < 0 or variant.batch < 1:
+            raise InputError("retries and backoff must be >= 0, max_documents_per_request positive")
+        return variant
+
+    def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
+        """None: only the service knows what it runs."""
+        return None
+
+    def _score(self, query: str, texts: Sequence[str], deadline: float | None) -> RerankScores:
         check_query(query)
         texts = check_texts(texts)
         scores: list[float] = []
-        truncated = 0
         tokens = 0
         for start in range(0, len(texts), self.batch):
-            part, cut, used = self._call(query, texts[start : start + self.batch], deadline)
+            part, used = self._call(query, texts[start : start + self.batch], deadline)
             scores.extend(part)
-            truncated += cut
             tokens += used
-        # The services report how many inputs were cut, not which; flags stay False, the count is kept here.
-        self.last_truncated = truncated
+        # The services report how many inputs were cut, not which: no flags.
         return RerankScores(scores=scores, truncated=[False] * len(scores), tokens=tokens)
-
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> RerankScores:
-        groups: dict[str, list[int]] = {}
-        pairs = list(pairs)
-        for i, p in enumerate(pairs):
-            if not isinstance(p, (tuple, list)) or len(p) != 2:
-                raise InputError("score_pairs takes (query, text) pairs")
-            groups.setdefault(p[0], []).append(i)
-        scores = [0.0] * len(pairs)
-        tokens = 0
-        for q, idx in groups.items():
-            res = self.score(q, [pairs[i][1] for i in idx])
-            tokens += res.tokens
-            for j, i in enumerate(idx):
-                scores[i] = res.scores[j]
-        return RerankScores(scores=scores, truncated=[False] * len(pairs), tokens=tokens)
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
@@ -278,9 +303,9 @@ class RemoteReranker:
             raise ValueError(f"no score for {len(missing)} of {n} inputs (first: {missing[0]})")
         return scores  # type: ignore[return-value]
 
-    def _call(self, query: str, texts: list[str], deadline: float | None = None) -> tuple[list[float], int, int]:
+    def _call(self, query: str, texts: list[str], deadline: float | None = None) -> tuple[list[float], int]:
         if not texts:
-            return [], 0, 0
+            return [], 0
         if deadline is not None and deadline - time.monotonic() <= 0:
             raise RerankTimeout(f"time budget ran out before calling {self.endpoint}")
         trial = self.breaker.before_call()
@@ -314,7 +339,7 @@ class RemoteReranker:
                         self.breaker.failure(message)
                         raise RerankerUnavailable(message) from None
                     self.breaker.success()
-                    return scores, _int_header(resp, "x-crossrank-truncated"), _tokens(resp)
+                    return scores, _tokens(resp)
                 last = f"{self.endpoint} answered {resp.status_code}: {_snippet(resp)}"
                 if resp.status_code not in RETRY_STATUSES:
                     if resp.status_code >= 500:
@@ -334,6 +359,13 @@ class RemoteReranker:
         self.breaker.failure(last)
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         raise RerankerUnavailable(f"{last}{tries}")
+
+
+def _deadline(timeout_s: float | None) -> float | None:
+    """``time.monotonic()`` when a ``timeout_s`` budget runs out (None: no budget)."""
+    if timeout_s is not None and not timeout_s > 0:
+        raise InputError(f"timeout_s must be positive, got {timeout_s}")
+    return time.monotonic() + float(timeout_s) if timeout_s is not None else None
 
 
 def _snippet(resp: httpx.Response) -> str:

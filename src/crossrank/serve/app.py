@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossrank.errors import CrossrankError, IndexLoadError, InputError, ModelLoadError, RerankerUnavailable
-from crossrank.rerank.base import RerankScores, score_with, takes_instruction
+from crossrank.rerank.base import Reranker, RerankScores, as_reranker, check_instruction, takes_instruction
 from crossrank.rerank.calibration import Calibration
 from crossrank.serve import dialects as d
 from crossrank.serve.batcher import (
@@ -93,64 +93,48 @@ class _Engines:
     """The reranker plus per-request variants (long-document mode), and text cutting with its tokenizer."""
 
     def __init__(self, reranker: Any, default_mode: str | None) -> None:
-        self.base = reranker
-        self.info = _engine_info(reranker)
+        self.base: Reranker = as_reranker(reranker)
+        self.info = _engine_info(self.base)
         self.activation = self.info.get("activation", "sigmoid")
         self.calibration = Calibration.parse(self.info.get("calibration"))
         self.max_length = int(self.info.get("max_length") or 512)
-        self.base_mode = getattr(reranker, "long_documents", self.info.get("long_documents"))
+        self.base_mode = self.info.get("long_documents")
         self.default_mode = default_mode or self.base_mode or "truncate"
-        self._variants: dict[str, Any] = {}
+        self._variants: dict[str, Reranker] = {}
         self._lock = threading.Lock()
-        self.tokenizer = getattr(reranker, "tokenizer", None)
-        template = getattr(reranker, "template", None)
-        self.n_special = int(getattr(template, "n_special", 3))
-        self.inner = _innermost(reranker)
+        # the text cutting's tokenizer: a local engine's own (a remote reranker has none: words stand in)
+        self.tokenizer = getattr(self.base, "tokenizer", None)
+        self.n_special = int(getattr(getattr(self.base, "template", None), "n_special", 3))
         if self.default_mode != (self.base_mode or "truncate"):
             self.get(self.default_mode)  # fail at start, not on the first request
 
     def supports(self, mode: str) -> bool:
-        if mode == (self.base_mode or "truncate"):
-            return True
-        # a variant is the same weights through from_model; LLM rerankers' prompts keep one mode (truncate)
-        return hasattr(type(self.inner), "from_model") and getattr(self.inner, "prompt", None) is None
+        """Whether the reranker has a variant for long-document mode ``mode`` (LLM rerankers' prompts keep one)."""
+        try:
+            self.get(mode)
+        except InputError:
+            return False
+        return True
 
-    def get(self, mode: str | None) -> Any:
+    def get(self, mode: str | None) -> Reranker:
+        """The reranker for long-document mode ``mode`` (None: the server's default): the reranker itself, or its
+        ``with_options(long_documents=mode)`` variant, made once."""
         mode = mode or self.default_mode
         if mode == (self.base_mode or "truncate"):
             return self.base
         with self._lock:
             if mode not in self._variants:
-                inner = self.inner
-                cls = type(inner)
-                if not hasattr(cls, "from_model"):
-                    raise InputError(f"this reranker cannot switch long_documents to {mode!r}")
-                info = self.info
-                # Same weights and settings, other long-document handling (from_model shares the module). No score
-                # cache in front: a cache keys on (model, query, text), not on how long documents were handled.
-                extra = {key: getattr(inner, key) for key in ("chunk_overlap", "max_chunks", "backend")
-                         if hasattr(inner, key)}
-                self._variants[mode] = cls.from_model(
-                    inner.model, inner.tokenizer, name=inner.name, long_documents=mode,
-                    max_length=self.max_length, batch_tokens=info.get("batch_tokens", 16384),
-                    max_batch_size=info.get("max_batch_size", 128), dtype=info.get("dtype", "auto"),
-                    device=info.get("device", "auto"), activation=self.activation, calibration=self.calibration,
-                    **extra,
-                )
+                self._variants[mode] = self.base.with_options(long_documents=mode)
             return self._variants[mode]
 
     @property
     def takes_instruction(self) -> bool:
-        return takes_instruction(self.base)
+        return self.base.takes_instruction
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], options: dict[str, Any]) -> RerankScores:
         engine = self.get(options.get("long_documents"))
         pairs, cut = self._prepare(pairs, options)
-        instruction = options.get("instruction")
-        if hasattr(engine, "score_pairs"):
-            result = engine.score_pairs(pairs, **({"instruction": instruction} if instruction else {}))
-        else:
-            result = _score_grouped(engine, pairs, instruction)
+        result = engine.score_pairs(pairs, instruction=options.get("instruction"))
         if any(cut):
             flags = result.truncated if len(result.truncated) == len(pairs) else [False] * len(pairs)
             result.truncated = [a or b for a, b in zip(flags, cut, strict=True)]
@@ -181,16 +165,16 @@ class _Engines:
         the score cache (a cache saves compute, not usage) and whatever else shared its batch.
 
         A local engine counts them itself (``count_inputs``: exactly what its ``score`` runs, no forward pass) on
-        the pairs as :meth:`score_pairs` hands them over; any other reranker (a remote one) reports ``tokens``
-        only for what it ran, so cached pairs are estimated."""
-        eng = _innermost(self.get(options.get("long_documents")))
-        if not hasattr(eng, "count_inputs"):  # the one capability check: does the reranker count its own input?
-            if result.cache_hits:  # not a local engine: estimate what the cache answered
-                return Usage(sum(estimate_tokens(query, t, self.max_length) for t in texts), len(texts))
-            return Usage(result.tokens, len(texts))
+        the pairs as :meth:`score_pairs` hands them over; a reranker that cannot count (a remote one) reports
+        ``tokens`` only for what it ran, so cached pairs are estimated."""
         pairs, _ = self._prepare([(query, t) for t in texts], options)
-        tokens, windows = eng.count_inputs(query, [t for _, t in pairs], options.get("instruction"))
-        return Usage(tokens, windows)
+        count = self.get(options.get("long_documents")).count_inputs(query, [t for _, t in pairs],
+                                                                      options.get("instruction"))
+        if count is not None:
+            return Usage(count.tokens, count.windows)
+        if result.cache_hits:  # estimate what the cache answered
+            return Usage(sum(estimate_tokens(query, t, self.max_length) for t in texts), len(texts))
+        return Usage(result.tokens, len(texts))
 
     def _doc_budget(self, query: str) -> int:
         avail = self.max_length - self.n_special
@@ -232,44 +216,14 @@ class _Engines:
         return out, cut
 
 
-def _innermost(reranker: Any) -> Any:
-    """The engine under wrappers such as ``CachedReranker`` (which keep it in ``inner``)."""
-    for _ in range(8):
-        inner = vars(reranker).get("inner") if hasattr(reranker, "__dict__") else None
-        if inner is None:
-            return reranker
-        reranker = inner
-    return reranker
-
-
-def _score_grouped(reranker: Any, pairs: list[tuple[str, str]], instruction: str | None = None) -> RerankScores:
-    """``score_pairs`` for rerankers that only have ``score(query, texts)``: one call per distinct query."""
-    groups: dict[str, list[int]] = {}
-    for i, (q, _) in enumerate(pairs):
-        groups.setdefault(q, []).append(i)
-    scores = [0.0] * len(pairs)
-    truncated = [False] * len(pairs)
-    tokens = hits = 0
-    for q, idx in groups.items():
-        res = score_with(reranker, q, [pairs[i][1] for i in idx], instruction=instruction)
-        flags = list(getattr(res, "truncated", []) or [])
-        for j, i in enumerate(idx):
-            scores[i] = float(res[j])
-            truncated[i] = bool(flags[j]) if j < len(flags) else False
-        tokens += int(getattr(res, "tokens", 0) or 0)
-        hits += int(getattr(res, "cache_hits", 0) or 0)
-    return RerankScores(scores=scores, truncated=truncated, cache_hits=hits, tokens=tokens)
-
-
-def _engine_info(reranker: Any) -> dict[str, Any]:
+def _engine_info(reranker: Reranker) -> dict[str, Any]:
+    """``reranker.info()``, with at least ``model``."""
     info: dict[str, Any] = {}
-    fn = getattr(reranker, "info", None)
-    if callable(fn):
-        try:
-            info = dict(fn())
-        except Exception:  # info is decoration; never fail start-up over it
-            log.warning("reranker.info() failed", exc_info=True)
-    info.setdefault("model", getattr(reranker, "name", type(reranker).__name__))
+    try:
+        info = dict(reranker.info())
+    except Exception:  # info is decoration; never fail start-up over it
+        log.warning("reranker.info() failed", exc_info=True)
+    info.setdefault("model", reranker.name)
     return info
 
 
@@ -446,7 +400,7 @@ class _State:
         self.batcher = batcher
         self.search: _Search | None = None
         self.route_paths: frozenset[str] = frozenset()
-        self.model_name = str(engines.info.get("model") or getattr(reranker, "name", "crossrank"))
+        self.model_name = str(engines.info.get("model") or engines.base.name)
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -548,7 +502,7 @@ def create_app(
     state = _State(reranker, config, engines, metrics, batcher)
     if pipeline is not None or index is not None:
         batched = BatchedReranker(batcher, state.model_name, timeout_s=config.default_deadline_ms / 1000.0,
-                                  info=_engine_info(reranker), takes_instruction=engines.takes_instruction)
+                                  info=_engine_info(engines.base), takes_instruction=engines.takes_instruction)
         state.search = _Search(pipeline, index, batched, default_retriever=retriever, k=k, n=n,
                                deadline_ms=search_deadline_ms)
 
@@ -605,9 +559,10 @@ def create_app(
                            f"batch size {len(texts)} > maximum allowed batch size {config.max_documents}",
                            "validation")
         _check_query(query, dialect, config)
-        if options.get("instruction") is not None and not engines.takes_instruction:
-            raise ApiError(400, f"{state.model_name} takes no instruction (only LLM rerankers whose prompt has "
-                                "one do)", "validation")
+        try:
+            check_instruction(engines.base, options.get("instruction"))
+        except InputError as exc:
+            raise ApiError(400, str(exc), "validation") from None
         mode = options.get("long_documents")
         if mode is not None and not engines.supports(mode):
             raise ApiError(400, f"this reranker cannot switch long_documents to {mode!r}", "validation")
@@ -870,7 +825,7 @@ def create_app(
     @app.get("/info", tags=["service"], responses=d.error_responses(d.NATIVE, {400: "A Host that is not allowed"}))
     async def info() -> Response:
         """TEI's ``Info`` at top level (what tei-client and huggingface_hub read), plus crossrank's own fields."""
-        einfo = _engine_info(reranker)
+        einfo = _engine_info(engines.base)
         return JSONResponse({
             **_tei_info(state, engines, einfo),
             "model": state.model_name,
@@ -933,7 +888,7 @@ _TEI_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8":
 def _tei_info(state: _State, engines: _Engines, einfo: dict[str, Any]) -> dict[str, Any]:
     """text-embeddings-inference's ``Info`` schema (router/src/lib.rs), for a reranker."""
     config = state.config
-    id2label = getattr(getattr(getattr(engines.inner, "model", None), "config", None), "id2label", None)
+    id2label = getattr(getattr(getattr(engines.base, "model", None), "config", None), "id2label", None)
     id2label = {str(k): str(v) for k, v in (id2label or {0: "LABEL_0"}).items()}
     dtype = str(einfo.get("dtype") or "float32")
     return {

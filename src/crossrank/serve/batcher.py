@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from crossrank.errors import CrossrankError, InputError, RerankerUnavailable
-from crossrank.rerank.base import RankedText, RerankScores, rank_by_scores
+from crossrank.rerank.base import (
+    InputCount,
+    RankedText,
+    RerankScores,
+    check_instruction,
+    rank_by_scores,
+    score_by_query,
+)
 
 log = logging.getLogger("crossrank.serve")
 
@@ -658,6 +665,9 @@ def current_scope() -> CancelScope | None:
     return _SCOPE.get()
 
 
+JOB_OPTIONS = ("long_documents", "max_tokens_per_doc", "truncation_direction")  # per-job engine options
+
+
 class BatchedReranker:
     """A ``Reranker`` whose scoring goes through a ``DynamicBatcher`` (so pipeline traffic shares the queue).
 
@@ -665,12 +675,14 @@ class BatchedReranker:
     falls back. A call made inside a :class:`CancelScope` is shed when the scope is cancelled (``Cancelled``)."""
 
     def __init__(self, batcher: DynamicBatcher, name: str, *, timeout_s: float | None = None,
-                 info: dict[str, Any] | None = None, takes_instruction: bool = False) -> None:
+                 info: dict[str, Any] | None = None, takes_instruction: bool = False,
+                 options: dict[str, Any] | None = None) -> None:
         self.batcher = batcher
         self.name = name
         self.timeout_s = timeout_s
         self._info = dict(info or {"model": name})
         self.takes_instruction = takes_instruction
+        self.options = dict(options or {})  # job options every call carries (a with_options variant's)
 
     def info(self) -> dict[str, Any]:
         """The batched engine's ``info()`` (its recommendation included, so pipelines on top fuse as it says)."""
@@ -685,10 +697,9 @@ class BatchedReranker:
         scope = current_scope()
         if scope is not None and scope.cancelled:
             raise Cancelled("the client went away")
-        if instruction is not None and not self.takes_instruction:
-            raise InputError(f"{self.name} takes no instruction")
-        options = {"instruction": instruction} if instruction is not None else None
-        job = self.batcher.submit(query, texts, deadline_s=budget, options=options)
+        check_instruction(self, instruction)
+        options = {**self.options, **({"instruction": instruction} if instruction is not None else {})}
+        job = self.batcher.submit(query, texts, deadline_s=budget, options=options or None)
         if scope is not None:
             scope.add(job)
         try:
@@ -697,5 +708,28 @@ class BatchedReranker:
             job.cancel()
             raise DeadlineExceeded(f"reranking took longer than {budget:.1f} s") from exc
 
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                    instruction: str | None = None) -> RerankScores:
+        """One job per distinct query, each waited for in turn, all within the one ``timeout_s``."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        return score_by_query(lambda query, texts: self.score(
+            query, texts, timeout_s=None if end is None else max(1e-3, end - time.monotonic()),
+            instruction=instruction), pairs)
+
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(texts, self.score(query, texts).scores, top_n)
+
+    def with_options(self, **options: Any) -> "BatchedReranker":
+        """This reranker with jobs that carry ``options`` (``long_documents``, ``max_tokens_per_doc``,
+        ``truncation_direction``: what the server's engine side applies per job); no options: this one."""
+        unknown = set(options) - set(JOB_OPTIONS)
+        if unknown:
+            raise InputError(f"with_options takes {', '.join(JOB_OPTIONS)}, not {', '.join(sorted(unknown))}")
+        if not options:
+            return self
+        return BatchedReranker(self.batcher, self.name, timeout_s=self.timeout_s, info=self._info,
+                               takes_instruction=self.takes_instruction, options={**self.options, **options})
+
+    def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
+        """None: the engine behind the batcher counts what it runs."""
+        return None
