@@ -484,16 +484,18 @@ def model_export(
     name: str = typer.Argument(..., help="'default' or 'fast-student' (the bundled models; 'fast' exports its student) or a crossrank bundle directory."),
     out_dir: Path = typer.Argument(..., help="Directory to write a standard Hugging Face checkpoint into."),
 ) -> None:
-    """Write a model as a standard Hugging Face checkpoint (loads in transformers, sentence-transformers, TEI)."""
-    from crossrank.rerank.bundled import BUNDLED, bundle_available, bundled_dir, export_bundle
+    """Write a model as a standard Hugging Face checkpoint with its ONNX graph at onnx/model.onnx (loads in
+    transformers, sentence-transformers, TEI, ONNX Runtime, FlashRank)."""
+    from crossrank.rerank.bundled import BUNDLED, bundle_available, bundled_dir
+    from crossrank.train.export import export_model
 
     # a bundle directory from `crossrank train --pack` or from the repository's history (an earlier default);
-    # a missing bundled model is reported by export_bundle itself
+    # a missing bundled model is reported by the export itself
     bundle_dir = bundled_dir(name)
     if bundle_dir is None or (name not in BUNDLED and not bundle_available(bundle_dir)):
         raise InputError(f"{name!r} is neither {' nor '.join(map(repr, BUNDLED))} nor a complete crossrank bundle "
                          "directory (config.json, delta.safetensors, crossrank_bundle.json)")
-    export_bundle(out_dir, bundle_dir)
+    export_model(bundle_dir, out_dir)
     err.print(f"exported {f'the {name} reranker' if name in BUNDLED else name} to {out_dir}")
 
 

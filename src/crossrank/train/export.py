@@ -1,9 +1,14 @@
-"""Model card and bundle packing for a trained checkpoint."""
+"""Model card and bundle packing for a trained checkpoint, and the portable export of a bundle
+(``crossrank model export``: a checkpoint that transformers, sentence-transformers, TEI, optimum and FlashRank load).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,6 +147,129 @@ def pack_run(run_dir: str | Path, out_dir: str | Path) -> Path | None:
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text(encoding="utf-8")))
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     return pack(run / "model", Path(out_dir), results.get("selection"), config)
+
+
+# ------------------------------------------------------------------------------------------------ portable export
+
+ONNX_FILE = "onnx/model.onnx"  # the path of optimum's ONNX exports; FlashRank is told it (see the card)
+# The base's tokenizer.json truncates at sentence-transformers' 128 tokens (a bi-encoder's limit, not this model's):
+# a plain `tokenizers` reader applies that as is, and transformers saves it back into tokenizer_config.json as call
+# defaults, next to the loader's own flags. None of these describe the tokenizer; the export drops them.
+_STALE_TOKENIZER_KEYS = ("max_length", "stride", "truncation_strategy", "pad_to_multiple_of", "is_local",
+                         "local_files_only")
+
+
+def export_model(bundle: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write a crossrank bundle (``"default"``, ``"fast-student"`` or a bundle folder) as a portable checkpoint.
+
+    ``out_dir`` gets the Hugging Face checkpoint of :func:`crossrank.rerank.bundled.export_bundle`
+    (``model.safetensors``, ``config.json``, the model card), the tokenizer files complete (``tokenizer.json``,
+    ``tokenizer_config.json``, ``special_tokens_map.json``, the vocabulary where the tokenizer has one) and the
+    fp32 ONNX graph crossrank's ``onnx`` backend runs, at ``onnx/model.onnx`` (inputs ``input_ids``,
+    ``attention_mask``[, ``token_type_ids``], output ``logits``). Written in a hidden sibling folder and swapped
+    into place, so ``out_dir`` is the previous export or the complete new one, never half of one.
+    """
+    from crossrank.files import fsync_tree, remove_stale_temp_dirs, share_files, swap_into_place
+    from crossrank.rerank.bundled import bundled_dir, export_bundle, read_manifest
+
+    bundle_dir = bundled_dir(bundle) or Path(bundle)
+    manifest = read_manifest(bundle_dir)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(out.parent, out.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        checkpoint = export_bundle(staging / "checkpoint", bundle_dir)
+        tokenizer = _complete_tokenizer_files(checkpoint)
+        _write_onnx(checkpoint, tokenizer)
+        _describe_export(checkpoint, manifest, out.name)
+        for folder in (checkpoint, checkpoint / "onnx"):
+            os.chmod(folder, 0o755)
+            share_files(folder)
+        fsync_tree(checkpoint)
+        swap_into_place(checkpoint, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _complete_tokenizer_files(checkpoint: Path) -> Any:
+    """Rewrite the tokenizer files of ``checkpoint`` complete and without the base's truncation: tokenizer.json
+    with no truncation or padding of its own (``model_max_length`` is the limit), tokenizer_config.json without
+    stale call defaults, and what transformers 5 no longer writes: ``special_tokens_map.json`` and the
+    vocabulary file(s) of the tokenizer's model (``vocab.txt`` for WordPiece). Returns the tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    tokenizer.save_pretrained(str(checkpoint))
+    config_path = checkpoint / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for key in _STALE_TOKENIZER_KEYS:
+        config.pop(key, None)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    special = {k: str(v) for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    (checkpoint / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+    if backend is not None:
+        backend.model.save(str(checkpoint))  # vocab.txt (WordPiece), vocab.json + merges.txt (BPE), ...
+    return tokenizer
+
+
+def _write_onnx(checkpoint: Path, tokenizer: Any) -> Path:
+    """Copy the (cached, probe-checked) fp32 graph of the exported weights to ``onnx/model.onnx``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from crossrank.onnx_graph import build_graph
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint), local_files_only=True,
+                                                               dtype=torch.float32).eval()
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+        names.append("token_type_ids")
+    entry = build_graph(model, names, quantize=False)
+    target = checkpoint / ONNX_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for f in entry.iterdir():  # model.onnx, and its external-data file for a model over protobuf's 2 GB
+        if f.name.startswith("model.onnx"):
+            shutil.copyfile(f, target.parent / f.name)
+    return target
+
+
+def _describe_export(checkpoint: Path, manifest: dict[str, Any], name: str) -> None:
+    """Append what the export holds, and how another runtime's score relates to crossrank's, to the model card."""
+    settings = manifest.get("settings", {})
+    calibration = settings.get("calibration")
+    if isinstance(calibration, dict) and calibration.get("method") == "platt":
+        scale, shift = float(calibration["scale"]), float(calibration["shift"])
+        crossrank_score = (f"crossrank's calibrated relevance is `sigmoid({scale:.6g} * logit "
+                           f"{'-' if shift < 0 else '+'} {abs(shift):.6g})`, in the same order")
+    else:
+        crossrank_score = "crossrank's score is the same"
+    tokenizer_files = sorted(f.name for f in checkpoint.iterdir()
+                             if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")))
+    card = checkpoint / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {manifest.get('name', 'crossrank model')}\n"
+    text = text.rstrip("\n") + f"""
+
+## Files of this export (`crossrank model export`)
+- `model.safetensors`, `config.json`: the fp32 weights (transformers `AutoModelForSequenceClassification`,
+  sentence-transformers `CrossEncoder`, text-embeddings-inference)
+- {", ".join(f"`{f}`" for f in tokenizer_files)}: the tokenizer, `model_max_length`
+  {settings.get("max_length", "of the base")} (the input length crossrank runs the model at)
+- `{ONNX_FILE}`: the ONNX graph crossrank's `onnx` backend runs (fp32, with ONNX Runtime's fused transformer
+  operators; inputs `input_ids`, `attention_mask`, `token_type_ids`; output `logits`, `[batch, 1]`), at the path
+  of optimum's ONNX exports.
+  FlashRank knows models by name: `flashrank.Config.model_file_map["{name}"] = "{ONNX_FILE}"`, then
+  `Ranker(model_name="{name}", cache_dir=<the folder holding this one>)`
+
+One logit per (query, document) pair, higher is more relevant; sentence-transformers and FlashRank report
+`sigmoid(logit)`, {crossrank_score}.
+"""
+    card.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":  # python -m crossrank.train.export RUN_DIR OUT_DIR
