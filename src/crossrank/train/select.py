@@ -10,11 +10,13 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
+from crossrank.rerank import CrossEncoderReranker
+from crossrank.rerank.calibration import sigmoid
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery
 from crossrank.train.metrics import interpolate, ndcg_at_k, order_by, rrf
+from crossrank.train.scoring import score_texts
 
 log = logging.getLogger("crossrank.train")
 
@@ -22,7 +24,8 @@ WEIGHTS = [round(w, 1) for w in np.arange(0.0, 1.01, 0.1)]
 
 
 def _sigmoid(x: Sequence[float]) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=float)))
+    """The engine's ``activation="sigmoid"`` of an uncalibrated model, applied to raw logits."""
+    return np.asarray([sigmoid(float(v)) for v in x], dtype=float)
 
 
 def compare_settings(dev: Sequence[DevQuery], ce_scores: Sequence[Sequence[float]], rrf_k: int = 60,
@@ -59,13 +62,14 @@ def choose(table: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "ndcg@10": score, "settings": settings}
 
 
-def select_setting(model, tokenizer, dev: Sequence[DevQuery], k: int, max_length: int, batch_size: int,
-                   device: torch.device, amp, config: TrainConfig) -> dict[str, Any]:
-    from crossrank.train.trainer import score_pairs
-
+def select_setting(engine: CrossEncoderReranker, dev: Sequence[DevQuery], k: int,
+                   config: TrainConfig) -> dict[str, Any]:
+    """The final-ranking setting (fusion and activation) that ``engine`` (raw logits, see
+    :func:`crossrank.train.scoring.training_engine`) ranks best with on ``dev``'s top-``k`` candidates."""
     t0 = time.time()
+    max_length = engine.max_length
     dev = [DevQuery(q.qid, q.query, q.doc_ids[:k], q.texts[:k], q.first_stage_scores[:k], q.qrels) for q in dev]
-    ce = [score_pairs(model, tokenizer, q.query, q.texts, max_length, batch_size, device, amp) for q in dev]
+    ce = [score_texts(engine, q.query, q.texts) for q in dev]
     tables = {act: compare_settings(dev, ce, activation=act) for act in ("sigmoid", "raw")}
     # the engine's default activation is sigmoid; use raw logits only when that is clearly better for fusion
     picks = {act: choose(t) for act, t in tables.items()}

@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,7 +34,7 @@ from crossrank.hardware import cpu_flags
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe, interleave
 from crossrank.train.losses import compute_loss
-from crossrank.train.metrics import ndcg_at_k, order_by
+from crossrank.train.scoring import dev_ndcg, training_engine
 
 log = logging.getLogger("crossrank.train")
 
@@ -167,46 +168,15 @@ def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-# ---------------------------------------------------------------------------------------------------- scoring
+# ---------------------------------------------------------------------------------------------------- inputs
 
 
 def _encode(tokenizer, queries: Sequence[str], texts: Sequence[str], max_length: int, device: torch.device):
+    """Training inputs for (query, text) pairs, padded to the longest, on ``device`` (scoring goes through the
+    engine instead: :mod:`crossrank.train.scoring`)."""
     enc = tokenizer(list(queries), list(texts), truncation="longest_first", max_length=max_length,
                     padding=True, return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items()}
-
-
-@torch.no_grad()
-def score_pairs(model, tokenizer, query: str, texts: Sequence[str], max_length: int, batch_size: int,
-                device: torch.device, amp: torch.dtype | None) -> list[float]:
-    """CE scores for (query, text) pairs, input order. Sorted by length inside so padding stays small."""
-    if not texts:
-        return []
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = [0.0] * len(texts)
-    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        enc = _encode(tokenizer, [query] * len(idx), [texts[i] for i in idx], max_length, device)
-        with ctx:
-            logits = model(**enc).logits
-        for i, v in zip(idx, logits[:, 0].float().cpu().tolist(), strict=True):
-            out[i] = v
-    if was_training:
-        model.train()
-    return out
-
-
-def dev_ndcg(model, tokenizer, dev: Sequence[DevQuery], k: int, max_length: int, batch_size: int,
-             device: torch.device, amp: torch.dtype | None) -> float:
-    vals = []
-    for q in dev:
-        ids, texts = q.doc_ids[:k], q.texts[:k]
-        scores = score_pairs(model, tokenizer, q.query, texts, max_length, batch_size, device, amp)
-        vals.append(ndcg_at_k(order_by(ids, scores), q.qrels, 10))
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -327,6 +297,54 @@ def train(config: TrainConfig, stop: Callable[[int], bool] | None = None) -> Pat
 
 
 def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -> Path:
+    run = _setup(config, out)
+    _resume(run)
+    if _loop(run, stop):
+        return run.last_dir
+    return _finish(run)
+
+
+@dataclass
+class _Run:
+    """What the steps of one training run share: settings, data, model, optimizer and the saved ``state``."""
+
+    config: TrainConfig
+    out: Path
+    t_start: float
+    threads: int
+    device: torch.device
+    amp: torch.dtype | None
+    resuming: bool
+    sources: list[Source]
+    schedule: list[list[list[Item]]]
+    dev_all: list[DevQuery]
+    dev_eval: list[DevQuery]
+    dev_max_len: int
+    tokenizer: Any
+    model: Any
+    teacher: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    engine: Any = None  # the inference engine over ``model`` for dev scoring (built at the first evaluation)
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "step": 0, "best_dev": None, "best_step": None, "dev_curve": [], "train_seconds": 0.0, "pairs": 0,
+        "loss_curve": []})
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out / "checkpoints" / "last"
+
+    @property
+    def amp_name(self) -> str | None:
+        return str(self.amp).replace("torch.", "") if self.amp else None
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+
+
+def _setup(config: TrainConfig, out: Path) -> _Run:
+    """Seeds, device, the resume check, data, model and optimizer, in the order that keeps runs reproducible."""
     t_start = time.time()
     threads = config.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -335,15 +353,7 @@ def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = pick_autocast(config.autocast, device)
-
-    last_dir = out / "checkpoints" / "last"
-    resuming = config.resume and (last_dir / "state.json").is_file()
-    if config.resume and not resuming:
-        log.info("--resume: no checkpoint in %s, starting fresh", last_dir)
-    if resuming:
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8")) if (out / "config.json").is_file() else None
-        if saved is not None and TrainConfig.from_dict(saved).fingerprint() != config.fingerprint():
-            raise InputError(f"--resume: {out} was trained with a different configuration (see {out / 'config.json'})")
+    resuming = _check_resume(config, out)
     config.save(out / "config.json")
     log.info("crossrank.train: loss=%s steps=%d groups/batch=%d x (1+%d) accum=%d lr=%g head_lr=%g threads=%d "
              "device=%s autocast=%s", config.loss, config.max_steps, config.groups_per_batch, config.negatives,
@@ -355,10 +365,35 @@ def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -
     schedule = build_schedule(sources, config)
     dev_all = interleave([s.dev for s in sources])
     dev_eval = dev_all[: config.dev_queries]
-    dev_max_len = next((s.max_length for s in sources if s.dev), config.max_length)
     log.info("data ready in %.1fs: %s; dev queries %d (eval on %d x top-%d)", time.time() - t_data,
              json.dumps(describe(sources, schedule)), len(dev_all), len(dev_eval), config.dev_k)
 
+    tokenizer, model, teacher, new_keys = _load_models(config, out, device)
+    optimizer = torch.optim.AdamW(_param_groups(model, config, new_keys), lr=config.lr)
+    warmup = int(round(config.warmup_ratio * config.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, config.max_steps))
+    scaler = torch.amp.GradScaler("cuda") if (amp == torch.float16 and device.type == "cuda") else None
+    return _Run(config=config, out=out, t_start=t_start, threads=threads, device=device, amp=amp,
+                resuming=resuming, sources=sources, schedule=schedule, dev_all=dev_all, dev_eval=dev_eval,
+                dev_max_len=next((s.max_length for s in sources if s.dev), config.max_length), tokenizer=tokenizer,
+                model=model, teacher=teacher, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+
+
+def _check_resume(config: TrainConfig, out: Path) -> bool:
+    """Whether this run continues ``checkpoints/last``; a resume of a differently configured run is refused."""
+    last_dir = out / "checkpoints" / "last"
+    resuming = config.resume and (last_dir / "state.json").is_file()
+    if config.resume and not resuming:
+        log.info("--resume: no checkpoint in %s, starting fresh", last_dir)
+    if resuming:
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8")) if (out / "config.json").is_file() else None
+        if saved is not None and TrainConfig.from_dict(saved).fingerprint() != config.fingerprint():
+            raise InputError(f"--resume: {out} was trained with a different configuration (see {out / 'config.json'})")
+    return bool(resuming)
+
+
+def _load_models(config: TrainConfig, out: Path, device: torch.device) -> tuple[Any, Any, Any, set[str]]:
+    """``(tokenizer, model in train mode on device, teacher or None, new weight names)``."""
     init = resolve_init_model(config.init_model, out)
     tokenizer, model, new_keys = load_model(init, config.freeze_word_embeddings)
     if config.init_layers is not None:
@@ -370,108 +405,165 @@ def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s: %.1fM trainable params; new (head-LR) weights: %s", init, n_train / 1e6,
              sorted(new_keys) or "none (head-LR on classifier)")
+    return tokenizer, model, teacher, new_keys
 
-    optimizer = torch.optim.AdamW(_param_groups(model, config, new_keys), lr=config.lr)
-    warmup = int(round(config.warmup_ratio * config.max_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, config.max_steps))
-    scaler = torch.amp.GradScaler("cuda") if (amp == torch.float16 and device.type == "cuda") else None
 
-    state: dict[str, Any] = {"step": 0, "best_dev": None, "best_step": None, "dev_curve": [], "train_seconds": 0.0,
-                             "pairs": 0, "loss_curve": []}
-    if resuming:
-        state = _load_checkpoint(last_dir, model, optimizer, scheduler, scaler)
-        log.info("resumed from %s at step %d", last_dir, state["step"])
+def _resume(run: _Run) -> None:
+    """Weights, optimizer, scheduler, RNG and ``state`` from ``checkpoints/last`` when resuming."""
+    if run.resuming:
+        run.state = _load_checkpoint(run.last_dir, run.model, run.optimizer, run.scheduler, run.scaler)
+        log.info("resumed from %s at step %d", run.last_dir, run.state["step"])
 
-    def evaluate(step: int) -> None:
-        if not dev_eval:
-            return
-        t0 = time.time()
-        val = dev_ndcg(model, tokenizer, dev_eval, config.dev_k, dev_max_len, config.eval_batch_size, device, amp)
-        state["dev_curve"].append([step, round(val, 4)])
-        improved = state["best_dev"] is None or val > state["best_dev"]
-        if improved:
-            state["best_dev"], state["best_step"] = val, step
-            _save_hf(model, tokenizer, out / "best")
-        log.info("dev step %d: nDCG@10 (CE over top-%d, %d queries) = %.4f%s [%.0fs]", step, config.dev_k,
-                 len(dev_eval), val, " *best*" if improved else f" (best {state['best_dev']:.4f} @ {state['best_step']})",
-                 time.time() - t0)
 
-    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    window_loss, window_pairs, window_time, window_n = 0.0, 0, 0.0, 0
+def _optimizer_step(run: _Run, step: int) -> tuple[float, int]:
+    """One optimizer step over ``schedule[step]``'s micro-batches: ``(loss, pairs)``."""
+    config, device, scaler, optimizer = run.config, run.device, run.scaler, run.optimizer
+    ctx = torch.autocast(device.type, dtype=run.amp) if run.amp is not None else nullcontext()
+    step_loss, step_pairs = 0.0, 0
+    for items in run.schedule[step]:
+        queries, texts, mask, _ = _micro_batch(run.sources, items)
+        enc = _encode(run.tokenizer, queries, texts, run.sources[items[0].source].max_length, device)
+        with ctx:
+            logits = run.model(**enc).logits[:, 0]
+        scores = _grouped(logits.float(), mask, device)
+        target = None
+        if run.teacher is not None:
+            target = _grouped(_teacher_scores(run.teacher, queries, texts), mask, device)
+        loss = compute_loss(config.loss, scores, mask.to(device), config.pairwise_margin, target) / config.grad_accum
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        step_loss += float(loss.detach())
+        step_pairs += len(texts)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if config.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], config.max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, step_pairs
+
+
+def _evaluate(run: _Run, step: int) -> None:
+    """Dev nDCG@10 at ``step`` through the inference engine; a new best is saved to ``best/``."""
+    if not run.dev_eval:
+        return
+    t0 = time.time()
+    if run.engine is None:
+        run.engine = training_engine(run.model, run.tokenizer, run.dev_max_len, run.config.eval_batch_size,
+                                     run.device)
+    val = dev_ndcg(run.engine, run.dev_eval, run.config.dev_k)
+    state = run.state
+    state["dev_curve"].append([step, round(val, 4)])
+    improved = state["best_dev"] is None or val > state["best_dev"]
+    if improved:
+        state["best_dev"], state["best_step"] = val, step
+        _save_hf(run.model, run.tokenizer, run.out / "best")
+    log.info("dev step %d: nDCG@10 (CE over top-%d, %d queries) = %.4f%s [%.0fs]", step, run.config.dev_k,
+             len(run.dev_eval), val, " *best*" if improved else f" (best {state['best_dev']:.4f} @ {state['best_step']})",
+             time.time() - t0)
+
+
+def _checkpoint(run: _Run) -> None:
+    """``checkpoints/last``: what ``--resume`` continues from."""
+    _save_checkpoint(run.last_dir, run.model, run.tokenizer, run.optimizer, run.scheduler, run.scaler, run.state)
+
+
+class _Window:
+    """Loss, pairs and time since the last progress line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.pairs, self.time, self.n = 0.0, 0, 0.0, 0
+
+    def add(self, loss: float, pairs: int, dt: float) -> None:
+        self.loss, self.pairs, self.time, self.n = self.loss + loss, self.pairs + pairs, self.time + dt, self.n + 1
+
+    def report(self, run: _Run, step: int) -> None:
+        per_step = self.time / self.n
+        eta = per_step * (run.config.max_steps - step)
+        log.info("step %d/%d loss %.4f lr %.2e %.2fs/step %.1f pairs/s ETA %dm%02ds", step, run.config.max_steps,
+                 self.loss / self.n, run.scheduler.get_last_lr()[0], per_step, self.pairs / max(self.time, 1e-9),
+                 int(eta // 60), int(eta % 60))
+        self.reset()
+
+
+def _loop(run: _Run, stop: Callable[[int], bool] | None) -> bool:
+    """Steps up to ``max_steps`` with logging, dev evaluation and checkpoints; True when stopped for a resume."""
+    config, state = run.config, run.state
+    window = _Window()
     step = state["step"]
-    stopped_early = False
     while step < config.max_steps:
         t0 = time.time()
-        step_loss, step_pairs = 0.0, 0
-        for items in schedule[step]:
-            queries, texts, mask, n = _micro_batch(sources, items)
-            enc = _encode(tokenizer, queries, texts, sources[items[0].source].max_length, device)
-            with ctx:
-                logits = model(**enc).logits[:, 0]
-            scores = _grouped(logits.float(), mask, device)
-            target = _grouped(_teacher_scores(teacher, queries, texts), mask, device) if teacher is not None else None
-            loss = compute_loss(config.loss, scores, mask.to(device), config.pairwise_margin, target) / config.grad_accum
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            step_loss += float(loss.detach())
-            step_pairs += len(texts)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss, step_pairs = _optimizer_step(run, step)
         step += 1
         dt = time.time() - t0
         state["step"] = step
         state["train_seconds"] += dt
         state["pairs"] += step_pairs
         state["loss_curve"].append([step, round(step_loss, 5)])
-        window_loss += step_loss
-        window_pairs += step_pairs
-        window_time += dt
-        window_n += 1
+        window.add(step_loss, step_pairs, dt)
         if step % config.log_every == 0 or step == config.max_steps:
-            per_step = window_time / window_n
-            eta = per_step * (config.max_steps - step)
-            log.info("step %d/%d loss %.4f lr %.2e %.2fs/step %.1f pairs/s ETA %dm%02ds", step, config.max_steps,
-                     window_loss / window_n, scheduler.get_last_lr()[0], per_step, window_pairs / max(window_time, 1e-9),
-                     int(eta // 60), int(eta % 60))
-            window_loss, window_pairs, window_time, window_n = 0.0, 0, 0.0, 0
+            window.report(run, step)
         if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
-            evaluate(step)
-        if (out / "FINISH").exists() and step < config.max_steps:
+            _evaluate(run, step)
+        if (run.out / "FINISH").exists() and step < config.max_steps:
             # graceful early finish (e.g. a deadline): evaluate, select and export from here as if this were the end
-            log.info("found %s: finishing at step %d of %d", out / "FINISH", step, config.max_steps)
+            log.info("found %s: finishing at step %d of %d", run.out / "FINISH", step, config.max_steps)
             state["finished_early"] = True
-            break
+            return False
         want_stop = (config.stop_after_step is not None and step >= config.stop_after_step) or (stop is not None and stop(step))
         if step % config.save_every == 0 or step == config.max_steps or want_stop:
-            _save_checkpoint(last_dir, model, tokenizer, optimizer, scheduler, scaler, state)
+            _checkpoint(run)
         if want_stop and step < config.max_steps:
             log.info("stopped after step %d (checkpoint saved; continue with --resume)", step)
-            stopped_early = True
-            break
+            return True
+    return False
 
-    if stopped_early:
-        return last_dir
+
+# ---------------------------------------------------------------------------------------------------- finish
+
+
+def _finish(run: _Run) -> Path:
+    """The last evaluation, the exported model, selection, ``results.json``, the model card and the pack."""
+    state, step = run.state, run.state["step"]
     if not any(s == step for s, _ in state["dev_curve"]):
-        evaluate(step)
-        _save_checkpoint(last_dir, model, tokenizer, optimizer, scheduler, scaler, state)
+        _evaluate(run, step)
+        _checkpoint(run)
     log.info("training done: %d steps, %.1f min of steps, %d pairs; best dev nDCG@10 %s at step %s",
              step, state["train_seconds"] / 60, state["pairs"],
              f"{state['best_dev']:.4f}" if state["best_dev"] is not None else "n/a", state["best_step"])
+    final, from_best = _export_final(run)
+    results = _results(run)
+    selection = _select(run, final, from_best) if run.config.select and run.dev_all else None
+    if selection is not None:
+        results["selection"] = selection
+    results["wall_minutes"] = round((time.time() - run.t_start) / 60, 2)
+    (run.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
 
-    # the result: the best dev checkpoint (or the last one without dev queries)
-    final = out / "model"
-    src_dir = out / "best" if (out / "best").is_dir() else last_dir
+    from crossrank.train.export import pack, write_model_card
+
+    write_model_card(final, run.config, results, run.sources)
+    if run.config.pack_to:
+        pack(final, Path(run.config.pack_to), selection, run.config)
+    log.info("model written to %s (wall %.1f min)", final, results["wall_minutes"])
+    return final
+
+
+def _export_final(run: _Run) -> tuple[Path, bool]:
+    """``model/``: the best dev checkpoint (or the last one without dev queries), without trainer state;
+    ``(path, whether it is the best one)``."""
+    final = run.out / "model"
+    from_best = (run.out / "best").is_dir()
+    src_dir = run.out / "best" if from_best else run.last_dir
     tmp = final.with_name("model.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -480,41 +572,34 @@ def _train(config: TrainConfig, out: Path, stop: Callable[[int], bool] | None) -
         if f.name not in ("trainer_state.pt", "state.json"):
             shutil.copy2(f, tmp / f.name)
     _atomic_dir_replace(tmp, final)
+    return final, from_best
 
-    results: dict[str, Any] = {
+
+def _results(run: _Run) -> dict[str, Any]:
+    """``results.json`` without selection and wall time: steps, timings, the dev curve, the data."""
+    config, state, step = run.config, run.state, run.state["step"]
+    return {
         "steps": step, "planned_steps": config.max_steps, "finished_early": bool(state.get("finished_early")),
         "train_minutes": round(state["train_seconds"] / 60, 2),
         "seconds_per_step": round(state["train_seconds"] / max(step, 1), 2),
         "pairs": state["pairs"], "pairs_per_second": round(state["pairs"] / max(state["train_seconds"], 1e-9), 2),
         "dev_curve": state["dev_curve"], "best_dev": state["best_dev"], "best_step": state["best_step"],
-        "dev_queries": len(dev_eval), "dev_k": config.dev_k, "threads": threads, "device": device.type,
-        "autocast": str(amp).replace("torch.", "") if amp else "off",
-        "data": describe(sources, schedule),
+        "dev_queries": len(run.dev_eval), "dev_k": config.dev_k, "threads": run.threads, "device": run.device.type,
+        "autocast": run.amp_name or "off",
+        "data": describe(run.sources, run.schedule),
     }
-    selection = None
-    if config.select and dev_all:
-        from crossrank.train.select import select_setting
 
-        best_model = model
-        if src_dir == out / "best":
-            from transformers import AutoModelForSequenceClassification
 
-            best_model = AutoModelForSequenceClassification.from_pretrained(str(final)).to(device)
-        from crossrank.train.data import selection_queries
+def _select(run: _Run, final: Path, from_best: bool) -> dict[str, Any]:
+    """The final-ranking setting, chosen on held-out train queries with the exported model's weights."""
+    from crossrank.train.data import selection_queries
+    from crossrank.train.select import select_setting
 
-        sel_dev = selection_queries(config, sources, out / "data")[: config.select_queries]
-        selection = select_setting(best_model, tokenizer, sel_dev, config.select_k,
-                                   dev_max_len, config.eval_batch_size, device, amp, config)
-        results["selection"] = selection
-    results["wall_minutes"] = round((time.time() - t_start) / 60, 2)
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    model = run.model
+    if from_best:
+        from transformers import AutoModelForSequenceClassification
 
-    from crossrank.train.export import write_model_card
-
-    write_model_card(final, config, results, sources)
-    if config.pack_to:
-        from crossrank.train.export import pack
-
-        pack(final, Path(config.pack_to), selection, config)
-    log.info("model written to %s (wall %.1f min)", final, results["wall_minutes"])
-    return final
+        model = AutoModelForSequenceClassification.from_pretrained(str(final)).to(run.device)
+    engine = training_engine(model, run.tokenizer, run.dev_max_len, run.config.eval_batch_size, run.device)
+    sel_dev = selection_queries(run.config, run.sources, run.out / "data")[: run.config.select_queries]
+    return select_setting(engine, sel_dev, run.config.select_k, run.config)
