@@ -90,3 +90,12 @@ def test_flashrank_loads_the_export_and_ranks_like_crossrank(exported, raw_logit
     assert [p["id"] for p in ranked] == [r.index for r in ours]
     got = {p["id"]: float(p["score"]) for p in ranked}
     np.testing.assert_allclose([got[i] for i in range(len(DOCS))], 1 / (1 + np.exp(-raw_logits)), atol=1e-5)
+
+
+def test_readme_flashrank_snippet(exported):
+    from crossrank.rerank import load_reranker
+    from test_wire_clients import README_DOCS, README_QUERY, run_readme_snippet
+
+    ns = run_readme_snippet("FlashRank on an export", **{'cache_dir="."': f"cache_dir={str(exported.parent)!r}"})
+    order = [r.index for r in load_reranker("default", cache_size=0).rerank(README_QUERY, README_DOCS)]
+    assert [p["id"] for p in ns["ranked"]] == order and ns["best"] == order[0]

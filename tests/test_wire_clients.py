@@ -1,11 +1,13 @@
 """Real client packages against a real crossrank server on loopback (issue 21's wire table): the voyageai SDK,
 tei-client and huggingface_hub on /info, the cohere v1 client with ``rank_fields``; infinity (its client pins an
 httpx older than crossrank's, so it cannot be installed beside it) against a recorded response of its schema;
-and token usage that counts pairs answered from the score cache."""
+token usage that counts pairs answered from the score cache; and the README's client snippets, read from README.md
+and run as written."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import httpx
 import pytest
@@ -211,3 +213,87 @@ def test_usage_of_chunks_and_cohere_search_units(server, tiny_model_dir):
     meta = _post(server, "/v2/rerank", {"query": QUERY, "documents": [LONG] * 60, "long_documents": "chunk"}).json()
     windows = len(chunked.pair_inputs(QUERY, LONG))
     assert windows > 1 and meta["meta"]["billed_units"]["search_units"] == math.ceil(60 * windows / 100)
+
+
+# ------------------------------------------------------------------------------------------------ README snippets
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_SECTION = "## Use it from rerank clients"
+README_QUERY = "what do plants make from sunlight"
+README_DOCS = ["Volcanoes erupt when magma rises.", "Plants turn sunlight into glucose."]
+
+
+def readme_snippet(title: str) -> str:
+    """The Python block of README.md's client section whose first line is ``# <title>...``."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(README_SECTION):]
+    section = section[: section.find("\n## ", 1)]
+    blocks = [b.split("\n```", 1)[0] for b in section.split("```python\n")[1:]]
+    (block,) = [b for b in blocks if b.startswith(f"# {title}")]
+    return block
+
+
+def run_readme_snippet(title: str, **replace: str) -> dict:
+    """Run the snippet as written, with the README's address, key or folder (``replace``: old -> new, each
+    where it occurs, the first one at least) swapped for the test's."""
+    code = readme_snippet(title)
+    assert next(iter(replace)) in code, title
+    for old, new in replace.items():
+        code = code.replace(old, new)
+    namespace: dict = {}
+    exec(compile(code, f"README.md: {title}", "exec"), namespace)
+    return namespace
+
+
+def _run_against(server, title: str) -> dict:
+    return run_readme_snippet(title, **{"http://127.0.0.1:8080": server.url, '"KEY"': repr(KEY),
+                                        '"Bearer KEY"': repr(f"Bearer {KEY}")})
+
+
+def _readme_order(engine, docs=README_DOCS) -> list[int]:
+    return _best_first(engine.score(README_QUERY, docs).scores)
+
+
+def test_readme_cohere_v2(server, engine):
+    ns = _run_against(server, "cohere SDK, v2 API")
+    assert [r.index for r in ns["response"].results] == _readme_order(engine)
+    assert ns["best"] == _readme_order(engine)[0]
+
+
+def test_readme_cohere_v1(server, engine):
+    ns = _run_against(server, "cohere SDK, v1 API")
+    ranked = [f"title: {d['title']}\ntext: {d['text']}" for d in ns["docs"]]
+    order = _readme_order(engine, ranked)
+    assert [r.index for r in ns["response"].results] == order and ns["response"].id
+    assert ns["best"] == ns["docs"][order[0]]["title"]
+
+
+def test_readme_voyageai(server, engine):
+    ns = _run_against(server, "voyageai SDK")
+    assert [r.index for r in ns["response"].results] == _readme_order(engine)
+    assert ns["best"] == README_DOCS[_readme_order(engine)[0]] and ns["response"].total_tokens > 0
+
+
+def test_readme_tei_client(server, engine):
+    ns = _run_against(server, "tei-client")
+    assert [r.index for r in ns["ranks"]] == _readme_order(engine) and ns["best"] == _readme_order(engine)[0]
+    assert ns["ranks"][0].text == README_DOCS[ns["best"]]
+
+
+def test_readme_huggingface_hub(server):
+    info = _run_against(server, "huggingface_hub InferenceClient")["info"]
+    assert info["max_client_batch_size"] == server.app.state.crossrank.config.max_documents
+    assert set(info["model_type"]) == {"reranker"}
+
+
+def test_readme_llama_index_tei_with_api_key(server, engine):
+    ns = _run_against(server, "LlamaIndex TEI postprocessor")
+    assert ns["best"] == README_DOCS[_readme_order(engine)[0]]
+    assert httpx.post(server.url + "/rerank", json={"query": "q", "texts": ["d"]}).status_code == 401  # key needed
+
+
+def test_readme_infinity_client(server, engine):
+    # infinity-client pins httpx<0.28 (crossrank pins 0.28.1): it installs only in an environment of its own
+    pytest.importorskip("infinity_client", reason="infinity-client cannot be installed beside crossrank's httpx")
+    ns = _run_against(server, "infinity_client")
+    assert ns["best"] == README_DOCS[_readme_order(engine)[0]]
