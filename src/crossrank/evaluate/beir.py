@@ -24,7 +24,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -116,21 +116,12 @@ def _load_reranker(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, A
         if not callable(getattr(spec, "score", None)):
             raise InputError(f"not a reranker: {spec!r} (needs a score(query, texts) method)")
         return str(getattr(spec, "name", type(spec).__name__)), spec
-    name = str(spec)
-    try:
-        from crossrank.rerank import load_reranker  # type: ignore[attr-defined]
-    except ImportError:
-        load_reranker = None
-    if load_reranker is not None:
-        # our on-disk score cache replaces the loader's in-memory one (which would also blur timings)
-        reranker = load_reranker(name, **{"cache_size": 0, **dict(options or {})})
-    else:  # rerank/ without its loader yet: a local checkpoint through the engine directly
-        if name == "default":
-            raise InputError("the bundled 'default' reranker is not available in this installation")
-        from crossrank.rerank.engine import CrossEncoderReranker
-
-        reranker = CrossEncoderReranker(name, **dict(options or {}))
+    from crossrank.rerank import load_reranker
     from crossrank.rerank.bundled import BUNDLED
+
+    name = str(spec)
+    # our on-disk score cache replaces the loader's in-memory one (which would also blur timings)
+    reranker = load_reranker(name, **{"cache_size": 0, **dict(options or {})})
 
     label = name if name in BUNDLED or not Path(name).exists() else Path(name).name
     return label, reranker
@@ -320,6 +311,97 @@ def evaluate_beir(
         remeasure_latency: re-time the rerank samples even when stored timings exist.
         save_runs: also write every configuration's final lists as TREC run files in ``out_dir/runs/``.
     """
+    sweep = _prepare(dataset_dir, split=split, retrievers=retrievers, rerankers=rerankers, ks=ks, ns=ns,
+                     fusions=fusions, out_dir=out_dir, max_queries=max_queries, latency_queries=latency_queries,
+                     progress=progress, reranker_options=reranker_options, remeasure_latency=remeasure_latency)
+    stages = _first_stages(sweep, rerank_max_k, Path(index_dir) if index_dir else None)
+    plan = latency_plan(sweep.qids, sweep.ks, latency_queries, stages.names, stages.caps)
+    scored: list[_Scored] = []
+    for spec in sweep.reranker_specs:
+        scored.append(_score_reranker(sweep, stages, plan, spec, {s.label for s in scored}))
+    rows = _rows(sweep, stages, plan, scored)
+    answer_info = _answers(sweep, rows, llm)
+    data = _results_data(sweep, stages, scored, rows, answer_info)
+    return _write(sweep, data, rows, save_runs=save_runs, write_reports=write_reports)
+
+
+@dataclass
+class _Sweep:
+    """A sweep's checked settings and the judged queries it runs on (loaded once, read by every stage)."""
+
+    ds: Any
+    dataset_dir: Path
+    split: str
+    out_dir: Path
+    ks: list[int]
+    ns: list[int]
+    retriever_specs: list[Any]
+    reranker_specs: list[Any]
+    fusion_specs: list[Any]
+    qids: list[str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    answers: dict[str, list[str]]
+    max_queries: int | None
+    latency_queries: int
+    progress: bool
+    reranker_options: Mapping[str, Any] | None
+    remeasure_latency: bool
+    machine: dict[str, Any]
+    started: float
+    t_start: float
+
+    @property
+    def max_k(self) -> int:
+        return max(self.ks)
+
+    @property
+    def has_answers(self) -> bool:
+        return any(self.answers.values())
+
+
+@dataclass
+class _FirstStages:
+    """Each first stage's top-``max(ks)`` per query (``runs``), its per-query latency in ms, its failed queries,
+    the depth it is reranked to (``caps``) and the index it was served from."""
+
+    runs: dict[str, dict[str, list[Candidate]]]
+    ms: dict[str, dict[str, float]]
+    failures: dict[str, int]
+    caps: dict[str, int]
+    index_info: dict[str, Any] | None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.runs)
+
+
+@dataclass
+class _Scored:
+    """One reranker after scoring: its scores of the union, its fusions ``(label, Fusion, note)``, its timed
+    latency ``{K: {qid: ms}}``, its rerank depth and its ``rerankers`` entry of ``results.json``."""
+
+    label: str
+    scores: Mapping[tuple[str, str], float]
+    fusions: list[tuple[str, Any, str]]
+    latency: dict[int, dict[str, float]]
+    depth: int | None
+    info: dict[str, Any]
+
+
+@dataclass
+class _Rows:
+    """Every configuration's ``results.json`` row, nDCG@10 per query and final lists, keyed by configuration id."""
+
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+    lists: dict[str, dict[str, list[Candidate]]] = field(default_factory=dict)
+
+
+def _prepare(dataset_dir: str | os.PathLike, *, split: str, retrievers: Any, rerankers: Any, ks: Any, ns: Any,
+             fusions: Any, out_dir: str | os.PathLike, max_queries: int | None, latency_queries: int, progress: bool,
+             reranker_options: Mapping[str, Any] | None, remeasure_latency: bool) -> _Sweep:
+    """The options checked (an ``InputError`` before anything slow runs) and the dataset's judged queries."""
     from crossrank.corpus import load_beir
 
     started = time.time()
@@ -328,7 +410,6 @@ def evaluate_beir(
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.exists():
         raise InputError(f"dataset folder not found: {dataset_dir}")
-    out_dir = Path(out_dir)
     ks = sorted(set(as_list(ks, int, "ks")))
     ns = sorted(set(as_list(ns, int, "ns")))
     if not ks:
@@ -348,275 +429,327 @@ def evaluate_beir(
     qids = list(ds.queries)
     if max_queries is not None:
         qids = qids[: int(max_queries)]
-    queries = {q: ds.queries[q] for q in qids}
-    qrels = {q: ds.qrels[q] for q in qids}
-    answers = {q: gold_answers(ds.query_metadata.get(q)) for q in qids}
-    has_answers = any(answers.values())
-    max_k = max(ks)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return _Sweep(
+        ds=ds, dataset_dir=dataset_dir, split=split, out_dir=out_dir, ks=ks, ns=ns, retriever_specs=retriever_specs,
+        reranker_specs=reranker_specs, fusion_specs=fusion_specs, qids=qids,
+        queries={q: ds.queries[q] for q in qids}, qrels={q: ds.qrels[q] for q in qids},
+        answers={q: gold_answers(ds.query_metadata.get(q)) for q in qids}, max_queries=max_queries,
+        latency_queries=latency_queries, progress=progress, reranker_options=reranker_options,
+        remeasure_latency=remeasure_latency, machine=machine, started=started, t_start=t_start)
 
-    # ---- first stages
-    named = [r for r in retriever_specs if isinstance(r, str)]
+
+# ---- stage 1: first-stage runs
+def _first_stages(sweep: _Sweep, rerank_max_k: Mapping[str, int] | None, index_dir: Path | None) -> _FirstStages:
+    """Every first stage's top-``max(ks)`` for every query, each query timed on its own after a warm-up call."""
+    retr_objs, index_info = _retrievers(sweep, index_dir)
+    caps = _rerank_caps(list(retr_objs), rerank_max_k, sweep.max_k)
+    stages = _FirstStages(runs={}, ms={}, failures={}, caps=caps, index_info=index_info)
+    with progress_bars(sweep.progress) as bars:
+        for rname, retr in retr_objs.items():
+            try:
+                retr.search("warm up", k=min(10, sweep.max_k))  # lazy model loads stay out of the timings
+            except Exception:  # noqa: BLE001
+                pass
+            task = bars.add_task(f"retrieve {rname} (k={sweep.max_k})", total=len(sweep.qids))
+            stages.runs[rname], stages.ms[rname], stages.failures[rname] = {}, {}, 0
+            for q in sweep.qids:
+                t0 = time.perf_counter()
+                try:
+                    cands = retr.search(sweep.queries[q], k=sweep.max_k)
+                except InputError:
+                    cands, stages.failures[rname] = [], stages.failures[rname] + 1
+                stages.ms[rname][q] = (time.perf_counter() - t0) * 1000.0
+                stages.runs[rname][q] = first_per_document(cands)
+                bars.advance(task)
+    return stages
+
+
+def _retrievers(sweep: _Sweep, index_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``({name: Retriever}, index info)``: named first stages served from one index of the corpus, then the
+    ``Retriever`` objects given."""
+    named = [r for r in sweep.retriever_specs if isinstance(r, str)]
     index_info = None
     retr_objs: dict[str, Any] = {}
     if named:
         methods = sorted({m for r in named for m in _RETRIEVER_METHODS[r]})
-        index, index_info = _open_index(ds, out_dir, Path(index_dir) if index_dir else None, methods, progress)
+        index, index_info = _open_index(sweep.ds, sweep.out_dir, index_dir, methods, sweep.progress)
         for r in named:
             retr_objs[r] = index.retriever(r)
-    for r in retriever_specs:
+    for r in sweep.retriever_specs:
         if not isinstance(r, str):
             retr_objs[str(getattr(r, "name", type(r).__name__))] = r
-    rnames = list(retr_objs)
-    caps = {r: max_k for r in rnames}
+    return retr_objs, index_info
+
+
+def _rerank_caps(names: list[str], rerank_max_k: Mapping[str, int] | None, max_k: int) -> dict[str, int]:
+    """``{retriever: deepest K reranked}``: ``max_k`` unless ``rerank_max_k`` caps it."""
+    caps = {r: max_k for r in names}
     for r, cap in dict(rerank_max_k or {}).items():
         if r not in caps:
-            raise InputError(f"rerank_max_k names {r!r}, which is not among the retrievers ({', '.join(rnames)})")
+            raise InputError(f"rerank_max_k names {r!r}, which is not among the retrievers ({', '.join(names)})")
         if int(cap) < 1:
             raise InputError(f"rerank_max_k for {r} must be positive, got {cap}")
         caps[r] = min(int(cap), max_k)
+    return caps
 
-    runs: dict[str, dict[str, list[Candidate]]] = {}
-    fs_ms: dict[str, dict[str, float]] = {}
-    failures: dict[str, int] = {}
-    with progress_bars(progress) as bars:
-        for rname, retr in retr_objs.items():
-            try:
-                retr.search("warm up", k=min(10, max_k))  # lazy model loads stay out of the timings
-            except Exception:  # noqa: BLE001
-                pass
-            task = bars.add_task(f"retrieve {rname} (k={max_k})", total=len(qids))
-            runs[rname], fs_ms[rname], failures[rname] = {}, {}, 0
-            for q in qids:
-                t0 = time.perf_counter()
-                try:
-                    cands = retr.search(queries[q], k=max_k)
-                except InputError:
-                    cands, failures[rname] = [], failures[rname] + 1
-                fs_ms[rname][q] = (time.perf_counter() - t0) * 1000.0
-                runs[rname][q] = first_per_document(cands)
-                bars.advance(task)
 
-    # ---- rerankers: timing sample first (fills the cache), then the rest of the union
-    plan = latency_plan(qids, ks, latency_queries, rnames, caps)
-    rr_info: dict[str, dict[str, Any]] = {}
-    rr_scores: dict[str, ScoreCache] = {}
-    rr_fusions: dict[str, list[tuple[str, Any, str]]] = {}
-    rr_lat: dict[str, dict[int, dict[str, float]]] = {}
-    rr_depth: dict[str, int | None] = {}
+# ---- stage 2: scoring the union of candidates
+def _score_reranker(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list[tuple[str, str]]], spec: Any,
+                    taken: set[str]) -> _Scored:
+    """Load one reranker, time it on the latency sample (which fills its score cache), score the rest of the
+    union of all first stages' candidates, and let it go."""
     from crossrank.pipeline import resolve_rerank_depth
 
-    for spec in reranker_specs:
-        label, reranker = _load_reranker(spec, reranker_options)
-        depth = resolve_rerank_depth("auto", reranker)  # the pipeline's rule: rerank at most this many
-        base = label
-        i = 2
-        while label in rr_info:
-            label = f"{base}-{i}"
-            i += 1
-        fp = reranker_fingerprint(spec, reranker)
-        cache = ScoreCache.for_reranker(out_dir, ds.name, label, fp)
-        store = LatencyStore.for_reranker(out_dir, ds.name, label, fp)
-        loaded = cache.loaded
-        stats = {"timed_calls": 0, "timings_reused": 0, "pairs_recomputed_for_timing": 0, "timed_cache_hits": 0}
-        with progress_bars(progress) as bars:
-            todo = [(k, q, r) for k in ks for q, r in plan[k] if remeasure_latency or store.get(k, q) is None]
-            if todo:
-                reranker.score("warm up", ["warm up"])  # synthetic pair: model load / first-call costs stay out
-                task = bars.add_task(f"time {label} (K x {latency_queries} queries)", total=len(todo))
-                for k, q, r in todo:
-                    cands = runs[r][q][: min(k, depth or k)]
-                    if not cands:
-                        bars.advance(task)
+    label, reranker = _load_reranker(spec, sweep.reranker_options)
+    depth = resolve_rerank_depth("auto", reranker)  # the pipeline's rule: rerank at most this many
+    label = _unique_label(label, taken)
+    fp = reranker_fingerprint(spec, reranker)
+    cache = ScoreCache.for_reranker(sweep.out_dir, sweep.ds.name, label, fp)
+    store = LatencyStore.for_reranker(sweep.out_dir, sweep.ds.name, label, fp)
+    loaded = cache.loaded
+    with progress_bars(sweep.progress) as bars:
+        stats = _time_sample(sweep, stages, plan, reranker, label, depth, cache, store, bars)
+        total, score_s = _score_union(sweep, stages, reranker, label, depth, cache, bars)
+    lat: dict[int, dict[str, float]] = {k: {} for k in sweep.ks}
+    for k in sweep.ks:
+        for q, _r in plan[k]:
+            m = store.get(k, q)
+            if m is not None:
+                lat[k][q] = float(m["ms"])
+    fusions = _fusions_for(reranker, sweep.fusion_specs)
+    info = {
+        "spec": str(spec) if isinstance(spec, (str, os.PathLike)) else label,
+        "name": str(getattr(reranker, "name", label)),
+        "fingerprint": fp,
+        "cache_file": str(cache.path),
+        "pairs_in_cache_before": loaded,
+        "pairs_scored": cache.written,
+        "pairs_scored_in_sweep": total,
+        "sweep_scoring_s": round(score_s, 3),
+        "pairs_per_s": round(total / score_s, 2) if total and score_s > 0 else None,
+        "latency_ms": {str(k): latency_summary(lat[k].values()) for k in sweep.ks},
+        "latency_sample": {"queries_per_k": sweep.latency_queries, **stats},
+        "fusions": {lab: note for lab, _, note in fusions if note},
+        "rerank_depth": depth,
+        "info": reranker.info() if callable(getattr(reranker, "info", None)) else None,
+    }
+    return _Scored(label=label, scores=cache.scores, fusions=fusions, latency=lat, depth=depth, info=info)
+
+
+def _unique_label(label: str, taken: set[str]) -> str:
+    """``label``, or ``label-2``, ``label-3``, ... when an earlier reranker has it."""
+    base, i = label, 2
+    while label in taken:
+        label = f"{base}-{i}"
+        i += 1
+    return label
+
+
+def _time_sample(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list[tuple[str, str]]], reranker: Any,
+                 label: str, depth: int | None, cache: ScoreCache, store: LatencyStore, bars: Any) -> dict[str, int]:
+    """Time ``reranker.score`` on the sampled queries of each K without a stored timing; the scores go to the
+    cache, so timing costs no extra scoring. Returns the ``latency_sample`` counts."""
+    stats = {"timed_calls": 0, "timings_reused": 0, "pairs_recomputed_for_timing": 0, "timed_cache_hits": 0}
+    todo = [(k, q, r) for k in sweep.ks for q, r in plan[k] if sweep.remeasure_latency or store.get(k, q) is None]
+    if todo:
+        reranker.score("warm up", ["warm up"])  # synthetic pair: model load / first-call costs stay out
+        task = bars.add_task(f"time {label} (K x {sweep.latency_queries} queries)", total=len(todo))
+        for k, q, r in todo:
+            cands = stages.runs[r][q][: min(k, depth or k)]
+            if not cands:
+                bars.advance(task)
+                continue
+            ids = [c.id for c in cands]
+            stats["pairs_recomputed_for_timing"] += len(ids) - len(cache.missing(q, ids))
+            t0 = time.perf_counter()
+            res = reranker.score(sweep.queries[q], [c.full_text for c in cands])
+            ms = (time.perf_counter() - t0) * 1000.0
+            hits = int(getattr(res, "cache_hits", 0) or 0)
+            stats["timed_calls"] += 1
+            stats["timed_cache_hits"] += hits
+            cache.put(q, ids, list(res))
+            store.put(k, q, ms, r, pairs=len(ids), cache_hits=hits)
+            bars.advance(task)
+    stats["timings_reused"] = sum(len(plan[k]) for k in sweep.ks) - len(todo)
+    return stats
+
+
+def _score_union(sweep: _Sweep, stages: _FirstStages, reranker: Any, label: str, depth: int | None,
+                 cache: ScoreCache, bars: Any) -> tuple[int, float]:
+    """Score every (query, document) of the first stages' reranked candidates that the cache lacks, once;
+    ``(pairs scored, seconds)``. The cache is closed afterwards (its scores stay readable)."""
+    missing: dict[str, list[Candidate]] = {}
+    for q in sweep.qids:
+        seen: dict[str, Candidate] = {}
+        for r in stages.names:
+            cap = stages.caps[r]
+            for c in stages.runs[r][q][: min(cap, depth or cap)]:
+                seen.setdefault(c.id, c)
+        need = [c for pid, c in seen.items() if (q, pid) not in cache]
+        if need:
+            missing[q] = need
+    total = sum(len(v) for v in missing.values())
+    task = bars.add_task(f"rerank {label} ({total} new pairs)", total=total)
+    t_score = time.perf_counter()
+    try:
+        for q, need in missing.items():
+            for i0 in range(0, len(need), _SCORE_CHUNK):
+                chunk = need[i0 : i0 + _SCORE_CHUNK]
+                res = reranker.score(sweep.queries[q], [c.full_text for c in chunk])
+                cache.put(q, [c.id for c in chunk], list(res))
+                bars.advance(task, len(chunk))
+    finally:
+        cache.close()
+    return total, time.perf_counter() - t_score
+
+
+def _fusions_for(reranker: Any, fusion_specs: Sequence[Any]) -> list[tuple[str, Any, str]]:
+    """``(label, Fusion, note)`` per fusion asked for ("auto" resolved for this reranker), duplicates dropped."""
+    out: list[tuple[str, Any, str]] = []
+    for f in fusion_specs:
+        if f == "auto":
+            fz, why = recommended_fusion(reranker)
+            item = (_fusion_label(fz), fz, f"auto: {why}")
+        else:
+            item = (_fusion_label(f), f, "")
+        if item[0] not in {x[0] for x in out}:
+            out.append(item)
+    return out
+
+
+# ---- stage 3: result rows
+def _rows(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list[tuple[str, str]]],
+          scored: Sequence[_Scored]) -> _Rows:
+    """One row per configuration: each first stage alone at every K, then every reranker x fusion x first stage
+    at every K up to that first stage's cap."""
+    rows = _Rows()
+    fs_rows: dict[tuple[str, int], dict[str, Any]] = {}
+    fs_ndcg: dict[tuple[str, int], dict[str, float]] = {}
+    for r in stages.names:
+        fs_lat = latency_summary(stages.ms[r].values())
+        for k in sweep.ks:
+            lists = {q: stages.runs[r][q][:k] for q in sweep.qids}
+            latency = {"retrieve": fs_lat, "rerank": None, "total": fs_lat,
+                       "retrieve_on_sample": latency_summary([stages.ms[r][q] for q, _ in plan[k]])}
+            fs_rows[r, k], fs_ndcg[r, k] = _add_row(sweep, rows, (r, "none", "none", k), lists, None, None, latency)
+    for s in scored:
+        for flabel, fusion, _note in s.fusions:
+            for r in stages.names:
+                for k in sweep.ks:
+                    if k > stages.caps[r]:
                         continue
-                    ids = [c.id for c in cands]
-                    stats["pairs_recomputed_for_timing"] += len(ids) - len(cache.missing(q, ids))
-                    t0 = time.perf_counter()
-                    res = reranker.score(queries[q], [c.full_text for c in cands])
-                    ms = (time.perf_counter() - t0) * 1000.0
-                    hits = int(getattr(res, "cache_hits", 0) or 0)
-                    stats["timed_calls"] += 1
-                    stats["timed_cache_hits"] += hits
-                    cache.put(q, ids, list(res))
-                    store.put(k, q, ms, r, pairs=len(ids), cache_hits=hits)
-                    bars.advance(task)
-            stats["timings_reused"] = sum(len(plan[k]) for k in ks) - len(todo)
+                    head = min(k, s.depth or k)
+                    lists = {q: rerank_prefix(stages.runs[r][q], k,
+                                              [s.scores.get((q, c.id)) for c in stages.runs[r][q][:head]], fusion,
+                                              s.depth) for q in sweep.qids}
+                    timed = [q for q, _ in plan[k] if q in s.latency[k]]
+                    base = fs_rows[r, k]
+                    latency = {"retrieve": base["latency_ms"]["retrieve"],
+                               "rerank": latency_summary([s.latency[k][q] for q in timed]),
+                               "total": latency_summary([stages.ms[r][q] + s.latency[k][q] for q in timed]),
+                               "retrieve_on_sample": base["latency_ms"]["retrieve_on_sample"]}
+                    _add_row(sweep, rows, (r, s.label, flabel, k), lists, base, fs_ndcg[r, k], latency)
+    return rows
 
-            # the union of all first stages' top-max(K), scored once per (query, document)
-            missing: dict[str, list[Candidate]] = {}
-            for q in qids:
-                seen: dict[str, Candidate] = {}
-                for r in rnames:
-                    for c in runs[r][q][: min(caps[r], depth or caps[r])]:
-                        seen.setdefault(c.id, c)
-                need = [c for pid, c in seen.items() if (q, pid) not in cache]
-                if need:
-                    missing[q] = need
-            total = sum(len(v) for v in missing.values())
-            task = bars.add_task(f"rerank {label} ({total} new pairs)", total=total)
-            t_score = time.perf_counter()
-            try:
-                for q, need in missing.items():
-                    for i0 in range(0, len(need), _SCORE_CHUNK):
-                        chunk = need[i0 : i0 + _SCORE_CHUNK]
-                        res = reranker.score(queries[q], [c.full_text for c in chunk])
-                        cache.put(q, [c.id for c in chunk], list(res))
-                        bars.advance(task, len(chunk))
-            finally:
-                cache.close()
-            score_s = time.perf_counter() - t_score
-        lat = {k: {} for k in ks}
-        for k in ks:
-            for q, _r in plan[k]:
-                m = store.get(k, q)
-                if m is not None:
-                    lat[k][q] = float(m["ms"])
-        rr_lat[label] = lat
-        rr_scores[label] = cache
-        rr_depth[label] = depth
-        fl = []
-        for f in fusion_specs:
-            if f == "auto":
-                fz, why = recommended_fusion(reranker)
-                fl.append((_fusion_label(fz), fz, f"auto: {why}"))
-            else:
-                fl.append((_fusion_label(f), f, ""))
-        seen_labels: set[str] = set()
-        rr_fusions[label] = [x for x in fl if not (x[0] in seen_labels or seen_labels.add(x[0]))]
-        rr_info[label] = {
-            "spec": str(spec) if isinstance(spec, (str, os.PathLike)) else label,
-            "name": str(getattr(reranker, "name", label)),
-            "fingerprint": fp,
-            "cache_file": str(cache.path),
-            "pairs_in_cache_before": loaded,
-            "pairs_scored": cache.written,
-            "pairs_scored_in_sweep": total,
-            "sweep_scoring_s": round(score_s, 3),
-            "pairs_per_s": round(total / score_s, 2) if total and score_s > 0 else None,
-            "latency_ms": {str(k): latency_summary(lat[k].values()) for k in ks},
-            "latency_sample": {"queries_per_k": latency_queries, **stats},
-            "fusions": {lab: note for lab, _, note in rr_fusions[label] if note},
-            "rerank_depth": depth,
-            "info": reranker.info() if callable(getattr(reranker, "info", None)) else None,
-        }
-        del reranker
 
-    # ---- metrics per configuration
-    def passages_of(cands: Sequence[Candidate]) -> list[tuple[str, str, str]]:
-        return [(c.id, c.title, c.text) for c in cands]
+def _add_row(sweep: _Sweep, rows: _Rows, key: tuple[str, str, str, int], lists: dict[str, list[Candidate]],
+             base: dict[str, Any] | None, base_ndcg: Mapping[str, float] | None,
+             latency: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Add the row of configuration ``key`` = (retriever, reranker, fusion, K) with final ``lists``; ``base`` is
+    its first stage's row at K (None: this is that row). Returns the row and its nDCG@10 per query."""
+    r, reranker, fusion, k = key
+    means, pq = ranking_metrics(sweep.qrels, {q: [c.doc_id for c in v] for q, v in lists.items()},
+                                ["ndcg@10", "mrr@10", "map@100", f"recall@{k}"])
+    metrics = {"ndcg@10": r6(means["ndcg@10"]), "mrr@10": r6(means["mrr@10"]), "map@100": r6(means["map@100"]),
+               "recall@k": r6(means[f"recall@{k}"])}
+    cid = config_id(*key)
+    if base is None:
+        versus: dict[str, Any] = {"first_stage_recall@k": metrics["recall@k"], "first_stage_ndcg@10": metrics["ndcg@10"],
+                                  "delta_ndcg@10": 0.0, "wins": None, "losses": None, "ties": None}
+    else:
+        versus = {"first_stage_recall@k": base["first_stage_recall@k"],
+                  "first_stage_ndcg@10": base["first_stage_ndcg@10"],
+                  "delta_ndcg@10": r6(means["ndcg@10"] - base["metrics"]["ndcg@10"]),
+                  **wins_losses_ties(base_ndcg or {}, pq["ndcg@10"])}
+    row = {"id": cid, "retriever": r, "reranker": reranker, "fusion": fusion, "k": k, "metrics": metrics,
+           **versus, "latency_ms": latency}
+    rows.configs.append(row)
+    rows.per_query[cid] = {q: r6(v) for q, v in pq["ndcg@10"].items()}
+    rows.lists[cid] = lists
+    return row, pq["ndcg@10"]
 
+
+# ---- stage 4: answers
+def _answers(sweep: _Sweep, rows: _Rows, llm: Any) -> dict[str, Any] | None:
+    """Answer-in-top-N on every row (datasets whose queries carry answers), and LLM answer accuracy if asked."""
+    if not sweep.has_answers:
+        return None
     from crossrank.evaluate.answers import PassageMatcher, answer_in_top_n
 
     matcher = PassageMatcher()
-    configs: list[dict[str, Any]] = []
-    per_query: dict[str, dict[str, float]] = {}
-    final_lists: dict[str, dict[str, list[Candidate]]] = {}
-    fs_ndcg_pq: dict[str, dict[str, float]] = {}
-    for r in rnames:
-        fs_lat = latency_summary(fs_ms[r].values())
-        for k in ks:
-            lists = {q: runs[r][q][:k] for q in qids}
-            metrics = ["ndcg@10", "mrr@10", "map@100", f"recall@{k}"]
-            means, pq = ranking_metrics(qrels, {q: [c.doc_id for c in v] for q, v in lists.items()}, metrics)
-            fs_ndcg_pq[f"{r}|{k}"] = pq["ndcg@10"]
-            sample_ms = [fs_ms[r][q] for q, _ in plan[k]]
-            cid = config_id(r, "none", "none", k)
-            entry = {
-                "id": cid, "retriever": r, "reranker": "none", "fusion": "none", "k": k,
-                "metrics": {"ndcg@10": r6(means["ndcg@10"]), "mrr@10": r6(means["mrr@10"]),
-                            "map@100": r6(means["map@100"]), "recall@k": r6(means[f"recall@{k}"])},
-                "first_stage_recall@k": r6(means[f"recall@{k}"]),
-                "first_stage_ndcg@10": r6(means["ndcg@10"]),
-                "delta_ndcg@10": 0.0,
-                "wins": None, "losses": None, "ties": None,
-                "latency_ms": {"retrieve": fs_lat, "rerank": None, "total": fs_lat,
-                               "retrieve_on_sample": latency_summary(sample_ms)},
-            }
-            configs.append(entry)
-            per_query[cid] = {q: r6(v) for q, v in pq["ndcg@10"].items()}
-            final_lists[cid] = lists
-    for label, cache in rr_scores.items():
-        for flabel, fusion, _note in rr_fusions[label]:
-            for r in rnames:
-                fs_cfg = {c["k"]: c for c in configs if c["retriever"] == r and c["reranker"] == "none"}
-                for k in ks:
-                    if k > caps[r]:
-                        continue
-                    head = min(k, rr_depth[label] or k)
-                    lists = {q: rerank_prefix(runs[r][q], k,
-                                              [cache.scores.get((q, c.id)) for c in runs[r][q][:head]], fusion,
-                                              rr_depth[label]) for q in qids}
-                    means, pq = ranking_metrics(qrels, {q: [c.doc_id for c in v] for q, v in lists.items()},
-                                                ["ndcg@10", "mrr@10", "map@100", f"recall@{k}"])
-                    wlt = wins_losses_ties(fs_ndcg_pq[f"{r}|{k}"], pq["ndcg@10"])
-                    rer = [rr_lat[label][k][q] for q, _ in plan[k] if q in rr_lat[label][k]]
-                    tot = [fs_ms[r][q] + rr_lat[label][k][q] for q, _ in plan[k] if q in rr_lat[label][k]]
-                    base = fs_cfg[k]
-                    cid = config_id(r, label, flabel, k)
-                    configs.append({
-                        "id": cid, "retriever": r, "reranker": label, "fusion": flabel, "k": k,
-                        "metrics": {"ndcg@10": r6(means["ndcg@10"]), "mrr@10": r6(means["mrr@10"]),
-                                    "map@100": r6(means["map@100"]), "recall@k": r6(means[f"recall@{k}"])},
-                        "first_stage_recall@k": base["first_stage_recall@k"],
-                        "first_stage_ndcg@10": base["first_stage_ndcg@10"],
-                        "delta_ndcg@10": r6(means["ndcg@10"] - base["metrics"]["ndcg@10"]),
-                        **wlt,
-                        "latency_ms": {"retrieve": base["latency_ms"]["retrieve"], "rerank": latency_summary(rer),
-                                       "total": latency_summary(tot),
-                                       "retrieve_on_sample": base["latency_ms"]["retrieve_on_sample"]},
-                    })
-                    per_query[cid] = {q: r6(v) for q, v in pq["ndcg@10"].items()}
-                    final_lists[cid] = lists
+    for c in rows.configs:
+        lists = rows.lists[c["id"]]
+        valid = [n for n in sweep.ns if n <= c["k"]]
+        passages = {q: [(x.id, x.title, x.text) for x in v] for q, v in lists.items()}
+        acc = answer_in_top_n(passages, sweep.answers, valid, matcher) if valid else {}
+        c["answer_in_top_n"] = {str(n): (r6(acc[n]) if n in acc else None) for n in sweep.ns}
+    info: dict[str, Any] = {
+        "questions_with_answers": sum(1 for q in sweep.qids if sweep.answers[q]), "ns": sweep.ns,
+        "normalisation": "SQuAD v1.1 (lower-case, no punctuation, no articles, single spaces); a passage holds "
+                         "the answer when the normalised answer occurs in its normalised title + text as whole "
+                         "tokens"}
+    if llm:
+        info["llm"] = _run_llm(llm, rows.configs, rows.lists, sweep.queries, sweep.answers, sweep.ks, sweep.ns,
+                               sweep.out_dir, sweep.progress)
+    return info
 
-    # ---- answers
-    answer_info = None
-    if has_answers:
-        n_with = sum(1 for q in qids if answers[q])
-        for c in configs:
-            lists = final_lists[c["id"]]
-            valid = [n for n in ns if n <= c["k"]]
-            acc = answer_in_top_n({q: passages_of(v) for q, v in lists.items()}, answers, valid, matcher) if valid else {}
-            c["answer_in_top_n"] = {str(n): (r6(acc[n]) if n in acc else None) for n in ns}
-        answer_info = {"questions_with_answers": n_with, "ns": ns,
-                       "normalisation": "SQuAD v1.1 (lower-case, no punctuation, no articles, single spaces); "
-                                        "a passage holds the answer when the normalised answer occurs in its "
-                                        "normalised title + text as whole tokens"}
-        if llm:
-            answer_info["llm"] = _run_llm(llm, configs, final_lists, queries, answers, ks, ns, out_dir, progress)
 
-    data = {
+# ---- stage 5: the report
+def _results_data(sweep: _Sweep, stages: _FirstStages, scored: Sequence[_Scored], rows: _Rows,
+                  answer_info: dict[str, Any] | None) -> dict[str, Any]:
+    """The content of ``results.json`` (``duration_s`` is set when it is written)."""
+    ds, qrels = sweep.ds, sweep.qrels
+    return {
         "schema_version": SCHEMA_VERSION,
         "kind": "beir",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sweep.started)),
         "duration_s": None,
-        "dataset": {"name": ds.name, "path": str(dataset_dir.resolve()), "split": split, "n_queries": len(qids),
-                    "n_queries_in_split": len(ds.queries), "n_docs": len(ds.corpus),
-                    "n_judgments": sum(len(v) for v in qrels.values()), "has_answers": has_answers,
+        "dataset": {"name": ds.name, "path": str(sweep.dataset_dir.resolve()), "split": sweep.split,
+                    "n_queries": len(sweep.qids), "n_queries_in_split": len(ds.queries), "n_docs": len(ds.corpus),
+                    "n_judgments": sum(len(v) for v in qrels.values()), "has_answers": sweep.has_answers,
                     "graded": any(s > 1 for v in qrels.values() for s in v.values())},
-        "settings": {"retrievers": rnames, "rerankers": list(rr_info), "fusions": sorted({c["fusion"] for c in configs}),
-                     "ks": ks, "ns": ns, "rerank_max_k": caps, "max_queries": max_queries, "latency_queries": latency_queries,
-                     "unit": "document", "metrics_library": "ranx"},
-        "machine": machine,
-        "index": index_info,
-        "first_stage": {r: {"depth": max_k, "latency_ms": latency_summary(fs_ms[r].values()),
-                            "failed_queries": failures[r]} for r in rnames},
-        "rerankers": rr_info,
+        "settings": {"retrievers": stages.names, "rerankers": [s.label for s in scored],
+                     "fusions": sorted({c["fusion"] for c in rows.configs}), "ks": sweep.ks, "ns": sweep.ns,
+                     "rerank_max_k": stages.caps, "max_queries": sweep.max_queries,
+                     "latency_queries": sweep.latency_queries, "unit": "document", "metrics_library": "ranx"},
+        "machine": sweep.machine,
+        "index": stages.index_info,
+        "first_stage": {r: {"depth": sweep.max_k, "latency_ms": latency_summary(stages.ms[r].values()),
+                            "failed_queries": stages.failures[r]} for r in stages.names},
+        "rerankers": {s.label: s.info for s in scored},
         "answers": answer_info,
-        "configs": configs,
+        "configs": rows.configs,
     }
+
+
+def _write(sweep: _Sweep, data: dict[str, Any], rows: _Rows, *, save_runs: bool, write_reports: bool) -> EvalResults:
+    """``results.json``, ``per_query.json``, the TREC runs if asked and the reports, into ``out_dir``."""
+    out_dir = sweep.out_dir
     if save_runs:
         from crossrank.evaluate._util import slug
 
-        for cid, lists in final_lists.items():
+        for cid, lists in rows.lists.items():
             write_trec_run(out_dir / "runs" / f"{slug(cid.replace('|', '__'), 120)}.trec", lists, slug(cid, 120))
-    data["duration_s"] = round(time.perf_counter() - t_start, 3)
+    data["duration_s"] = round(time.perf_counter() - sweep.t_start, 3)
     write_json(out_dir / "results.json", data)
-    write_json(out_dir / "per_query.json", {"metric": "ndcg@10", "per_query": per_query})
+    write_json(out_dir / "per_query.json", {"metric": "ndcg@10", "per_query": rows.per_query})
     results = EvalResults(data=data, out_dir=out_dir)
     if write_reports:
-        from crossrank.evaluate.report import write_reports as _write
+        from crossrank.evaluate.report import write_reports as _write_reports
 
-        _write(results)
+        _write_reports(results)
     return results
 
 
