@@ -148,18 +148,44 @@ def _result_table(result, title: str, fusion, unit: str) -> Table:
 
 @app.command()
 def index(
-    corpus: Path = typer.Argument(..., help="BEIR corpus.jsonl, any JSONL with id/title/text, or a folder of .txt/.md files."),
+    corpus: Optional[Path] = typer.Argument(None, help="BEIR corpus.jsonl, any JSONL with id/title/text, or a folder of .txt/.md files (omit with --add/--delete)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Index directory to write (replaced atomically)."),
     methods: str = typer.Option("bm25,dense", help="Comma-separated: bm25, dense."),
     dense_model: str = typer.Option("default", help="Bi-encoder: 'default' (all-MiniLM-L6-v2, offline) or a sentence-transformers id/path."),
     chunk_tokens: int = typer.Option(200, help="Passage window in tokens (0: one passage per document)."),
     chunk_overlap: int = typer.Option(40, help="Tokens shared by consecutive windows."),
+    ann: str = typer.Option("auto", help="ANN graph for the dense side: auto (from 100,000 passages on), on, off."),
+    add: Optional[Path] = typer.Option(None, "--add", help="Update the index at --out: add (or replace) the documents of this corpus file."),
+    delete: Optional[Path] = typer.Option(None, "--delete", help="Update the index at --out: delete the document ids listed in this file, one per line."),
 ) -> None:
-    """Build a persisted index of CORPUS."""
+    """Build a persisted index of CORPUS, or update one in place with --add / --delete (the index's own methods,
+    model and chunking are kept; the options that set them are ignored then)."""
     from crossrank.corpus import load_corpus
-    from crossrank.retrieve import build_index
 
     start = time.perf_counter()
+    if ann not in ("auto", "on", "off"):
+        raise InputError(f"--ann must be auto, on or off, got {ann!r}")
+    if add is not None or delete is not None:
+        if corpus is not None:
+            raise InputError("give either CORPUS (build) or --add/--delete (update an existing index), not both")
+        from crossrank.retrieve.update import read_ids, update_index
+
+        docs = load_corpus(add) if add is not None else []
+        ids = read_ids(delete) if delete is not None else []
+        change = update_index(out_dir, add=docs, delete=ids, progress=err.is_terminal)
+        missing = change["ids_not_found"]
+        err.print(
+            f"updated {out_dir}: +{change['added_passages']} / -{change['deleted_passages']} passages "
+            f"(+{change['added_documents']} / -{change['deleted_documents']} documents"
+            + (f", {len(missing)} ids to delete were not in the index" if missing else "")
+            + f"), now {change['counts']['passages']} passages, in {time.perf_counter() - start:.1f} s",
+            soft_wrap=True, markup=False,
+        )
+        return
+    if corpus is None:
+        raise InputError("missing CORPUS: give a corpus to build an index from, or --add/--delete to update one")
+    from crossrank.retrieve import build_index
+
     docs = load_corpus(corpus)
     idx = build_index(
         docs,
@@ -169,6 +195,7 @@ def index(
         chunk_tokens=chunk_tokens,
         chunk_overlap=chunk_overlap,
         progress=err.is_terminal,  # no progress bars in pipes and logs
+        ann={"auto": None, "on": True, "off": False}[ann],
     )
     err.print(
         f"indexed {len(docs)} documents as {len(idx.passages)} passages into {out_dir} "

@@ -13,28 +13,39 @@ Typical use::
     index = build_index(load_corpus("corpus.jsonl"), "my-index")   # chunk, BM25, encode, save atomically
     retriever = load_index("my-index").retriever("hybrid")          # or "bm25" / "dense"
     candidates = retriever.search("what do mitochondria do?", k=100)
+    update_index("my-index", add=new_documents, delete=["doc-7"])   # in place, atomically, no full re-encode
+
+Large indexes (``ann.ANN_MIN_PASSAGES`` passages on) get an ANN graph for the dense side (``retrieve/ann.py``);
+passages are encoded in bulk by ``retrieve/encode.py`` (ONNX Runtime on CPU, resumable).
 """
 
+from crossrank.retrieve.ann import ANN_MIN_PASSAGES, AnnIndex
 from crossrank.retrieve.base import Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
 from crossrank.retrieve.dense import DEFAULT_MODEL, DenseRetriever, load_bi_encoder, resolve_model
+from crossrank.retrieve.encode import encode_bulk
 from crossrank.retrieve.hybrid import HybridRetriever, min_max, reciprocal_rank_fusion, weighted_fusion
 from crossrank.retrieve.index import FORMAT_VERSION, Index, build_index, load_index, read_manifest
+from crossrank.retrieve.update import update_index
 
 __all__ = [
+    "ANN_MIN_PASSAGES",
     "DEFAULT_MODEL",
     "FORMAT_VERSION",
+    "AnnIndex",
     "BM25Retriever",
     "DenseRetriever",
     "HybridRetriever",
     "Index",
     "Retriever",
     "build_index",
+    "encode_bulk",
     "load_bi_encoder",
     "load_index",
     "min_max",
     "read_manifest",
     "reciprocal_rank_fusion",
     "resolve_model",
+    "update_index",
     "weighted_fusion",
 ]

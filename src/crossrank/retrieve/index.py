@@ -6,6 +6,11 @@ Layout (``FORMAT_VERSION`` 1)::
     <dir>/passages.jsonl    one {"id","doc_id","index","title","text"} per line, in index order
     <dir>/bm25/             bm25s arrays (.npy, saved with allow_pickle=False) + JSON vocab/params + our analyzer
     <dir>/dense.npy         (n_passages, dim) L2-normalised vectors, float32 (memory-mapped on load) or float16
+    <dir>/dense.usearch     only for large indexes: the ANN graph (retrieve/ann.py; memory-mapped on load)
+    <dir>/dense_keys.npy    with it: the graph's label of each row (int64, ascending)
+
+An index without the two ANN files (every index written before they existed) loads and searches exactly as
+before. ``update_index`` adds and deletes documents in place (see its docstring).
 
 Saving is atomic: everything goes into a hidden sibling directory, each file is fsynced, the manifest is written
 last, then the directory is swapped into place (``renameat2(RENAME_EXCHANGE)`` where the kernel has it, else two
@@ -33,14 +38,16 @@ from crossrank.corpus.chunking import as_passages, chunk_documents
 from crossrank.corpus.loaders import load_corpus
 from crossrank.errors import IndexLoadError, InputError
 from crossrank.files import file_sha256, fsync_dir, fsync_file, remove_stale_temp_dirs, swap_into_place
+from crossrank.retrieve import ann as ann_module
 from crossrank.retrieve._common import REBUILD
+from crossrank.retrieve.ann import ANN_MIN_PASSAGES, AnnIndex
 from crossrank.retrieve.base import Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
 from crossrank.retrieve.dense import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_ID,
     DenseRetriever,
-    encode_passages,
+    encode_passages_with_stats,
     load_bi_encoder,
     model_name_of,
 )
@@ -75,6 +82,7 @@ class Index:
         embeddings: np.ndarray | None = None,
         dense_model: Any = None,
         path: Path | None = None,
+        ann: AnnIndex | None = None,
     ):
         self.passages = list(passages)
         self.manifest = manifest
@@ -82,6 +90,7 @@ class Index:
         self._bm25 = bm25
         self._embeddings = embeddings
         self._dense_model = dense_model  # a loaded model, or None: load the manifest's model lazily
+        self._ann = ann
         self._dense: DenseRetriever | None = None
         self._lock = threading.Lock()
 
@@ -99,6 +108,11 @@ class Index:
     def embeddings(self) -> np.ndarray | None:
         return self._embeddings
 
+    @property
+    def ann(self) -> AnnIndex | None:
+        """The dense side's ANN graph, or None (exact search)."""
+        return self._ann
+
     # --------------------------------------------------------------------------------------------- retrievers
     def bm25(self) -> BM25Retriever:
         if self._bm25 is None:
@@ -114,7 +128,7 @@ class Index:
                 model = self._dense_model if self._dense_model is not None else self.manifest["dense"]["model"]
                 self._dense = DenseRetriever(
                     self.passages, model, embeddings=self._embeddings, device=device, batch_size=batch_size,
-                    query_backend=query_backend,
+                    query_backend=query_backend, ann=self._ann,
                 )
             self._dense.batch_size = batch_size
             return self._dense
@@ -159,6 +173,8 @@ class Index:
                     raise InputError(f"dense_dtype must be float32 or float16, got {dtype}")
                 _write_dense(tmp / "dense.npy", self._embeddings, dtype)
                 manifest["dense"] = {**manifest["dense"], "dtype": dtype.name}
+                if self._ann is not None:
+                    self._ann.save(tmp)
             manifest["files"] = _file_table(tmp)
             _write_manifest(tmp, manifest)
             fsync_dir(tmp)
@@ -186,6 +202,8 @@ def build_index(
     dense_dtype: str = "float32",
     bm25_params: dict[str, Any] | None = None,
     reuse: "Index | str | os.PathLike | None" = None,
+    ann: bool | None = None,
+    encode_backend: str = "auto",
 ) -> Index:
     """Chunk ``documents`` (a list, or a corpus path for ``load_corpus``), build the requested ``methods`` and,
     with ``out_dir``, save atomically there. Passages given as ``Passage`` objects are used as they are.
@@ -194,7 +212,12 @@ def build_index(
     SentenceTransformer. ``chunk_tokens=0``/None indexes whole documents. ``dense_dtype="float16"`` halves
     ``dense.npy`` (vectors are widened to float32 on load, so it is then held in RAM, not memory-mapped).
     ``reuse``: an earlier index (or its directory) built with the same dense model; passages whose title and
-    text are unchanged take its vectors instead of being re-encoded (incremental rebuilds)."""
+    text are unchanged take its vectors instead of being re-encoded (incremental rebuilds).
+    ``ann``: give the dense side an ANN graph (True), not (False), or only from
+    :data:`~crossrank.retrieve.ann.ANN_MIN_PASSAGES` passages on (None, the default).
+    ``encode_backend``: how passages are encoded (:mod:`crossrank.retrieve.encode`: "auto", "onnx", "torch"); with
+    ``out_dir``, finished shards of vectors are kept in a hidden ``.<name>.encode-*`` folder beside it until the
+    index is saved, so a rerun after a crash resumes the encoding instead of starting over."""
     t0 = time.perf_counter()
     methods = tuple(dict.fromkeys(methods))
     bad = [m for m in methods if m not in METHODS]
@@ -238,7 +261,7 @@ def build_index(
         t = time.perf_counter()
         bm25 = BM25Retriever(passages, show_progress=progress, **(bm25_params or {}))
         manifest["bm25"] = {**bm25.params, "build_s": round(time.perf_counter() - t, 3)}
-    embeddings = model = None
+    embeddings = model = resume = None
     if "dense" in methods:
         t = time.perf_counter()
         if isinstance(dense_model, (str, os.PathLike)) or dense_model is None:
@@ -249,7 +272,9 @@ def build_index(
             name = model_name_of(model)
         if name != DEFAULT_MODEL and Path(name).expanduser().exists():
             name = str(Path(name).expanduser().resolve())
-        embeddings, reused = _encode_reusing(model, name, passages, reuse, batch_size, progress)
+        resume = _resume_dir(out_dir) if out_dir is not None else None
+        embeddings, reused, stats = _encode_reusing(model, name, passages, reuse, batch_size, progress,
+                                                    encode_backend, resume)
         manifest["dense"] = {
             "model": name,
             "model_id": DEFAULT_MODEL_ID if name == DEFAULT_MODEL else name,
@@ -260,16 +285,37 @@ def build_index(
             "max_seq_length": getattr(model, "max_seq_length", None),
             "encode_s": round(time.perf_counter() - t, 3),
             "reused_vectors": reused,
+            "encoding": stats,
         }
+    graph = None
+    if embeddings is not None and (ann if ann is not None else len(passages) >= ANN_MIN_PASSAGES):
+        t = time.perf_counter()
+        graph = AnnIndex.build(embeddings)
+        manifest["dense"]["ann"] = _ann_manifest(graph, time.perf_counter() - t)
     manifest["build_s"] = round(time.perf_counter() - t0, 3)
-    index = Index(passages, manifest, bm25=bm25, embeddings=embeddings, dense_model=model)
+    index = Index(passages, manifest, bm25=bm25, embeddings=embeddings, dense_model=model, ann=graph)
     if out_dir is not None:
         index.save(out_dir)
+        if resume is not None:
+            shutil.rmtree(resume, ignore_errors=True)  # the vectors are in the index now
     return index
 
 
-def _encode_reusing(model, name: str, passages: list[Passage], reuse, batch_size: int, progress: bool):
-    """Embeddings for ``passages``, copying rows of ``reuse`` (an Index or path) for unchanged passages."""
+def _ann_manifest(graph: AnnIndex, build_s: float) -> dict[str, Any]:
+    return {"library": "usearch", "version": ann_module.library_version(), "file": ann_module.ANN_FILE,
+            "keys": ann_module.KEYS_FILE, **graph.params, "build_s": round(build_s, 3)}
+
+
+def _resume_dir(out_dir: str | os.PathLike) -> Path:
+    """Where an encoding run for the index at ``out_dir`` keeps its finished shards (retrieve/encode.py)."""
+    target = Path(out_dir).absolute()
+    return target.parent / f".{target.name}.encode"
+
+
+def _encode_reusing(model, name: str, passages: list[Passage], reuse, batch_size: int, progress: bool,
+                    backend: str = "auto", resume: Path | None = None):
+    """``(embeddings, reused, stats)`` for ``passages``, copying rows of ``reuse`` (an Index or path) for unchanged
+    passages and encoding the rest (``stats``: see ``encode_bulk``)."""
     if reuse is not None and not isinstance(reuse, Index):
         reuse = load_index(reuse)
     info = reuse.manifest.get("dense", {}) if reuse is not None else {}
@@ -279,19 +325,23 @@ def _encode_reusing(model, name: str, passages: list[Passage], reuse, batch_size
         or info.get("model") != name
         or info.get("max_seq_length") != getattr(model, "max_seq_length", None)
     ):
-        return encode_passages(model, passages, batch_size=batch_size, show_progress=progress), 0
+        emb, stats = encode_passages_with_stats(model, passages, batch_size=batch_size, show_progress=progress,
+                                                backend=backend, resume_dir=resume)
+        return emb, 0, stats
     lookup = {(p.title, p.text): i for i, p in enumerate(reuse.passages)}
     src = [lookup.get((p.title, p.text), -1) for p in passages]
     have = [i for i, s in enumerate(src) if s >= 0]
     missing = [i for i, s in enumerate(src) if s < 0]
     out = np.empty((len(passages), reuse.embeddings.shape[1]), dtype=np.float32)
+    stats: dict[str, Any] = {"passages": 0, "encoded": 0}
     if have:
         out[have] = reuse.embeddings[[src[i] for i in have]]
     if missing:
-        out[missing] = encode_passages(
-            model, [passages[i] for i in missing], batch_size=batch_size, show_progress=progress
+        out[missing], stats = encode_passages_with_stats(
+            model, [passages[i] for i in missing], batch_size=batch_size, show_progress=progress, backend=backend,
+            resume_dir=resume,
         )
-    return out, len(have)
+    return out, len(have), stats
 
 
 # ------------------------------------------------------------------------------------------------- load
@@ -351,7 +401,27 @@ def load_index(directory: str | os.PathLike, *, mmap: bool = True, verify: bool 
                                  f"({len(passages)}, {manifest['dense']['dimension']}); " + REBUILD)
         if embeddings.dtype != np.float32:
             embeddings = np.asarray(embeddings, dtype=np.float32)
-    return Index(passages, manifest, bm25=bm25, embeddings=embeddings, path=d)
+    graph = _load_ann(d, manifest, view=mmap) if embeddings is not None else None
+    return Index(passages, manifest, bm25=bm25, embeddings=embeddings, path=d, ann=graph)
+
+
+def _load_ann(d: Path, manifest: dict[str, Any], *, view: bool) -> AnnIndex | None:
+    """The index's ANN graph (memory-mapped with ``view``), or None for an index without one."""
+    info = manifest.get("dense", {}).get("ann")
+    if not info:
+        return None
+    params = {key: info[key] for key in ann_module.DEFAULT_PARAMS if key in info}
+    try:
+        graph = AnnIndex.load(d, params, int(manifest["dense"]["dimension"]), view=view)
+    except ImportError:
+        raise IndexLoadError(f"index {d} has an ANN graph ({ann_module.ANN_FILE}) but usearch is not installed; "
+                             "pip install usearch") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise IndexLoadError(f"cannot read the ANN graph of {d} ({e}); " + REBUILD) from None
+    if len(graph) != manifest["counts"]["passages"]:
+        raise IndexLoadError(f"index {d}: the ANN graph holds {len(graph)} vectors, manifest says "
+                             f"{manifest['counts']['passages']}; " + REBUILD)
+    return graph
 
 
 # ------------------------------------------------------------------------------------------------- file helpers
