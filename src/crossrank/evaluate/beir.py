@@ -39,6 +39,7 @@ from crossrank.evaluate._util import (
 from crossrank.evaluate.cache import LatencyStore, ScoreCache, reranker_fingerprint
 from crossrank.evaluate.metrics import gold_answers, ranking_metrics, wins_losses_ties
 from crossrank.hardware import cpu_model
+from crossrank.rerank.base import as_reranker
 from crossrank.types import Candidate, first_per_document
 
 SCHEMA_VERSION = 1
@@ -113,9 +114,9 @@ def recommended_fusion(reranker: Any) -> tuple[Any, str]:
 def _load_reranker(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, Any]:
     """``(label, reranker)`` for a spec: a Reranker object, "default", a model folder or a hub id."""
     if not isinstance(spec, (str, os.PathLike)):
-        if not callable(getattr(spec, "score", None)):
-            raise InputError(f"not a reranker: {spec!r} (needs a score(query, texts) method)")
-        return str(getattr(spec, "name", type(spec).__name__)), spec
+        # checked here (an InputError for an object that cannot score), handed back as given: its own attributes
+        # (a path, a fingerprint) are what its score cache is keyed on
+        return as_reranker(spec).name, spec
     from crossrank.rerank import load_reranker
     from crossrank.rerank.bundled import BUNDLED
 
@@ -502,10 +503,11 @@ def _score_reranker(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list
     union of all first stages' candidates, and let it go."""
     from crossrank.pipeline import resolve_rerank_depth
 
-    label, reranker = _load_reranker(spec, sweep.reranker_options)
+    label, given = _load_reranker(spec, sweep.reranker_options)
+    fp = reranker_fingerprint(spec, given)
+    reranker = as_reranker(given)  # the full protocol from here on
     depth = resolve_rerank_depth("auto", reranker)  # the pipeline's rule: rerank at most this many
     label = _unique_label(label, taken)
-    fp = reranker_fingerprint(spec, reranker)
     cache = ScoreCache.for_reranker(sweep.out_dir, sweep.ds.name, label, fp)
     store = LatencyStore.for_reranker(sweep.out_dir, sweep.ds.name, label, fp)
     loaded = cache.loaded
@@ -521,7 +523,7 @@ def _score_reranker(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list
     fusions = _fusions_for(reranker, sweep.fusion_specs)
     info = {
         "spec": str(spec) if isinstance(spec, (str, os.PathLike)) else label,
-        "name": str(getattr(reranker, "name", label)),
+        "name": str(reranker.name),
         "fingerprint": fp,
         "cache_file": str(cache.path),
         "pairs_in_cache_before": loaded,
@@ -533,7 +535,7 @@ def _score_reranker(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list
         "latency_sample": {"queries_per_k": sweep.latency_queries, **stats},
         "fusions": {lab: note for lab, _, note in fusions if note},
         "rerank_depth": depth,
-        "info": reranker.info() if callable(getattr(reranker, "info", None)) else None,
+        "info": reranker.info(),
     }
     return _Scored(label=label, scores=cache.scores, fusions=fusions, latency=lat, depth=depth, info=info)
 
@@ -566,7 +568,7 @@ def _time_sample(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list[tu
             t0 = time.perf_counter()
             res = reranker.score(sweep.queries[q], [c.full_text for c in cands])
             ms = (time.perf_counter() - t0) * 1000.0
-            hits = int(getattr(res, "cache_hits", 0) or 0)
+            hits = res.cache_hits
             stats["timed_calls"] += 1
             stats["timed_cache_hits"] += hits
             cache.put(q, ids, list(res))
