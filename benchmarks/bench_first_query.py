@@ -55,7 +55,7 @@ def child(spec: str, cands_file: str, peer_ckpt: str | None) -> None:
         from crossrank.pipeline import resolve_rerank_depth
 
         reranker = crossrank.load_reranker(spec, cache_size=0)
-        depth = resolve_rerank_depth("auto", reranker)  # fast = default@20: a pipeline scores only the top 20
+        depth = resolve_rerank_depth("auto", reranker)  # fast = default@M: a pipeline scores only the top M
 
         def score(q, texts):
             return reranker.score(q, texts[:depth] if depth else texts).scores

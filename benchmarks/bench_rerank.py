@@ -254,7 +254,7 @@ class SpecScorer(Scorer):
         self.name = spec
 
     def score(self, query, texts):
-        """Scores in input order. A spec with a recommended ``rerank_depth`` (``fast`` = ``default@20``) scores
+        """Scores in input order. A spec with a recommended ``rerank_depth`` (``fast`` = ``default@M``) scores
         only that many, as a pipeline does; the rest rank after them in input (first-stage) order."""
         from crossrank.pipeline import resolve_rerank_depth
 

@@ -35,7 +35,7 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     """Build a reranker from a name, path or URL.
 
     - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
-    - ``"fast"``: speed first: what the fast bundle recommends (``"default@20"``, chosen on held-out queries; how its
+    - ``"fast"``: speed first: what the fast bundle recommends (a depth ``"default@M"``, chosen on held-out queries; how its
       quality compares with the default's is measured in that bundle's model card);
     - ``"fast-student"``: the bundled 2-layer student distilled from the default, alone;
     - ``"B@M"``: B with a recommended ``rerank_depth`` of M: pipelines and evaluations rerank only the first

@@ -11,7 +11,7 @@ second model's order. Recommendations (fusion, ``min_score``) are the second mod
 of the ranking.
 
 The degenerate cascade whose first model is the first stage itself is a depth: ``"B@M"`` (:func:`parse_depth_spec`),
-B on the first stage's top M. The spec ``fast`` is one (``default@20``, chosen on held-out queries).
+B on the first stage's top M. The spec ``fast`` is one (``default@M``, M chosen on held-out queries).
 """
 
 from __future__ import annotations
