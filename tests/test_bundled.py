@@ -195,9 +195,6 @@ COHERE_DOCS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="the general-domain default of 2026-12-01 puts Carson City 0.001 above "
-                   "Washington (calibrated 0.634 vs 0.633); see its model card. Strict: a model that fixes it fails "
-                   "this mark, so the mark gets removed")
 def test_default_ranks_the_cohere_example_with_unsaturated_calibrated_scores():
     if not bundle_available():
         pytest.skip(f"no trained default bundle in {DEFAULT_BUNDLE_DIR} yet")
