@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
 
@@ -158,6 +159,16 @@ def score_by_query(score: Callable[[str, list[str]], RerankScores],
         hits += res.cache_hits
         tokens += res.tokens
     return RerankScores(scores=scores, truncated=truncated, cache_hits=hits, tokens=tokens)
+
+
+def score_by_query_within(reranker: Any, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None,
+                          instruction: str | None = None) -> RerankScores:
+    """:func:`score_by_query` over ``reranker.score`` with one time budget for all the queries: each query's call
+    gets what is left of ``timeout_s``."""
+    end = None if timeout_s is None else time.monotonic() + timeout_s
+    return score_by_query(lambda query, texts: reranker.score(
+        query, texts, timeout_s=None if end is None else max(1e-3, end - time.monotonic()),
+        instruction=instruction), pairs)
 
 
 def as_reranker(reranker: Any) -> Reranker:

@@ -31,7 +31,7 @@ from crossrank.rerank.base import (
     RerankScores,
     check_instruction,
     rank_by_scores,
-    score_by_query,
+    score_by_query_within,
 )
 
 log = logging.getLogger("crossrank.serve")
@@ -711,10 +711,7 @@ class BatchedReranker:
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
                     instruction: str | None = None) -> RerankScores:
         """One job per distinct query, each waited for in turn, all within the one ``timeout_s``."""
-        end = None if timeout_s is None else time.monotonic() + timeout_s
-        return score_by_query(lambda query, texts: self.score(
-            query, texts, timeout_s=None if end is None else max(1e-3, end - time.monotonic()),
-            instruction=instruction), pairs)
+        return score_by_query_within(self, pairs, timeout_s=timeout_s, instruction=instruction)
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(texts, self.score(query, texts).scores, top_n)
