@@ -16,7 +16,7 @@ Typical use::
     update_index("my-index", add=new_documents, delete=["doc-7"])   # in place, atomically, no full re-encode
 
 Large indexes (``ann.ANN_MIN_PASSAGES`` passages on) get an ANN graph for the dense side (``retrieve/ann.py``);
-passages are encoded in bulk by ``retrieve/encode.py`` (ONNX Runtime on CPU, resumable).
+passages are encoded in bulk by ``retrieve/encode.py`` (length-sorted, resumable).
 """
 
 from crossrank.retrieve.ann import ANN_MIN_PASSAGES, AnnIndex

@@ -13,7 +13,7 @@ onnxruntime is installed and the bi-encoder is a plain transformer + mean/CLS po
 through an ONNX Runtime graph of it (:class:`OnnxQueryEncoder`, checked against sentence-transformers at load).
 Measured on a 2-core AMD EPYC (Zen 3) with all-MiniLM-L6-v2 and SciFact queries: 8.4 ms per query vs 22.5 ms for
 torch, which is most of a hybrid search. Passages (bulk, batched) are encoded by :mod:`crossrank.retrieve.encode`
-(the same ONNX graph, length-sorted batches, resumable).
+(length-sorted batches, resumable; sentence-transformers by default, the same ONNX graph on request).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def encode_passages(
     backend: str = "auto", resume_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings of ``title + " " + text``, one row per passage (through
-    :func:`crossrank.retrieve.encode.encode_bulk`: ONNX Runtime on CPU where it can, length-sorted batches)."""
+    :func:`crossrank.retrieve.encode.encode_bulk`: length-sorted batches, ``backend`` as there)."""
     return encode_passages_with_stats(model, passages, batch_size=batch_size, show_progress=show_progress,
                                       backend=backend, resume_dir=resume_dir)[0]
 

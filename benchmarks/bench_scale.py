@@ -1,0 +1,260 @@
+"""An N-passage index on one machine: ANN recall@100 vs exact, hybrid top-100 latency, index RSS and load time, and
+bulk passage encoding vs sentence-transformers' ``encode`` (issue #23, part 1).
+
+* corpus: the first ``--real-text`` SciFact documents (title + text, whole documents) are encoded for real with
+  crossrank's bulk encoder (``retrieve/encode.py``). Past that, passages are **resampled real embeddings with
+  noise**: a random real passage's vector plus Gaussian noise (``--noise``, as a fraction of the unit norm),
+  re-normalised, with that passage's text (so BM25 holds N passages of real text, repeated). The report says how
+  many of each.
+* encoding: the same ``--encode-sample`` real texts through ``encode_bulk`` and through
+  ``SentenceTransformer.encode(batch_size=64, normalize_embeddings=True)``, in the same run (passages/s, ratio,
+  minimum cosine between the two).
+* index: BM25 + dense, with the ANN graph (``retrieve/ann.py``) forced on whatever N is, saved with
+  ``Index.save``; its size on disk.
+* ANN recall@100: for every SciFact test query (encoded), the graph's top 100 vs exact search over the same matrix.
+* load and search, in a fresh child process (so RSS is the index's, not the build's): ``load_index`` time (sha256
+  verification included), then ``retriever("hybrid").search(q, 100)`` per query after one warm-up (median, p95),
+  and the child's RSS and peak RSS.
+
+    nice -n 10 python benchmarks/bench_scale.py --n 20000 --real-text 500 --encode-sample 300   # a small proof
+    python benchmarks/bench_scale.py --n 1000000                                                 # the real run
+
+Results: ``benchmarks/results/<tag>.json`` and ``.md`` (tag defaults to ``bench_scale_<N>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_rerank import SHARED, cpu_info, load_scifact, versions  # noqa: E402
+
+
+def stats_ms(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs) * 1000.0
+    return {"n": len(xs), "median_ms": round(float(np.median(a)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3)}
+
+
+def rss_mb() -> dict[str, float]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = round(int(val.split()[0]) / 1024, 1)
+    return out
+
+
+def child(index_dir: str, queries_file: str) -> None:
+    """Load the index, search every query through hybrid top-100; print one JSON line."""
+    from crossrank.retrieve import load_index
+
+    queries = json.loads(Path(queries_file).read_text(encoding="utf-8"))
+    before = rss_mb()
+    t = time.perf_counter()
+    index = load_index(index_dir)
+    load_s = time.perf_counter() - t
+    after_load = rss_mb()
+    hybrid = index.retriever("hybrid")
+    t = time.perf_counter()
+    hybrid.search(queries[0], 100)  # loads the bi-encoder and its ONNX graph
+    first_s = time.perf_counter() - t
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        hybrid.search(q, 100)
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"load_s": round(load_s, 3), "first_search_s": round(first_s, 3), "hybrid": stats_ms(times),
+                      "rss_before_mb": before, "rss_after_load_mb": after_load, "rss_after_search_mb": rss_mb(),
+                      "ann": index.ann is not None}))
+
+
+def corpus_texts(limit: int) -> list[tuple[str, str, str]]:
+    out = []
+    with open(SHARED / "scifact" / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                out.append((str(d["_id"]), d.get("title", ""), d["text"]))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def compare_encoding(model: Any, texts: list[str], backend: str) -> dict[str, Any]:
+    """Bulk encoder vs sentence-transformers on the same texts, same run (bulk first: its ONNX graph is cached)."""
+    from crossrank.retrieve import encode_bulk
+
+    encode_bulk(model, texts[:8], backend=backend)  # builds or loads the ONNX graph outside the timing
+    t = time.perf_counter()
+    bulk, stats = encode_bulk(model, texts, backend=backend)
+    bulk_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+    st_s = time.perf_counter() - t
+    cos = np.sum(bulk * ref, axis=1) / np.linalg.norm(bulk, axis=1) / np.linalg.norm(ref, axis=1)
+    return {"texts": len(texts), "bulk_backend": stats["backend"], "bulk_passages_per_s": round(len(texts) / bulk_s, 1),
+            "st_passages_per_s": round(len(texts) / st_s, 1), "ratio": round(st_s / bulk_s, 3),
+            "min_cosine": round(float(cos.min()), 7)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=20000, help="passages in the index")
+    ap.add_argument("--real-text", type=int, default=5183, help="SciFact documents encoded for real (at most N)")
+    ap.add_argument("--encode-sample", type=int, default=1000, help="texts for the bulk vs sentence-transformers run")
+    ap.add_argument("--encode-backend", default="onnx", help="encode_bulk backend compared with sentence-transformers")
+    ap.add_argument("--noise", type=float, default=0.3, help="resampling noise, as a fraction of the unit norm")
+    ap.add_argument("--queries", type=int, default=0, help="SciFact test queries (0: all)")
+    ap.add_argument("--workdir", default=None, help="where the index is written (default: a temporary folder)")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--child", nargs=2, metavar=("INDEX", "QUERIES"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+
+    from crossrank.retrieve import AnnIndex, BM25Retriever, DenseRetriever, Index, build_index, encode_bulk
+    from crossrank.retrieve.dense import load_bi_encoder
+    from crossrank.retrieve.index import _ann_manifest
+    from crossrank.types import Passage
+
+    machine = cpu_info()
+    print(f"CPU: {machine['model']} | {machine['cores']} cores | load {machine['loadavg_start']}", flush=True)
+    queries = list(load_scifact(SHARED / "scifact")[0].values())[: args.queries or None]
+    docs = corpus_texts(min(args.real_text, args.n))
+    texts = [f"{title} {text}" if title else text for _, title, text in docs]
+    model = load_bi_encoder("default")
+    enc = compare_encoding(model, texts[: args.encode_sample], args.encode_backend)
+    print(f"encoding: {enc}", flush=True)
+
+    t = time.perf_counter()
+    real_vecs, real_stats = encode_bulk(model, texts)
+    real_s = time.perf_counter() - t
+    rng = np.random.default_rng(0)
+    n_fake = args.n - len(docs)
+    src = rng.integers(0, len(docs), n_fake)
+    fake = real_vecs[src] + rng.standard_normal((n_fake, real_vecs.shape[1])).astype(np.float32) * (
+        args.noise / np.sqrt(real_vecs.shape[1]))
+    fake /= np.linalg.norm(fake, axis=1, keepdims=True)
+    vectors = np.concatenate([real_vecs, fake.astype(np.float32)])
+    passages = [Passage(id=i, doc_id=i, text=text, title=title) for i, title, text in docs]
+    passages += [Passage(id=f"r{j}", doc_id=f"r{j}", text=docs[s][2], title=docs[s][1]) for j, s in enumerate(src)]
+    print(f"corpus: {len(docs)} real passages encoded in {real_s:.1f} s, {n_fake} resampled with noise", flush=True)
+
+    template = build_index([passages[0]], methods=("bm25", "dense"), progress=False).manifest
+    t = time.perf_counter()
+    bm25 = BM25Retriever(passages)
+    bm25_s = time.perf_counter() - t
+    t = time.perf_counter()
+    graph = AnnIndex.build(vectors)
+    ann_s = time.perf_counter() - t
+    manifest = {**template, "counts": {"documents": len(passages), "passages": len(passages)},
+                "dense": {**template["dense"], "ann": _ann_manifest(graph, ann_s), "encoding": real_stats}}
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    target = workdir / f"index-{args.n}"
+    t = time.perf_counter()
+    Index(passages, manifest, bm25=bm25, embeddings=vectors, ann=graph).save(target)
+    save_s = time.perf_counter() - t
+    size_mb = {f.name: round(f.stat().st_size / 2**20, 1) for f in target.iterdir() if f.is_file()}
+    size_mb["bm25/"] = round(sum(f.stat().st_size for f in (target / "bm25").iterdir()) / 2**20, 1)
+    print(f"index: BM25 {bm25_s:.1f} s, ANN {ann_s:.1f} s, save {save_s:.1f} s, files {size_mb}", flush=True)
+
+    qvecs, _ = encode_bulk(model, queries)
+    exact = DenseRetriever(passages, model=model, embeddings=vectors)
+    approx = DenseRetriever(passages, model=model, embeddings=vectors, ann=graph)
+    recalls, exact_t, ann_t = [], [], []
+    for q in qvecs:
+        t = time.perf_counter()
+        want = exact.search_vectors(q[None], 100)[0]
+        exact_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        got = approx.search_vectors(q[None], 100)[0]
+        ann_t.append(time.perf_counter() - t)
+        recalls.append(len({c.id for c in got} & {c.id for c in want}) / 100)
+    recall = {"recall_at_100_mean": round(float(np.mean(recalls)), 4), "recall_at_100_min": float(np.min(recalls)),
+              "exact_search": stats_ms(exact_t), "ann_search": stats_ms(ann_t)}
+    print(f"ANN: {recall}", flush=True)
+    del exact, approx, graph, bm25, vectors, fake
+
+    qfile = workdir / "queries.json"
+    qfile.write_text(json.dumps(queries), encoding="utf-8")
+    proc = subprocess.run([sys.executable, __file__, "--child", str(target), str(qfile)], capture_output=True,
+                          text=True, check=True)
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"load + hybrid: {loaded}", flush=True)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine,
+        "versions": {**versions(), "usearch": _version("usearch"), "bm25s": _version("bm25s")},
+        "n_passages": args.n, "real_passages": len(docs), "resampled_passages": n_fake, "noise": args.noise,
+        "queries": len(queries), "encoding": enc, "index_files_mb": size_mb,
+        "build_s": {"encode_real": round(real_s, 1), "bm25": round(bm25_s, 1), "ann": round(ann_s, 1),
+                    "save": round(save_s, 1)},
+        "ann": recall, "load_and_search": loaded,
+    }
+    tag = args.tag or f"bench_scale_{args.n}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / f"{tag}.md").write_text(markdown(report), encoding="utf-8")
+    print(f"wrote {out / tag}.json and .md")
+    return 0
+
+
+def _version(pkg: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    e, a, ls = r["encoding"], r["ann"], r["load_and_search"]
+    m = r["machine"]
+    lines = [
+        f"# bench_scale: {r['n_passages']:,} passages ({r['date']})",
+        "",
+        f"{m['model']}, {m['cores']} cores, load at start {m['loadavg_start']}. Corpus: {r['real_passages']:,} "
+        f"real SciFact passages encoded for real, {r['resampled_passages']:,} **resampled real embeddings with "
+        f"noise** ({r['noise']} of the unit norm; their text is the source passage's). {r['queries']} SciFact test "
+        "queries. Dense side: usearch HNSW graph (f16), candidates rescored exactly.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| ANN recall@100 vs exact (mean / min) | {a['recall_at_100_mean']:.4f} / {a['recall_at_100_min']:.2f} |",
+        f"| dense search, exact (median / p95) | {a['exact_search']['median_ms']:.2f} / "
+        f"{a['exact_search']['p95_ms']:.2f} ms |",
+        f"| dense search, ANN (median / p95) | {a['ann_search']['median_ms']:.2f} / {a['ann_search']['p95_ms']:.2f} ms |",
+        f"| hybrid top-100, text query (median / p95) | {ls['hybrid']['median_ms']:.2f} / {ls['hybrid']['p95_ms']:.2f} ms |",
+        f"| load_index (sha256 verified) | {ls['load_s']:.2f} s |",
+        f"| RSS after load / after searches / peak | {ls['rss_after_load_mb']['VmRSS']:.0f} / "
+        f"{ls['rss_after_search_mb']['VmRSS']:.0f} / {ls['rss_after_search_mb']['VmHWM']:.0f} MiB |",
+        f"| index files | {', '.join(f'{k} {v} MiB' for k, v in r['index_files_mb'].items())} |",
+        f"| bulk encoding ({e['bulk_backend']}) vs sentence-transformers, {e['texts']} texts | "
+        f"{e['bulk_passages_per_s']:.1f} vs {e['st_passages_per_s']:.1f} passages/s ({e['ratio']:.2f}x), "
+        f"min cosine {e['min_cosine']:.6f} |",
+        f"| build | {', '.join(f'{k} {v} s' for k, v in r['build_s'].items())} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
