@@ -94,9 +94,10 @@ def measured_tokens_per_s(reranker: Any, pairs: int = 4) -> float | None:
 
     info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
     max_length = int(info.get("max_length") or 512)
-    query, texts = "warm-up query", [WARM_UP_TEXT] * pairs
+    # distinct texts: a score cache (or deduplication) must not answer the timed pass
+    query, texts = "warm-up query", [f"Passage {i}. {WARM_UP_TEXT}" for i in range(pairs)]
     try:
-        reranker.score(query, texts[:1])
+        reranker.score(query, [f"Untimed passage. {WARM_UP_TEXT}"])
         start = time.perf_counter()
         reranker.score(query, texts)
         seconds = time.perf_counter() - start
