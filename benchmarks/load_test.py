@@ -168,6 +168,19 @@ def mean_pairs_per_pass(url: str) -> float:
     return float(s.group(1)) / float(c.group(1)) if s and c and float(c.group(1)) else 0.0
 
 
+def timed_post(http: httpx.Client, path: str, body: dict, lock: threading.Lock,
+               errors: list[str]) -> tuple[httpx.Response, float] | None:
+    """POST ``body``: (response, seconds), or None after recording a transport error."""
+    t0 = time.perf_counter()
+    try:
+        resp = http.post(path, json=body)
+    except httpx.HTTPError as exc:
+        with lock:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        return None
+    return resp, time.perf_counter() - t0
+
+
 def run_mode(args, docs: list[str], queries: list[str], batching: bool) -> ModeResult:
     mode = "dynamic batching" if batching else "no batching"
     res = ModeResult(mode=mode)
@@ -198,14 +211,10 @@ def run_mode(args, docs: list[str], queries: list[str], batching: bool) -> ModeR
                             "documents": docs[off : off + args.docs], "top_n": 10}
                     with lock:
                         res.sent += 1
-                    t0 = time.perf_counter()
-                    try:
-                        resp = http.post("/v2/rerank", json=body)
-                    except httpx.HTTPError as exc:
-                        with lock:
-                            res.transport_errors.append(f"{type(exc).__name__}: {exc}")
+                    sent = timed_post(http, "/v2/rerank", body, lock, res.transport_errors)
+                    if sent is None:
                         continue
-                    dt = time.perf_counter() - t0
+                    resp, dt = sent
                     with lock:
                         res.answered += 1
                         res.statuses[resp.status_code] = res.statuses.get(resp.status_code, 0) + 1
@@ -294,14 +303,10 @@ def run_level(args, docs: list[str], queries: list[str], clients: int) -> LevelR
                 start.wait()
                 while time.monotonic() < stop_at[0]:
                     body = request_body(rng, docs, queries)
-                    t0 = time.perf_counter()
-                    try:
-                        resp = http.post("/rerank", json=body)
-                    except httpx.HTTPError as exc:
-                        with lock:
-                            res.transport_errors.append(f"{type(exc).__name__}: {exc}")
+                    sent = timed_post(http, "/rerank", body, lock, res.transport_errors)
+                    if sent is None:
                         continue
-                    dt = time.perf_counter() - t0
+                    resp, dt = sent
                     with lock:
                         res.statuses[resp.status_code] = res.statuses.get(resp.status_code, 0) + 1
                         if resp.status_code == 200:
