@@ -215,7 +215,7 @@ def test_default_gives_the_cohere_example_a_usable_calibrated_spread():
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert max(scores) - min(scores) >= 0.5
     assert scores[2] > max(scores[1], scores[3], scores[4])  # Washington above the three non-answers
-    assert rr.info()["recommended"]["fusion"]["method"] in ("none", "rrf", "interpolate")
+    assert rr.info()["recommended"]["fusion"]["method"] in ("none", "rrf", "interpolate", "confidence")
 
 
 def test_fast_loads_offline_and_ranks_the_toy_example():

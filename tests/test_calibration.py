@@ -83,7 +83,8 @@ def test_fusion_choice_weighs_every_source_the_same():
     a = {"first_stage": {"q": 0.5}, "ce": {"q": 0.62}, "rrf": {"q": 0.6}}
     b = {"first_stage": {"q": 0.5}, "ce": {"q": 0.3}, "rrf": {"q": 0.55}}
     for t, v in ((a, 0.58), (b, 0.5)):
-        t.update({f"interpolate:{w}": {"q": v} for w in np.round(np.arange(0.0, 1.01, 0.1), 1)})
+        t.update({f"{m}:{w}": {"q": v} for m in ("interpolate", "confidence")
+                  for w in np.round(np.arange(0.0, 1.01, 0.1), 1)})
     best, macro = choose_fusion({"a": a, "b": b})
     assert best == "rrf"
     assert macro["rrf"] == pytest.approx(0.575)

@@ -179,6 +179,21 @@ def test_fusion_math():
     assert sorted(range(3), key=lambda i: -only_first[i]) == [0, 1, 2]
 
 
+def test_confidence_fusion_scales_the_weight_by_the_best_relevance():
+    first = [3.0, 2.0, 1.0]
+    sure, unsure = [0.1, 0.9, 0.5], [0.01, 0.09, 0.05]  # same order, the second reads "nothing relevant"
+    assert fuse(first, sure, "confidence:0.8") == pytest.approx(fuse(first, sure, Fusion("interpolate", 0.8 * 0.9)))
+    assert fuse(first, unsure, "confidence:0.8") == pytest.approx(fuse(first, unsure, "interpolate:0.072"))
+    # confident: the cross-encoder's order; unsure: the first stage keeps its order
+    assert sorted(range(3), key=lambda i: -fuse(first, sure, "confidence:1")[i]) == [1, 2, 0]
+    assert sorted(range(3), key=lambda i: -fuse(first, unsure, "confidence:1")[i]) == [0, 1, 2]
+    # scores above 1 (raw logits) clip to the plain interpolation
+    assert fuse(first, [1.0, 7.0, 3.0], "confidence:0.4") == pytest.approx(fuse(first, [1.0, 7.0, 3.0], "interpolate:0.4"))
+    assert Fusion.parse({"fusion": "confidence", "weight": 0.2}) == Fusion("confidence", 0.2)
+    with pytest.raises(InputError):
+        Fusion.parse("confident:0.2")
+
+
 class BudgetRecordingReranker:
     """The real engine, recording the time budget the pipeline hands it."""
 

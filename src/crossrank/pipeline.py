@@ -13,7 +13,9 @@ three promises:
 
 The final order is the cross-encoder's (``fusion="none"``, the classic pattern) or a fusion of the
 cross-encoder with the first stage: reciprocal rank fusion (``"rrf"``) or an interpolation of z-normalised
-scores (``"interpolate"``, ``weight`` on the cross-encoder). ``fusion="auto"`` (the default, and what the CLI,
+scores (``"interpolate"``, ``weight`` on the cross-encoder), or that interpolation with the weight scaled per query by
+the cross-encoder's confidence (``"confidence"``: ``weight * max relevance``, so a query whose best candidate reads
+relevance 0.2 keeps mostly the first-stage order). ``fusion="auto"`` (the default, and what the CLI,
 the server and the evaluator use) takes the reranker's own recommendation
 (:func:`crossrank.rerank.recommendation`; the bundled models ship one chosen on held-out training queries) and is
 the cross-encoder's order for a reranker that recommends none. ``min_score`` drops hits whose calibrated
@@ -38,7 +40,8 @@ from crossrank.retrieve.base import Retriever
 from crossrank.threads import DaemonThreadPoolExecutor
 from crossrank.types import DEFAULT_N, Candidate, Hit, SearchResult, Timings, first_per_document
 
-FusionMethod = Literal["none", "rrf", "interpolate"]
+FusionMethod = Literal["none", "rrf", "interpolate", "confidence"]
+FUSION_METHODS = ("none", "rrf", "interpolate", "confidence")
 Unit = Literal["passage", "document"]
 
 RRF_K = 60
@@ -58,20 +61,25 @@ class Fusion:
 
     ``method="none"``: cross-encoder order. ``"rrf"``: 1/(60+rank_ce) + 1/(60+rank_first). ``"interpolate"``:
     ``weight * z(ce) + (1 - weight) * z(first)``, z-normalised over the reranked candidates of one query.
+    ``"confidence"``: the same with ``weight * max(ce)`` in place of ``weight`` (``max(ce)`` clipped to [0, 1]):
+    where the cross-encoder's calibrated relevance says nothing among the candidates is relevant, it has no basis
+    for reordering, so the first stage keeps the order. It reads the scores as relevance probabilities (the
+    bundled models' calibrated scores); on raw logits it is ``"interpolate"``.
     """
 
     method: FusionMethod = "none"
     weight: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.method not in ("none", "rrf", "interpolate"):
-            raise InputError(f"unknown fusion {self.method!r}: use none, rrf or interpolate")
+        if self.method not in FUSION_METHODS:
+            raise InputError(f"unknown fusion {self.method!r}: use none, rrf, interpolate or confidence")
         if not 0.0 <= self.weight <= 1.0:
             raise InputError(f"fusion weight must be in [0, 1], got {self.weight}")
 
     @classmethod
     def parse(cls, spec: "str | Fusion | dict | None") -> "Fusion":
-        """``None``/``"none"``, ``"rrf"``, ``"interpolate"``, ``"interpolate:0.7"``, a dict or a Fusion."""
+        """``None``/``"none"``, ``"rrf"``, ``"interpolate"``, ``"interpolate:0.7"``, ``"confidence:0.2"``, a dict
+        or a Fusion."""
         if spec is None:
             return cls()
         if isinstance(spec, Fusion):
@@ -117,6 +125,8 @@ def fuse(first_stage: Sequence[float], rerank: Sequence[float], fusion: "Fusion 
             1.0 / (RRF_K + a) + 1.0 / (RRF_K + b) for a, b in zip(_ranks(rerank), _ranks(first_stage), strict=True)
         ]
     w = fusion.weight
+    if fusion.method == "confidence":
+        w *= min(1.0, max(0.0, max(rerank, default=0.0)))
     return [w * a + (1.0 - w) * b for a, b in zip(_zscore(rerank), _zscore(first_stage), strict=True)]
 
 
@@ -150,7 +160,7 @@ class Pipeline:
         k: candidates fetched from the first stage and offered to the reranker.
         n: results returned.
         deadline_ms: default end-to-end time budget per search (``None``: no deadline).
-        fusion: final-order fusion (``Fusion``, ``"rrf"``, ``"interpolate:0.6"``, ``"none"``...); ``"auto"``
+        fusion: final-order fusion (``Fusion``, ``"rrf"``, ``"interpolate:0.6"``, ``"confidence:0.2"``, ``"none"``...); ``"auto"``
             (default): the reranker's recommendation, else the cross-encoder's order.
         min_score: drop reranked hits whose relevance (the reranker's score) is below this; ``"auto"``: the
             reranker's recommended threshold (none if it has none); ``None`` (default): keep every hit. Hits the

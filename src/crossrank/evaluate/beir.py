@@ -81,14 +81,14 @@ def config_id(retriever: str, reranker: str, fusion: str, k: int) -> str:
 
 # ------------------------------------------------------------------------------------------------- helpers
 def _fusion_label(f: Any) -> str:
-    if f.method == "interpolate":
-        return f"interpolate:{f.weight:g}"
+    if f.method in ("interpolate", "confidence"):
+        return f"{f.method}:{f.weight:g}"
     return f.method
 
 
 def parse_fusions(specs: Any) -> list[Any]:
-    """Fusion specs ("none", "rrf", "interpolate", "interpolate:0.7", dicts, or "auto" = the reranker's
-    recommended setting) -> list of ``crossrank.pipeline.Fusion`` or the string "auto"."""
+    """Fusion specs ("none", "rrf", "interpolate", "interpolate:0.7", "confidence:0.2", dicts, or "auto" = the
+    reranker's recommended setting) -> list of ``crossrank.pipeline.Fusion`` or the string "auto"."""
     from crossrank.pipeline import Fusion
 
     out: list[Any] = []
@@ -300,8 +300,8 @@ def evaluate_beir(
         rerankers: "none" (first stage alone; always reported), "default" (bundled model), a model folder or hub id
             (loaded with ``crossrank.rerank.load_reranker(spec, **reranker_options)``), or ``Reranker`` objects.
         ks: first-stage depths K (the reranker reorders the top-K). ``ns``: passages handed on (answer accuracy).
-        fusions: "none" (cross-encoder order), "rrf", "interpolate[:w]" (w on the cross-encoder), "auto" (the
-            reranker's recommended setting).
+        fusions: "none" (cross-encoder order), "rrf", "interpolate[:w]" (w on the cross-encoder), "confidence[:w]"
+            (w times the best relevance), "auto" (the reranker's recommended setting).
         rerank_max_k: ``{retriever: K}``: rerank that first stage only at depths up to K (its first-stage rows
             are still reported at every K). Scoring cost is the union of every first stage's reranked top-K, so
             capping the first stages you care less about keeps a deep sweep of the main one affordable.

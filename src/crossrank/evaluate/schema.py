@@ -30,7 +30,7 @@ kind == "beir":
                cache_file}}
   configs     list, one per (retriever, reranker, fusion, K); first-stage rows have reranker = fusion = "none":
       id                     "retriever|reranker|fusion|K"
-      retriever, reranker, fusion ("none" | "rrf" | "interpolate:<w>"), k
+      retriever, reranker, fusion ("none" | "rrf" | "interpolate:<w>" | "confidence:<w>"), k
       metrics                {"ndcg@10", "mrr@10", "map@100", "recall@k"} of the final list (K documents)
       first_stage_recall@k   Recall@K of the first stage: the ceiling of any reranking of its top-K
       first_stage_ndcg@10    nDCG@10 of the first stage

@@ -366,7 +366,7 @@ RootRerankRequest = Annotated[
 
 
 # Pipeline fusion specs (crossrank.pipeline.Fusion.parse) in their documented spelling; the weight is in [0, 1].
-FUSION = r"^(auto|(none|rrf|interpolate)(:(0(\.[0-9]*)?|1(\.0*)?|\.[0-9]+))?)$"
+FUSION = r"^(auto|(none|rrf|interpolate|confidence)(:(0(\.[0-9]*)?|1(\.0*)?|\.[0-9]+))?)$"
 
 
 class SearchRequest(BaseModel):
@@ -379,9 +379,11 @@ class SearchRequest(BaseModel):
     retriever: Literal["bm25", "dense", "hybrid"] | None = None
     deadline_ms: Deadline | None = None
     rerank: StrictBool = True
-    fusion: StrictStr = Field(default="auto", examples=["auto", "none", "rrf", "interpolate:0.3"], pattern=FUSION,
+    fusion: StrictStr = Field(default="auto", examples=["auto", "none", "rrf", "interpolate:0.3", "confidence:0.2"],
+                              pattern=FUSION,
                               description="Final order: auto (the model's recommendation), none (cross-encoder "
-                                          "order), rrf, interpolate[:w] (w in [0, 1], on the cross-encoder).")
+                                          "order), rrf, interpolate[:w] (w in [0, 1], on the cross-encoder), "
+                                          "confidence[:w] (w times the best candidate's relevance).")
     min_score: Annotated[float, Field(strict=True, allow_inf_nan=False)] | Literal["auto"] | None = Field(
         default=None, description="Drop reranked hits whose relevance is below this; auto: the model's "
                                   "recommended 'nothing relevant' threshold.")
