@@ -33,8 +33,12 @@ from crossrank.rerank.base import (
     rank_by_scores,
     score_by_query_within,
 )
+from crossrank.serve.config import ServeConfig
 
 log = logging.getLogger("crossrank.serve")
+# the queue's defaults are the server's (ServeConfig: the one definition); admission_safety is not: a bare
+# batcher predicts with its throughput as measured
+_SERVER = ServeConfig()
 
 Pair = tuple[str, str]
 ScoreFn = Callable[[Sequence[Pair], dict[str, Any]], RerankScores]
@@ -177,13 +181,13 @@ class DynamicBatcher:
         self,
         score_fn: ScoreFn,
         *,
-        batching: bool = True,
-        batch_tokens: int = 16384,
-        max_batch_pairs: int = 256,
-        step_passes: int = 4,
-        max_queue_pairs: int = 8192,
-        max_queue_requests: int = 512,
-        batch_wait_ms: float = 0.0,
+        batching: bool = _SERVER.batching,
+        batch_tokens: int = _SERVER.batch_tokens,
+        max_batch_pairs: int = _SERVER.max_batch_pairs,
+        step_passes: int = _SERVER.step_passes,
+        max_queue_pairs: int = _SERVER.max_queue_pairs,
+        max_queue_requests: int = _SERVER.max_queue_requests,
+        batch_wait_ms: float = _SERVER.batch_wait_ms,
         max_length: int = 512,
         count_tokens: Callable[[str, str], int] | None = None,
         observer: BatchObserver | None = None,

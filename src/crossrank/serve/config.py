@@ -1,11 +1,16 @@
-"""Server settings: limits, batching, auth. Plain data; the app and the batcher read it."""
+"""Server settings: limits, batching, auth. Plain data; the app and the batcher read it.
+
+:class:`ServeConfig` is the one definition of what the server can be told and its defaults; :data:`SETTINGS` is
+the part of it the command lines take (``crossrank serve`` and ``python -m crossrank.serve`` make their options
+from it, ``server.run`` takes the same names) with each option's help, and :func:`config_from_settings` turns
+those options into a ``ServeConfig``."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from crossrank.errors import InputError
 
@@ -140,12 +145,6 @@ class ServeConfig:
         if host not in WILDCARD_HOSTS:
             self.allowed_hosts = parse_hosts((*self.allowed_hosts, host))
 
-    def public(self) -> dict[str, Any]:
-        """Settings safe to show on ``/info`` (no key)."""
-        out = asdict(self)
-        out["api_key"] = bool(self.api_key)
-        return out
-
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -176,3 +175,76 @@ def read_key_file(path: str | os.PathLike) -> str:
     if not key:
         raise InputError(f"the API key file {path} is empty")
     return key
+
+
+_FIELD_DEFAULT = object()  # Setting.default: the ServeConfig field's own default
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One server setting as the command lines take it: the option ``--<name>`` (``server.run``'s keyword
+    ``name``), its help, and the :class:`ServeConfig` field it sets (None: an option that is not a field)."""
+
+    name: str
+    help: str
+    field: str | None = None
+    default: Any = _FIELD_DEFAULT  # the option's default: the field's unless given (None: unset, the field's applies)
+    type: type | None = None  # None: the default's type
+    envvar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.default is _FIELD_DEFAULT:
+            if self.field is None:
+                raise TypeError(f"setting {self.name!r} is no ServeConfig field: give it a default")
+            object.__setattr__(self, "default", _FIELDS[self.field].default)
+        if self.type is None:
+            object.__setattr__(self, "type", type(self.default))
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+_FIELDS = {f.name: f for f in fields(ServeConfig)}
+# What ``crossrank serve`` and ``python -m crossrank.serve`` take, in their help's order.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api_key", "Require 'Authorization: Bearer KEY'.", field="api_key", type=str,
+            envvar="CROSSRANK_API_KEY"),
+    Setting("api_key_file", "Read the API key from this file (keeps it out of 'ps').", default=None, type=str),
+    Setting("allowed_hosts", "Comma-separated Host names accepted besides loopback; '*' for any.",
+            field="allowed_hosts", default=None, type=str, envvar="CROSSRANK_ALLOWED_HOSTS"),
+    Setting("max_documents", "Most documents per request.", field="max_documents"),
+    Setting("max_body_bytes", "Largest request body.", field="max_body_bytes"),
+    Setting("max_queue_pairs", "Pairs waiting before requests get 429.", field="max_queue_pairs"),
+    Setting("max_queue_requests", "Requests waiting before requests get 429.", field="max_queue_requests"),
+    Setting("batch_wait_ms", "Wait this long for more requests before a forward pass.", field="batch_wait_ms"),
+    Setting("batch_tokens", "Token budget per forward pass.", field="batch_tokens"),
+    Setting("max_batch_pairs", "Most pairs the worker hands the engine per step.", field="max_batch_pairs"),
+    Setting("dynamic_batching", "Batch concurrent requests together (off: each alone, for comparison).",
+            field="batching"),
+    # how a local model is loaded, and so what the server does by default (a remote reranker keeps its own)
+    Setting("long_documents", "truncate or chunk (max-score over windows).", default="truncate",
+            choices=("truncate", "chunk")),
+    # unset: the field's 30 s for requests, and no deadline for /search's pipeline (server.build_app)
+    Setting("deadline_ms", "Default per-request deadline (30000 ms when unset).", field="default_deadline_ms",
+            default=None, type=float),
+)
+SETTING_NAMES = frozenset(s.name for s in SETTINGS)
+
+
+def resolve_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting by name: ``given``'s value, else the option's default; a name not in :data:`SETTINGS` is a
+    ``TypeError`` (as an unknown keyword argument is)."""
+    unknown = sorted(set(given) - SETTING_NAMES)
+    if unknown:
+        raise TypeError(f"unknown serve setting(s): {', '.join(unknown)}; known: {', '.join(sorted(SETTING_NAMES))}")
+    return {s.name: given.get(s.name, s.default) for s in SETTINGS}
+
+
+def config_from_settings(given: Mapping[str, Any]) -> ServeConfig:
+    """The :class:`ServeConfig` that settings by name (:data:`SETTINGS`; None or missing: the default) describe,
+    with the environment's key and hosts where those are not given (:meth:`ServeConfig.from_env`)."""
+    values = resolve_settings(given)
+    overrides = {s.field: values[s.name] for s in SETTINGS if s.field is not None}
+    return ServeConfig.from_env(api_key_file=values["api_key_file"], **overrides)

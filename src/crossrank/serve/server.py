@@ -9,10 +9,11 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from crossrank.errors import InputError
-from crossrank.serve.config import WILDCARD_HOSTS, ServeConfig
+from crossrank.serve.config import WILDCARD_HOSTS, ServeConfig, config_from_settings, resolve_settings
+from crossrank.types import DEFAULT_N
 
 log = logging.getLogger("crossrank.serve")
 
@@ -22,50 +23,29 @@ def build_app(
     *,
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
-    api_key: str | None = None,
-    api_key_file: str | os.PathLike | None = None,
-    allowed_hosts: str | Sequence[str] | None = None,
     host: str | None = None,
-    max_documents: int = 1000,
-    max_body_bytes: int = 8 * 1024 * 1024,
-    max_queue_pairs: int = 20000,
-    max_queue_requests: int = 512,
-    batch_tokens: int = 16384,
-    max_batch_pairs: int = 256,
-    batch_wait_ms: float = 0.0,
-    dynamic_batching: bool = True,
-    long_documents: str = "truncate",
-    deadline_ms: float | None = None,
     k: int = 100,
-    n: int = 10,
+    n: int = DEFAULT_N,
     reranker_options: dict[str, Any] | None = None,
+    **settings: Any,
 ):
     """Load the reranker (and the index), and return the FastAPI app ``run`` serves (``host``: the address it
-    will bind, accepted as a Host header)."""
+    will bind, accepted as a Host header). ``settings``: the server's settings by name (``config.SETTINGS``:
+    ``max_documents``, ``api_key_file``, ``dynamic_batching``, ``deadline_ms``...; unknown names are a
+    ``TypeError``)."""
     from crossrank.rerank import load_reranker
     from crossrank.serve.app import create_app
 
+    values = resolve_settings(settings)
+    long_documents = values["long_documents"]
     if long_documents not in ("truncate", "chunk"):
         raise InputError(f"long_documents must be 'truncate' or 'chunk', got {long_documents!r}")
     options = dict(reranker_options or {})
     remote = str(model).startswith(("http://", "https://"))
     if not remote:
         options.setdefault("long_documents", long_documents)
-        options.setdefault("batch_tokens", batch_tokens)
-    config = ServeConfig.from_env(  # before the model loads: a bad key file fails fast
-        api_key_file=api_key_file,
-        api_key=api_key,
-        allowed_hosts=allowed_hosts,
-        max_documents=max_documents,
-        max_body_bytes=max_body_bytes,
-        max_queue_pairs=max_queue_pairs,
-        max_queue_requests=max_queue_requests,
-        batch_tokens=batch_tokens,
-        max_batch_pairs=max_batch_pairs,
-        batch_wait_ms=batch_wait_ms,
-        batching=dynamic_batching,
-        default_deadline_ms=deadline_ms,
-    )
+        options.setdefault("batch_tokens", values["batch_tokens"])
+    config = config_from_settings(values)  # before the model loads: a bad key file fails fast
     if host is not None:
         config.allow_bound(host)
     reranker = load_reranker(model, **options)
@@ -78,7 +58,7 @@ def build_app(
 
         loaded_index = load_index(Path(index))
     return create_app(reranker, config=config, index=loaded_index, retriever=retriever, k=k, n=n,
-                      search_deadline_ms=deadline_ms)
+                      search_deadline_ms=values["deadline_ms"])
 
 
 WARM_UP_TEXT = "A warm-up passage of ordinary words, long enough to fill the model's input. " * 40
@@ -116,33 +96,22 @@ def run(
     port: int = 8080,
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
-    api_key: str | None = None,
-    api_key_file: str | os.PathLike | None = None,
-    allowed_hosts: str | Sequence[str] | None = None,
-    max_documents: int = 1000,
-    max_body_bytes: int = 8 * 1024 * 1024,
-    max_queue_pairs: int = 20000,
-    max_queue_requests: int = 512,
-    batch_tokens: int = 16384,
-    max_batch_pairs: int = 256,
-    batch_wait_ms: float = 0.0,
-    dynamic_batching: bool = True,
-    long_documents: str = "truncate",
-    deadline_ms: float | None = None,
     k: int = 100,
-    n: int = 10,
+    n: int = DEFAULT_N,
     log_level: str = "info",
     reranker_options: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> None:
     """Serve ``model`` over HTTP until interrupted (binds loopback unless ``host`` says otherwise).
 
     ``model``: "default", a hub id, a local checkpoint, or an http(s) URL (a remote reranker, proxied).
     ``index``: an index directory; adds ``POST /search`` (``retriever`` the default kind, K ``k``, N ``n``).
+    ``settings``: the server's settings by name (``config.SETTINGS``, as ``crossrank serve`` takes them), e.g.
     ``api_key`` (or ``CROSSRANK_API_KEY``, or ``api_key_file``, which keeps it out of ``ps``): require
-    ``Authorization: Bearer <key>`` (``/health`` and ``/`` stay open).
+    ``Authorization: Bearer <key>`` (``/health`` and ``/`` stay open);
     ``allowed_hosts`` (or ``CROSSRANK_ALLOWED_HOSTS``; comma-separated, ``*`` for any): Host names served besides
-    the loopback names and ``host``; other Host headers get 400 (DNS rebinding).
-    ``dynamic_batching=False`` runs each request alone (comparison baseline).
+    the loopback names and ``host``; other Host headers get 400 (DNS rebinding);
+    ``dynamic_batching=False`` runs each request alone (comparison baseline);
     ``deadline_ms``: default time budget per request (30 s when unset) and the search pipeline's deadline.
     ``reranker_options``: extra keyword arguments for ``load_reranker`` (``dtype``, ``device``, ``max_length``...).
     """
@@ -150,14 +119,8 @@ def run(
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = build_app(
-        model, index=index, retriever=retriever, api_key=api_key, api_key_file=api_key_file,
-        allowed_hosts=allowed_hosts, host=host, max_documents=max_documents,
-        max_body_bytes=max_body_bytes, max_queue_pairs=max_queue_pairs, max_queue_requests=max_queue_requests,
-        batch_tokens=batch_tokens, max_batch_pairs=max_batch_pairs, batch_wait_ms=batch_wait_ms,
-        dynamic_batching=dynamic_batching, long_documents=long_documents, deadline_ms=deadline_ms, k=k, n=n,
-        reranker_options=reranker_options,
-    )
+    app = build_app(model, index=index, retriever=retriever, host=host, k=k, n=n,
+                    reranker_options=reranker_options, **settings)
     state = app.state.crossrank
     if host not in ("127.0.0.1", "localhost", "::1") and not state.config.api_key:
         log.warning("binding %s without an API key: anyone who can reach this port can use the service", host)
