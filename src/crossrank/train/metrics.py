@@ -22,19 +22,6 @@ def order_by(doc_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
     return [doc_ids[i] for i in idx]
 
 
-def zscore(x: Sequence[float]) -> np.ndarray:
-    a = np.asarray(x, dtype=float)
-    if a.size == 0:
-        return a
-    sd = a.std()
-    return (a - a.mean()) / sd if sd > 1e-12 else np.zeros_like(a)
-
-
-def interpolate(ce: Sequence[float], first: Sequence[float], weight: float) -> np.ndarray:
-    """weight * z(CE) + (1 - weight) * z(first stage), z over the query's candidate list."""
-    return weight * zscore(ce) + (1.0 - weight) * zscore(first)
-
-
 def rrf(ce: Sequence[float], k: int = 60) -> np.ndarray:
     """Reciprocal-rank fusion of the CE order with the first-stage order (the input order, rank 1 first)."""
     n = len(ce)

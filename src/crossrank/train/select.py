@@ -11,11 +11,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from crossrank.pipeline import Fusion, fuse
 from crossrank.rerank import CrossEncoderReranker
 from crossrank.rerank.calibration import sigmoid
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery
-from crossrank.train.metrics import interpolate, ndcg_at_k, order_by, rrf
+from crossrank.train.metrics import ndcg_at_k, order_by, rrf
 from crossrank.train.scoring import score_texts
 
 log = logging.getLogger("crossrank.train")
@@ -43,7 +44,8 @@ def compare_settings(dev: Sequence[DevQuery], ce_scores: Sequence[Sequence[float
         rows["ce"].append(ndcg_at_k(order_by(ids, ce), q.qrels))
         rows["rrf"].append(ndcg_at_k(order_by(ids, rrf(ce, rrf_k)), q.qrels))
         for w in WEIGHTS:
-            interp[w].append(ndcg_at_k(order_by(ids, interpolate(ce, q.first_stage_scores, w)), q.qrels))
+            fused = fuse(q.first_stage_scores, [float(x) for x in ce], Fusion("interpolate", w))
+            interp[w].append(ndcg_at_k(order_by(ids, fused), q.qrels))
     table = {k: round(float(np.mean(v)), 4) for k, v in rows.items()}
     table["interpolate"] = {str(w): round(float(np.mean(v)), 4) for w, v in interp.items()}
     return table
