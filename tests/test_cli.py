@@ -166,6 +166,33 @@ def test_every_option_has_help_and_batching_is_one_flag_pair():
     assert (flag.opts, flag.secondary_opts) == (["--dynamic-batching"], ["--no-dynamic-batching"])
 
 
+def test_both_serve_command_lines_take_the_server_settings_as_defined_once(monkeypatch):
+    """``crossrank serve`` and ``python -m crossrank.serve`` make their server options from
+    ``serve.config.SETTINGS`` (one name, default and help each) and hand them to ``server.run`` by name."""
+    import typer
+
+    import crossrank.serve.server as server_mod
+    from crossrank.cli import app
+    from crossrank.serve.__main__ import main
+    from crossrank.serve.config import SETTINGS
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["serve"].params}
+    for s in SETTINGS:
+        assert s.flag in params[s.name].opts and params[s.name].default == s.default, s.name
+        assert params[s.name].help == s.help, s.name
+    from typer.testing import CliRunner
+
+    monkeypatch.delenv("CROSSRANK_API_KEY", raising=False)
+    monkeypatch.delenv("CROSSRANK_ALLOWED_HOSTS", raising=False)
+    expected = {**{s.name: s.default for s in SETTINGS}, "max_documents": 7, "dynamic_batching": False}
+    seen: dict = {}
+    monkeypatch.setattr(server_mod, "run", lambda model="default", **kw: seen.update(kw))
+    for start in (lambda args: main(args), lambda args: CliRunner().invoke(app, ["serve", *args]).exit_code):
+        seen.clear()
+        assert start(["--max-documents", "7", "--no-dynamic-batching"]) == 0
+        assert {s.name: seen[s.name] for s in SETTINGS} == expected
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line(tmp_path):
     """A real SIGINT while ``crossrank index`` waits for its input (a FIFO nobody writes to yet)."""

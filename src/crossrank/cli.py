@@ -224,7 +224,7 @@ def search(
     n: Optional[int] = typer.Option(None, "--n", help="Results returned (default: 10, or K when K is smaller)."),
     retriever: str = typer.Option("hybrid", help="bm25, dense or hybrid."),
     reranker: str = typer.Option("default", help="'default', 'fast' or 'fast-student' (bundled), 'none', a depth like default@20 (rerank the first stage's top 20), a cascade like fast-student>default@20, a model id/path, or a rerank service URL."),
-    fusion: str = typer.Option("auto", help="Final order: none (cross-encoder), rrf, interpolate[:w], or auto (the model's recommendation)."),
+    fusion: str = typer.Option("auto", help="Final order: none (cross-encoder), rrf, interpolate[:w], confidence[:w], or auto (the model's recommendation)."),
     deadline_ms: Optional[float] = typer.Option(None, help="Time budget; the reranker is cut short to meet it."),
     min_score: Optional[str] = typer.Option(
         None, help="Drop reranked hits whose relevance (0-1) is below this; 'auto': the model's 'nothing relevant' threshold."),
@@ -306,7 +306,27 @@ def quickstart(
                         load_ms=load_ms)
 
 
+def _with_serve_settings(command):
+    """Give ``command`` one option per server setting, made from ``crossrank.serve.config.SETTINGS`` (names,
+    defaults, help, environment variables: the CLI spells none of them out) and passed as keyword arguments."""
+    import inspect
+
+    from crossrank.serve.config import SETTINGS  # plain data: no FastAPI, no model
+
+    signature = inspect.signature(command)
+    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for s in SETTINGS:
+        flags = f"{s.flag}/--no-{s.flag[2:]}" if s.type is bool else s.flag
+        annotation = s.type if s.default is not None else Optional[s.type]
+        option = typer.Option(s.default, flags, help=s.help, envvar=s.envvar)
+        params.append(inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        command.__annotations__[s.name] = annotation
+    command.__signature__ = signature.replace(parameters=params)
+    return command
+
+
 @app.command()
+@_with_serve_settings
 def serve(
     model: str = typer.Option("default", help="Reranker: 'default', 'fast', 'fast-student', a depth like default@20, a cascade like fast-student>default@20, a model id or path."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
@@ -315,57 +335,21 @@ def serve(
     retriever: str = typer.Option("hybrid", help="First stage for /search: bm25, dense or hybrid."),
     k: int = typer.Option(100, "--k", help="Default K for /search."),
     n: Optional[int] = typer.Option(None, "--n", help="Default N for /search (default: 10, or K when K is smaller)."),
-    api_key: Optional[str] = typer.Option(None, envvar="CROSSRANK_API_KEY", help="Require 'Authorization: Bearer KEY'."),
-    api_key_file: Optional[Path] = typer.Option(None, help="Read the API key from this file (keeps it out of 'ps')."),
-    allowed_hosts: Optional[str] = typer.Option(
-        None, envvar="CROSSRANK_ALLOWED_HOSTS", help="Comma-separated Host names accepted besides loopback; '*' for any."),
-    max_documents: int = typer.Option(1000, help="Most documents per request."),
-    max_body_bytes: int = typer.Option(8 * 1024 * 1024, help="Largest request body."),
-    max_queue_pairs: int = typer.Option(20000, help="Pairs waiting before requests get 429."),
-    max_queue_requests: int = typer.Option(512, help="Requests waiting before requests get 429."),
-    batch_wait_ms: float = typer.Option(0.0, help="Wait this long for more requests before a forward pass."),
-    batch_tokens: int = typer.Option(16384, help="Token budget per forward pass."),
-    dynamic_batching: bool = typer.Option(
-        True, "--dynamic-batching/--no-dynamic-batching", help="Batch concurrent requests together (off: each alone, for comparison)."),
-    long_documents: str = typer.Option("truncate", help="truncate or chunk (max-score over windows)."),
-    deadline_ms: Optional[float] = typer.Option(None, help="Default per-request deadline."),
     prompt_format: Optional[str] = typer.Option(None, help=_PROMPT_FORMAT_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=_REMOTE_CODE_HELP),
+    **settings,
 ) -> None:
     """Run the reranker as an HTTP service (TEI /rerank, Cohere /v2/rerank, Jina/Voyage /v1/rerank). Every
     dialect takes an optional `instruction` for LLM rerankers."""
     from crossrank import serve as serve_mod
+    from crossrank.serve.config import config_from_settings
 
     # bad options fail before seconds of model loading
     n = min(DEFAULT_N, k) if n is None else n
-    _check_serve_options(retriever, k, n, port, index_dir, long_documents, deadline_ms)
-    serve_mod.ServeConfig.from_env(
-        api_key_file=api_key_file, api_key=api_key, allowed_hosts=allowed_hosts, max_documents=max_documents,
-        max_body_bytes=max_body_bytes, max_queue_pairs=max_queue_pairs, max_queue_requests=max_queue_requests,
-        batch_tokens=batch_tokens, batch_wait_ms=batch_wait_ms, long_documents=long_documents,
-        default_deadline_ms=deadline_ms)
-    serve_mod.run(
-        model=model,
-        host=host,
-        port=port,
-        index=index_dir,
-        retriever=retriever,
-        k=k,
-        n=n,
-        api_key=api_key,
-        api_key_file=api_key_file,
-        allowed_hosts=allowed_hosts,
-        max_documents=max_documents,
-        max_body_bytes=max_body_bytes,
-        max_queue_pairs=max_queue_pairs,
-        max_queue_requests=max_queue_requests,
-        batch_wait_ms=batch_wait_ms,
-        batch_tokens=batch_tokens,
-        dynamic_batching=dynamic_batching,
-        long_documents=long_documents,
-        deadline_ms=deadline_ms,
-        reranker_options=_model_options(prompt_format, trust_remote_code) or None,
-    )
+    _check_serve_options(retriever, k, n, port, index_dir, settings["long_documents"], settings["deadline_ms"])
+    config_from_settings(settings)
+    serve_mod.run(model=model, host=host, port=port, index=index_dir, retriever=retriever, k=k, n=n,
+                  reranker_options=_model_options(prompt_format, trust_remote_code) or None, **settings)
 
 
 def _check_serve_options(retriever, k, n, port, index_dir, long_documents, deadline_ms) -> None:
@@ -424,7 +408,7 @@ def eval_cmd(
     rerankers: str = typer.Option("none,default", help="Comma-separated rerankers: none, default, model ids/paths or URLs."),
     k: str = typer.Option("10,20,50,100,200", "--k", help="Comma-separated first-stage depths K to sweep."),
     n: str = typer.Option("5,10,20", "--n", help="Comma-separated result counts N to report."),
-    fusion: str = typer.Option("none,auto", help="Comma-separated fusions to report: none, rrf, interpolate[:w], auto (the model's recommendation)."),
+    fusion: str = typer.Option("none,auto", help="Comma-separated fusions to report: none, rrf, interpolate[:w], confidence[:w], auto (the model's recommendation)."),
     rerank_max_k: Optional[str] = typer.Option(
         None, help="Rerank some first stages only up to a depth, e.g. 'bm25=100,dense=100' (saves scoring time)."),
     backend: Optional[str] = typer.Option(
