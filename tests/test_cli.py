@@ -298,6 +298,45 @@ def test_search_defaults_to_one_row_per_document(hybrid_index, tiny_model_dir):
     assert scores == sorted(scores, reverse=True)
 
 
+def _readme_json_example() -> dict:
+    """The README's ``jsonc`` example of ``crossrank search --json``, its ``//`` comments removed."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("```jsonc\n", 1)[1].split("```", 1)[0]
+    lines = []
+    for line in block.splitlines():
+        in_string, cut = False, len(line)
+        for i, ch in enumerate(line):
+            if ch == '"' and (i == 0 or line[i - 1] != "\\"):
+                in_string = not in_string
+            elif not in_string and line.startswith("//", i):
+                cut = i
+                break
+        lines.append(line[:cut])
+    return json.loads("\n".join(lines))
+
+
+@pytest.mark.slow
+def test_readme_json_example_is_what_search_json_prints(hybrid_index):
+    """The README's JSON example shows the fields and values that ``crossrank search --json`` prints with its
+    defaults (hybrid first stage, the default reranker): it showed "hybrid" and "default", which the output never
+    holds, and a score equal to the rerank score, which the default's fusion does not give."""
+    from crossrank.rerank.bundled import bundle_name
+
+    example = _readme_json_example()
+    proc = run_cli("search", str(hybrid_index), "what makes a volcano erupt", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) == set(example)
+    assert set(result["hits"][0]) == set(example["hits"][0])
+    assert set(result["timings"]) == set(example["timings"])
+    assert result["retriever"] == example["retriever"] == "hybrid-rrf(bm25+dense)"
+    assert result["reranker"] == bundle_name()
+    assert re.fullmatch(r"crossrank-default@[0-9a-f]{12}", example["reranker"]), example["reranker"]
+    top = result["hits"][0]
+    assert result["reranked"] is True and top["score"] != top["rerank_score"]  # fused, as the example shows
+    assert example["hits"][0]["score"] != example["hits"][0]["rerank_score"]
+
+
 @pytest.mark.slow
 def test_search_table_shows_the_score_it_is_sorted_by(hybrid_index, tiny_model_dir):
     proc = run_wide("search", str(hybrid_index), "volcano magma lava", "--reranker", str(tiny_model_dir),
