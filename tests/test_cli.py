@@ -337,6 +337,15 @@ def test_readme_json_example_is_what_search_json_prints(hybrid_index):
     assert example["hits"][0]["score"] != example["hits"][0]["rerank_score"]
 
 
+def test_footer_names_the_confidence_fusion_rule():
+    from crossrank.cli import _sort_rule
+    from crossrank.pipeline import Fusion
+
+    assert _sort_rule(Fusion("confidence", 0.2)) == ("sorted by score = w z(relevance) + (1 - w) z(first stage), "
+                                                      "w = 0.2 x the best relevance")
+    assert _sort_rule(Fusion("interpolate", 0.4)) == "sorted by score = 0.4 z(relevance) + 0.6 z(first stage)"
+
+
 @pytest.mark.slow
 def test_search_table_shows_the_score_it_is_sorted_by(hybrid_index, tiny_model_dir):
     proc = run_wide("search", str(hybrid_index), "volcano magma lava", "--reranker", str(tiny_model_dir),

@@ -86,6 +86,9 @@ def _sort_rule(fusion) -> str:
         return "sorted by relevance (the cross-encoder's score)"
     if fusion.method == "rrf":
         return "sorted by score = RRF of the relevance and first-stage ranks"
+    if fusion.method == "confidence":
+        return (f"sorted by score = w z(relevance) + (1 - w) z(first stage), w = {fusion.weight:g} x the best "
+                "relevance")
     return f"sorted by score = {fusion.weight:g} z(relevance) + {1 - fusion.weight:g} z(first stage)"
 
 
