@@ -113,6 +113,7 @@ def test_tight_deadline_reranks_the_head_and_keeps_the_tail(bm25, engine):
     assert all(h.rerank_score is None for h in tail)
     assert [h.first_stage_rank for h in tail] == sorted(h.first_stage_rank for h in tail)
     assert sorted(h.first_stage_rank for h in head) == list(range(1, result.n_reranked + 1))
+    assert all(h.score == h.first_stage_score for h in tail)  # the README's JSON example says so
 
 
 def test_score_cache_hits_are_reported(bm25, engine):
