@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+from load_test import wait_ready  # benchmarks/ is the script's folder, so on sys.path
 
 QUERY_BYTES = 5 * 1024 * 1024
 CLIENTS = 4
@@ -38,18 +39,6 @@ def _rss_mb(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    end = time.time() + timeout_s
-    while time.time() < end and proc.poll() is None:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("error: the server did not become healthy")
-
-
 def _one(base: str, query: str) -> dict:
     t0 = time.time()
     try:
@@ -63,10 +52,10 @@ def _one(base: str, query: str) -> dict:
 def measure(index: str) -> dict:
     port = _free_port()
     cmd = [sys.executable, "-m", "crossrank.cli", "serve", "--model", "default", "--index", index, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, proc)
+        wait_ready(proc, base, timeout=300)
         _one(base, "boundary layer transition")
         idle = _rss_mb(proc.pid)
         big = ("wing " * (QUERY_BYTES // 5))[:QUERY_BYTES]
