@@ -271,3 +271,23 @@ def test_fast_student_is_a_small_calibrated_delta():
     # the spec users get for speed is the cascade, tested above
     scores = student.score(QUERY, DOCS).scores
     assert len(scores) == len(DOCS) and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_every_bundled_model_is_package_data():
+    """A wheel (not only an editable install) must carry each bundled model: pyproject's package-data globs cover
+    every file under ``rerank/models/``, the weights included."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    import crossrank
+
+    root = Path(crossrank.__file__).parent
+    pyproject = root.parents[1] / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("installed from a wheel: no pyproject.toml next to the package")
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["crossrank"]
+    files = [p.relative_to(root).as_posix() for p in (root / "rerank" / "models").rglob("*") if p.is_file()]
+    assert any(f.endswith("fast/delta.safetensors") for f in files) and any(f.startswith("rerank/models/default/") for f in files)
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert missing == [], f"not in [tool.setuptools.package-data]: {missing}"
