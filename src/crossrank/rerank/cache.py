@@ -78,6 +78,9 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __repr__(self) -> str:
+        return f"MemoryStore(max_entries={self.max_entries})"
+
 
 # info() entries that do not change a score: where and how fast it runs, counters, advice about using it.
 _NOT_SCORING = frozenset({"device", "threads", "batch_tokens", "pass_tokens", "max_batch_size", "backend_info",
@@ -105,7 +108,8 @@ def scorer_fingerprint(reranker: Reranker) -> bytes:
 
 
 class CachedReranker:
-    """Wraps a :class:`Reranker`; answers repeated (query, text) pairs from memory.
+    """Wraps a :class:`Reranker`; answers repeated (query, text) pairs from its store (``store``: a
+    :class:`MemoryStore` of ``max_entries`` unless given, e.g. a shared ``cache_redis.RedisStore``).
 
     ``score`` returns :class:`RerankScores` with ``cache_hits`` set and ``tokens`` counting only what the inner
     reranker ran. Duplicate texts within one call are scored once.
