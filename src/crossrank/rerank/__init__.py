@@ -8,11 +8,11 @@ cheap: torch and transformers load only when an engine is built.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from crossrank.errors import InputError
 from crossrank.rerank.base import RankedText, Reranker, RerankScores, as_reranker, rank_by_scores
-from crossrank.rerank.cache import CachedReranker
+from crossrank.rerank.cache import CachedReranker, MemoryStore, ScoreStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from crossrank.rerank.engine import CrossEncoderReranker
@@ -31,7 +31,8 @@ __all__ = [
 DEFAULT_CACHE_SIZE = 100_000
 
 
-def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_CACHE_SIZE, **options: Any) -> Reranker:
+def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_CACHE_SIZE, cache: str | None = None,
+                  **options: Any) -> Reranker:
     """Build a reranker from a name, path or URL.
 
     - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
@@ -48,7 +49,11 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     - anything else: :class:`CrossEncoderReranker` on a Hugging Face id or local checkpoint directory.
 
     ``options`` are the engine's (``max_length``, ``batch_tokens``, ``dtype``, ``device``, ...). The result is
-    wrapped in a :class:`CachedReranker` of ``cache_size`` entries unless ``cache_size=0``.
+    wrapped in a :class:`CachedReranker`: ``cache`` None or ``"memory"``, an in-process LRU of ``cache_size``
+    entries (``cache_size=0``: none); ``"none"``, no cache; a ``redis://host:6379/0`` (``rediss://``,
+    ``unix://``) URL, a score cache shared by every replica that names it (``rerank.cache_redis``: ``?ttl_s=``,
+    ``?timeout_ms=``; scoring goes on without it while Redis is down). A bad ``cache`` fails before the model
+    loads.
     ``"none"`` is not a reranker: callers that accept it (the CLI) handle it before calling this.
     """
     spec = os.fspath(name_or_path).strip() if name_or_path is not None else ""
@@ -58,6 +63,7 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
         raise InputError("'none' means no reranker; handle it before calling load_reranker")
     if cache_size < 0:
         raise InputError("cache_size must be >= 0")
+    make_store = cache_store(cache, cache_size)  # checked before seconds of model loading
 
     from crossrank.rerank.bundled import bundled_dir
     from crossrank.rerank.cascade import spec_models
@@ -90,7 +96,26 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
         from crossrank.rerank.engine import CrossEncoderReranker
 
         inner = CrossEncoderReranker(spec, **options)
-    return CachedReranker(inner, max_entries=cache_size) if cache_size else inner
+    store = make_store()
+    return inner if store is None else CachedReranker(inner, store=store)
+
+
+def check_cache(cache: str | None) -> None:
+    """An ``InputError`` for a ``cache`` that :func:`load_reranker` would refuse (no connection is made)."""
+    cache_store(cache, DEFAULT_CACHE_SIZE)
+
+
+def cache_store(cache: str | None, cache_size: int) -> Callable[[], ScoreStore | None]:
+    """What ``cache`` (``load_reranker``'s) names, checked now and opened by the returned call (None: no cache)."""
+    spec = "memory" if cache is None else str(cache).strip()
+    if spec.lower() == "memory":
+        return lambda: MemoryStore(cache_size) if cache_size else None
+    if spec.lower() == "none":
+        return lambda: None
+    from crossrank.rerank.cache_redis import RedisStore, parse_cache_url
+
+    parsed = parse_cache_url(spec)
+    return lambda: RedisStore(parsed)
 
 
 def recommendation(reranker: Any) -> dict[str, Any]:

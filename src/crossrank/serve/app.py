@@ -108,6 +108,7 @@ def _state(reranker: Any, config: ServeConfig) -> State:
         tokens_per_s=config.tokens_per_s,
         admission_safety=config.admission_safety,
     )
+    metrics.watch_cache(lambda: engine_info(engines.base).get("cache"))
     return State(reranker, config, engines, metrics, batcher)
 
 

@@ -8,7 +8,7 @@ those options into a ``ServeConfig``."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -59,6 +59,12 @@ class ServeConfig:
       ``Authorization: Bearer <key>``. ``from_env`` also takes it from ``CROSSRANK_API_KEY`` or a file.
       ``allowed_hosts``: Host header names accepted besides the loopback names (``LOOPBACK_HOSTS``); any other
       Host is answered 400 (DNS rebinding). ``"*"`` accepts any. ``run`` adds the address it binds.
+    Score cache
+      ``cache``: None or "memory" (an in-process LRU), "none", or a ``redis://host:6379/0`` URL (``rediss://``,
+      ``unix://``; ``?ttl_s=``, ``?timeout_ms=``): one cache that every replica naming it shares, so a (query,
+      document) pair is scored once across them; while Redis is down requests are scored without it
+      (``crossrank_cache_redis_errors_total``). Checked here, before the model loads; kept out of ``repr`` (a
+      URL may hold a password).
     Connections (passed to uvicorn by ``server.uvicorn_options``)
       ``header_timeout_s`` / ``body_timeout_s``: a request's headers, then its body, must arrive within this long,
       or the connection is closed. ``keep_alive_s``: idle time before a kept-alive connection is closed.
@@ -90,6 +96,7 @@ class ServeConfig:
     max_header_bytes: int = 16 * 1024
     tokens_per_s: float | None = None
     admission_safety: float = 0.8
+    cache: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         positive = ("max_documents", "max_body_bytes", "max_query_chars", "max_queue_pairs", "max_queue_requests",
@@ -116,17 +123,24 @@ class ServeConfig:
         if self.api_key is not None and not self.api_key.strip():
             self.api_key = None
         self.allowed_hosts = parse_hosts(self.allowed_hosts)
+        if self.cache is not None:
+            from crossrank.rerank import check_cache  # the loader's own rule (no connection, no model)
+
+            self.cache = self.cache.strip() or None
+            check_cache(self.cache)
 
     @classmethod
     def from_env(cls, api_key_file: str | os.PathLike | None = None, **overrides: Any) -> "ServeConfig":
-        """Defaults, then ``CROSSRANK_API_KEY`` and ``CROSSRANK_ALLOWED_HOSTS`` (comma-separated) from the
-        environment, then ``overrides`` (None means unset). ``api_key_file``: read the key from this file (so it
-        is not in ``ps``); giving it and ``api_key`` both is an error."""
+        """Defaults, then ``CROSSRANK_API_KEY``, ``CROSSRANK_ALLOWED_HOSTS`` (comma-separated) and
+        ``CROSSRANK_CACHE`` from the environment, then ``overrides`` (None means unset). ``api_key_file``: read the
+        key from this file (so it is not in ``ps``); giving it and ``api_key`` both is an error."""
         values: dict[str, Any] = {}
         if os.environ.get("CROSSRANK_API_KEY"):
             values["api_key"] = os.environ["CROSSRANK_API_KEY"]
         if os.environ.get("CROSSRANK_ALLOWED_HOSTS"):
             values["allowed_hosts"] = os.environ["CROSSRANK_ALLOWED_HOSTS"]
+        if os.environ.get("CROSSRANK_CACHE"):  # a Redis URL with a password stays out of `ps` this way
+            values["cache"] = os.environ["CROSSRANK_CACHE"]
         if api_key_file is not None:
             if overrides.get("api_key") is not None:
                 raise InputError("give the API key or an API key file, not both")
@@ -223,6 +237,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_batch_pairs", "Most pairs the worker hands the engine per step.", field="max_batch_pairs"),
     Setting("dynamic_batching", "Batch concurrent requests together (off: each alone, for comparison).",
             field="batching"),
+    Setting("cache", "Score cache: memory (default), none, or redis://HOST:PORT/DB (shared by replicas; "
+            "?ttl_s=, ?timeout_ms=).", field="cache", type=str, envvar="CROSSRANK_CACHE"),
     # how a local model is loaded, and so what the server does by default (a remote reranker keeps its own)
     Setting("long_documents", "truncate or chunk (max-score over windows).", default="truncate",
             choices=("truncate", "chunk")),

@@ -7,6 +7,8 @@ Prometheus text format, or in OpenMetrics when its ``Accept`` header asks for ``
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterator, Mapping
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -19,8 +21,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PAIR_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -76,6 +80,11 @@ class Metrics:
                                 "moving average) that admission predicts completion times from", registry=r)
         self.pairs = Counter("crossrank_scored_pairs", "Pairs scored", registry=r)
 
+    def watch_cache(self, stats: Callable[[], Mapping[str, Any] | None]) -> None:
+        """Export a shared (Redis) score cache's health, read from ``stats`` (the reranker's ``info()["cache"]``)
+        at each scrape: the cache counts its own failures, whichever request or variant met them."""
+        self.registry.register(_CacheCollector(stats))
+
     # BatchObserver
     def on_pass(self, n_pairs: int, n_requests: int, tokens: int, seconds: float) -> None:
         self.batch_pairs.observe(n_pairs)
@@ -119,3 +128,26 @@ class Metrics:
         if content_type.startswith(OPENMETRICS_CONTENT_TYPE.split(";")[0]):
             return encoder(self.registry), content_type
         return self.render(), self.content_type
+
+
+class _CacheCollector(Collector):
+    """``crossrank_cache_redis_errors_total`` (Redis operations that failed: those pairs were scored without the
+    cache) and ``crossrank_cache_redis_up`` (0 while the cache is skipped after a failure); nothing for a store
+    without them (the in-memory one)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any] | None]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self.stats() or {}
+        except Exception:  # a scrape never fails over the cache's decoration
+            return
+        if "redis_errors" not in stats:
+            return
+        yield CounterMetricFamily("crossrank_cache_redis_errors",
+                                  "Score-cache (Redis) operations that failed; their pairs were scored without it",
+                                  value=float(stats["redis_errors"]))
+        yield GaugeMetricFamily("crossrank_cache_redis_up",
+                                "1 while the Redis score cache is in use, 0 while it is skipped after a failure",
+                                value=1.0 if stats.get("redis_available") else 0.0)

@@ -48,6 +48,8 @@ def build_app(
     config = config_from_settings(values)  # before the model loads: a bad key file fails fast
     if host is not None:
         config.allow_bound(host)
+    if config.cache is not None:
+        options.setdefault("cache", config.cache)
     reranker = load_reranker(model, **options)
     config.model_name = str(getattr(reranker, "name", model))
     if not remote and config.tokens_per_s is None:
@@ -117,6 +119,8 @@ def run(
     """
     import uvicorn
 
+    from crossrank.serve.engines import engine_info
+
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(model, index=index, retriever=retriever, host=host, k=k, n=n,
@@ -127,10 +131,18 @@ def run(
     if host in WILDCARD_HOSTS and "*" not in state.config.allowed_hosts:
         log.warning("bound to %s, but only Host names %s and the loopback names are served: add others with "
                     "--allowed-hosts (or '*')", host, list(state.config.allowed_hosts))
-    log.info("crossrank: serving %s on http://%s:%d (batching %s%s)", state.model_name, host, port,
-             "dynamic" if state.config.batching else "off", ", /search" if state.search else "")
+    log.info("crossrank: serving %s on http://%s:%d (batching %s%s, score cache %s)", state.model_name, host, port,
+             "dynamic" if state.config.batching else "off", ", /search" if state.search else "",
+             _cache_label(engine_info(state.engines.base).get("cache")))
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
                 **uvicorn_options(state.config))
+
+
+def _cache_label(stats: Any) -> str:
+    """The score cache as the start-up line names it (a Redis URL with its password masked)."""
+    if not isinstance(stats, dict):
+        return "off"
+    return str(stats.get("url") or stats.get("store") or "on")
 
 
 def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
