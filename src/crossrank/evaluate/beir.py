@@ -251,9 +251,8 @@ def _open_index(ds: Any, out_dir: Path, index_dir: Path | None, methods: Sequenc
     t0 = time.perf_counter()
     if index is None:
         _say_building(len(ds.corpus), methods, path, progress)
-        # the libraries' redrawn bars only on a terminal: in pipes and logs they are noise
-        index = build_index(ds.corpus, out_dir=path, methods=tuple(methods), chunk_tokens=0,
-                            progress=progress and sys.stderr.isatty())
+        # on a terminal the encoder draws a bar; in a pipe or log it prints a line with rate and ETA now and then
+        index = build_index(ds.corpus, out_dir=path, methods=tuple(methods), chunk_tokens=0, progress=progress)
     elif progress:
         print(f"reusing the index at {path}", file=sys.stderr)
         note = note or "built"
@@ -557,7 +556,8 @@ def _time_sample(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list[tu
     todo = [(k, q, r) for k in sweep.ks for q, r in plan[k] if sweep.remeasure_latency or store.get(k, q) is None]
     if todo:
         reranker.score("warm up", ["warm up"])  # synthetic pair: model load / first-call costs stay out
-        task = bars.add_task(f"time {label} (K x {sweep.latency_queries} queries)", total=len(todo))
+        per_k = max(len(plan[k]) for k in sweep.ks)  # the sample actually timed (fewer under --max-queries)
+        task = bars.add_task(f"time {label} ({len(sweep.ks)} K x {per_k} queries)", total=len(todo))
         for k, q, r in todo:
             cands = stages.runs[r][q][: min(k, depth or k)]
             if not cands:

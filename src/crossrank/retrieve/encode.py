@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -191,10 +192,41 @@ def _dimension(model: Any) -> int:
 
 
 def _bar(total: int, done: int, progress: bool):
-    """A tqdm bar counting passages (passages/s and ETA of what is left), or None."""
+    """A tqdm bar counting passages (passages/s and ETA of what is left) on a terminal; in a pipe or log, where a
+    redrawn bar is noise, a :class:`LineProgress`; None without ``progress``."""
     if not progress or not total:
         return None
+    if not sys.stderr.isatty():
+        return LineProgress(total, done, "encoding passages")
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, unit="passage", unit_scale=True, desc="encoding passages",
                 smoothing=0.05)
+
+
+class LineProgress:
+    """Progress for logs: one stderr line at most every ``every_s`` seconds (and at the end) with the count, the
+    rate of this run's work and the ETA of what is left. The ``update`` / ``close`` of a tqdm bar."""
+
+    every_s = 30.0
+
+    def __init__(self, total: int, done: int, desc: str):
+        self.total, self.start_done, self.done, self.desc = total, done, done, desc
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._say(now)
+
+    def close(self) -> None:
+        self._say(time.monotonic())
+
+    def _say(self, now: float) -> None:
+        rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta_text = "-" if eta == float("inf") else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        print(f"{self.desc}: {self.done:,}/{self.total:,} ({100 * self.done / self.total:.0f}%), "
+              f"{rate:.1f} passages/s, ETA {eta_text}", file=sys.stderr, flush=True)

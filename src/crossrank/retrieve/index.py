@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -259,7 +260,8 @@ def build_index(
     bm25 = None
     if "bm25" in methods:
         t = time.perf_counter()
-        bm25 = BM25Retriever(passages, show_progress=progress, **(bm25_params or {}))
+        # bm25s' bars redraw: only on a terminal (the encoder reports to logs by lines, retrieve/encode.py)
+        bm25 = BM25Retriever(passages, show_progress=progress and sys.stderr.isatty(), **(bm25_params or {}))
         manifest["bm25"] = {**bm25.params, "build_s": round(time.perf_counter() - t, 3)}
     embeddings = model = resume = None
     if "dense" in methods:
