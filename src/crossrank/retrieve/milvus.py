@@ -78,7 +78,8 @@ MAX_ID = 1024  # bytes of a passage or document id
 MAX_LIMIT = 16384  # Milvus' largest topk
 INSERT_ROWS = 512  # rows per insert call: far under gRPC's message limit with 384-d vectors and 64 KiB texts
 QUERY_BATCH = 32  # queries per search call: k=100 hits with their text stay a few MB per reply
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0  # and each call's, but for flush and load, which take as long as the collection needs
+SLOW_CALL_TIMEOUT_S = 3600.0
 OUTPUT_FIELDS = ["doc_id", "title", "text"]
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _INSTALL = "the Milvus backend needs pymilvus and milvus-lite: pip install 'crossrank[milvus]'"
@@ -337,7 +338,7 @@ def _fill(client: Any, loc: StoreLocation, index: "Index", meta: dict[str, Any])
         client.create_index(tmp, index_params, sync=False)
         for batch in _rows(index, analyze):
             client.insert(tmp, batch)
-        client.flush(tmp)  # one sealed segment: BM25 statistics over the whole collection
+        client.flush(tmp, timeout=SLOW_CALL_TIMEOUT_S)  # one sealed segment: BM25 statistics over all of it
         if client.has_collection(loc.collection):
             client.drop_collection(loc.collection)
         client.rename_collection(tmp, loc.collection)
@@ -345,7 +346,7 @@ def _fill(client: Any, loc: StoreLocation, index: "Index", meta: dict[str, Any])
         if client.has_collection(tmp):
             client.drop_collection(tmp)
         raise
-    client.load_collection(loc.collection)
+    client.load_collection(loc.collection, timeout=SLOW_CALL_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -392,7 +393,8 @@ class MilvusStore:
         try:
             with _own_call():
                 meta = _read_meta(client, loc)
-                client.load_collection(loc.collection)  # a server (or a reopened Lite file) starts released
+                # a server (or a reopened Lite file) starts released
+                client.load_collection(loc.collection, timeout=SLOW_CALL_TIMEOUT_S)
         except IndexLoadError:
             _disconnect(client, loc)
             raise
