@@ -76,6 +76,7 @@ def _load_reranker_option(name: str, **options):
 
 def _first_stage_label(retriever: str) -> str | None:
     """What the first-stage score of this retriever is (None: not worth showing)."""
+    retriever = retriever.removeprefix("milvus:")  # a Milvus store's retrievers score as the built-in ones do
     if retriever.startswith("hybrid-rrf"):
         return "RRF"
     return {"bm25": "BM25", "dense": "cosine"}.get(retriever)
@@ -152,7 +153,8 @@ def _result_table(result, title: str, fusion, unit: str) -> Table:
 @app.command()
 def index(
     corpus: Optional[Path] = typer.Argument(None, help="BEIR corpus.jsonl, any JSONL with id/title/text, or a folder of .txt/.md files (omit with --add/--delete)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Index directory to write (replaced atomically)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Index directory to write (replaced atomically)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Also (or only) write the index to Milvus: milvus:///ABS/PATH.db (Milvus Lite, embedded), milvus://HOST:PORT or http(s)://HOST:PORT (a server), ?collection=NAME (default crossrank)."),
     methods: str = typer.Option("bm25,dense", help="Comma-separated: bm25, dense."),
     dense_model: str = typer.Option("default", help="Bi-encoder: 'default' (all-MiniLM-L6-v2, offline) or a sentence-transformers id/path."),
     chunk_tokens: int = typer.Option(200, help="Passage window in tokens (0: one passage per document)."),
@@ -161,14 +163,23 @@ def index(
     add: Optional[Path] = typer.Option(None, "--add", help="Update the index at --out: add (or replace) the documents of this corpus file."),
     delete: Optional[Path] = typer.Option(None, "--delete", help="Update the index at --out: delete the document ids listed in this file, one per line."),
 ) -> None:
-    """Build a persisted index of CORPUS, or update one in place with --add / --delete (the index's own methods,
-    model and chunking are kept; the options that set them are ignored then)."""
+    """Build a persisted index of CORPUS (--out DIR and/or --store URI), or update one in place with --add /
+    --delete (the index's own methods, model and chunking are kept; the options that set them are ignored then)."""
     from crossrank.corpus import load_corpus
 
     start = time.perf_counter()
     if ann not in ("auto", "on", "off"):
         raise InputError(f"--ann must be auto, on or off, got {ann!r}")
+    if store is not None:
+        from crossrank.retrieve.milvus import parse_store_uri
+
+        parse_store_uri(store)  # a bad URI fails before the corpus is read and encoded
     if add is not None or delete is not None:
+        if store is not None:
+            raise InputError("--add/--delete update an index directory (--out); rebuild a Milvus store with "
+                             "'crossrank index CORPUS --store URI'")
+        if out_dir is None:
+            raise InputError("--add/--delete need --out DIR, the index to update")
         if corpus is not None:
             raise InputError("give either CORPUS (build) or --add/--delete (update an existing index), not both")
         from crossrank.retrieve.update import read_ids, update_index
@@ -187,6 +198,8 @@ def index(
         return
     if corpus is None:
         raise InputError("missing CORPUS: give a corpus to build an index from, or --add/--delete to update one")
+    if out_dir is None and store is None:
+        raise InputError("say where the index goes: --out DIR (a crossrank index) and/or --store URI (Milvus)")
     from crossrank.retrieve import build_index
 
     docs = load_corpus(corpus)
@@ -200,9 +213,14 @@ def index(
         progress=err.is_terminal,  # no progress bars in pipes and logs
         ann={"auto": None, "on": True, "off": False}[ann],
     )
+    if store is not None:
+        from crossrank.retrieve import write_store
+
+        write_store(idx, store).close()
+    where = " and ".join(str(w) for w in (out_dir, store) if w is not None)
     err.print(
-        f"indexed {len(docs)} documents as {len(idx.passages)} passages into {out_dir} "
-        f"in {time.perf_counter() - start:.1f} s"
+        f"indexed {len(docs)} documents as {len(idx.passages)} passages into {where} "
+        f"in {time.perf_counter() - start:.1f} s", soft_wrap=True, markup=False,
     )
 
 
@@ -221,7 +239,7 @@ def _warm_up_bound(deadline_ms: float | None) -> float:
 
 @app.command()
 def search(
-    index_dir: Path = typer.Argument(..., help="Index directory made by 'crossrank index'."),
+    index_dir: str = typer.Argument(..., help="Index directory made by 'crossrank index --out', or a Milvus store URI made by 'crossrank index --store' (milvus:///ABS/PATH.db, milvus://HOST:PORT, http(s)://HOST:PORT)."),
     query: str = typer.Argument(..., help="The query."),
     k: int = typer.Option(100, "--k", help="Candidates from the first stage."),
     n: Optional[int] = typer.Option(None, "--n", help="Results returned (default: 10, or K when K is smaller)."),
@@ -242,7 +260,7 @@ def search(
     """Search an index: retrieve K, rerank, return N."""
     from crossrank.errors import check_query
     from crossrank.pipeline import Pipeline, check_k_n
-    from crossrank.retrieve import load_index
+    from crossrank.retrieve import open_index
 
     if retriever not in RETRIEVERS:
         raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
@@ -250,7 +268,7 @@ def search(
     n = min(DEFAULT_N, k) if n is None else n
     check_k_n(k, n)
     start = time.perf_counter()
-    idx = load_index(index_dir)
+    idx = open_index(index_dir)
     rr = _load_reranker_option(reranker, **_model_options(prompt_format, trust_remote_code))
     pipe = Pipeline(
         idx.retriever(retriever),

@@ -2,8 +2,9 @@
 
 The pipeline depends only on the ``Retriever`` protocol (``retrieve/base.py``): ``name``, ``search(query, k)`` and
 ``search_batch(queries, k)`` returning ``Candidate`` lists (best first, ranks 1-based, text included). That is the
-seam for other backends: a distributed engine (e.g. Milvus Lite / Milvus) would be one more class implementing
-``Retriever`` that owns its own storage; nothing else needs to change. None is implemented here yet.
+seam for other backends: a distributed engine is one more class implementing ``Retriever`` that owns its own
+storage. Milvus is one (``retrieve/milvus.py``: ``write_store(index, "milvus:///abs/store.db")`` writes an index's
+passages and vectors to Milvus Lite or a Milvus server, ``open_index(uri).retriever(kind)`` searches it).
 
 Typical use::
 
@@ -25,7 +26,8 @@ from crossrank.retrieve.bm25 import BM25Retriever
 from crossrank.retrieve.dense import DEFAULT_MODEL, DenseRetriever, load_bi_encoder, resolve_model
 from crossrank.retrieve.encode import encode_bulk
 from crossrank.retrieve.hybrid import HybridRetriever, min_max, reciprocal_rank_fusion, weighted_fusion
-from crossrank.retrieve.index import FORMAT_VERSION, Index, build_index, load_index, read_manifest
+from crossrank.retrieve.index import FORMAT_VERSION, Index, build_index, load_index, open_index, read_manifest
+from crossrank.retrieve.milvus import MilvusStore, is_store_uri, write_store
 from crossrank.retrieve.update import update_index
 
 __all__ = [
@@ -37,15 +39,19 @@ __all__ = [
     "DenseRetriever",
     "HybridRetriever",
     "Index",
+    "MilvusStore",
     "Retriever",
     "build_index",
     "encode_bulk",
+    "is_store_uri",
     "load_bi_encoder",
     "load_index",
     "min_max",
+    "open_index",
     "read_manifest",
     "reciprocal_rank_fusion",
     "resolve_model",
     "update_index",
     "weighted_fusion",
+    "write_store",
 ]

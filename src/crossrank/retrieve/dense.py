@@ -172,41 +172,23 @@ class OnnxQueryEncoder:
         return np.ascontiguousarray(emb / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-class DenseRetriever:
-    """Bi-encoder retriever over passages (or documents, taken whole).
+class QueryEncoder:
+    """Encodes queries with a bi-encoder, one search at a time: ONNX Runtime on CPU where the model allows it
+    (:class:`OnnxQueryEncoder`), torch otherwise (decided once, on first use). ``model`` is a name for
+    ``load_bi_encoder`` (loaded lazily) or an already-loaded SentenceTransformer; ``query_backend``: ``auto``
+    (ONNX where possible, torch with a logged reason), ``onnx`` (the same, but failing loudly) or ``torch``.
 
-    ``embeddings`` (an ``(n, dim)`` array, possibly memory-mapped) skips encoding; the model is then loaded lazily,
-    on the first search. ``model`` is a name for ``load_bi_encoder`` or an already-loaded SentenceTransformer.
-    ``query_backend``: ``auto`` (ONNX Runtime on CPU where the model allows it, see the module docstring; torch
-    otherwise, with a logged reason), ``onnx`` (the same, but failing loudly) or ``torch``. ``ann``: an
-    :class:`~crossrank.retrieve.ann.AnnIndex` over ``embeddings`` (approximate search, exact scores), or None
-    (exact search)."""
+    :class:`DenseRetriever` is one; a retriever whose vectors live elsewhere (``retrieve/milvus.py``) holds one,
+    so queries are embedded exactly as the built-in dense search embeds them."""
 
-    name = "dense"
-
-    def __init__(
-        self,
-        passages: Sequence[Passage | Document],
-        model: Any = DEFAULT_MODEL,
-        *,
-        embeddings: np.ndarray | None = None,
-        batch_size: int = 64,
-        show_progress: bool = False,
-        device: str | None = None,
-        query_backend: str = "auto",
-        ann: Any = None,
-    ):
+    def __init__(self, model: Any = DEFAULT_MODEL, *, device: str | None = None, batch_size: int = 64,
+                 query_backend: str = "auto"):
         if query_backend not in QUERY_BACKENDS:
             raise InputError(f"unknown query backend {query_backend!r}; choose one of {', '.join(QUERY_BACKENDS)}")
         self.query_backend = query_backend
         self._query_encoder: OnnxQueryEncoder | None = None
         self._query_encoder_ready = False
         self._query_lock = threading.Lock()
-        self._matrix_t = None
-        self._matrix_lock = threading.Lock()
-        self.passages = as_passages(passages)
-        if not self.passages:
-            raise InputError("cannot build a dense index over an empty corpus")
         self.device = device
         self.batch_size = batch_size
         if isinstance(model, (str, os.PathLike)) or model is None:
@@ -215,26 +197,12 @@ class DenseRetriever:
         else:
             self.model_name = model_name_of(model)
             self._model = model
-        if embeddings is None:
-            embeddings = encode_passages(self.model, self.passages, batch_size=batch_size, show_progress=show_progress)
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(self.passages):
-            raise InputError(
-                f"embeddings have shape {embeddings.shape}, expected ({len(self.passages)}, dim); rebuild the index"
-            )
-        self.embeddings = embeddings
-        if ann is not None and len(ann) != len(self.passages):
-            raise InputError(f"the ANN graph holds {len(ann)} vectors, expected {len(self.passages)}; rebuild the index")
-        self.ann = ann
 
     @property
     def model(self):
         if self._model is None:
             self._model = load_bi_encoder(self.model_name, self.device)
         return self._model
-
-    @property
-    def dimension(self) -> int:
-        return int(self.embeddings.shape[1])
 
     @property
     def query_encoder(self) -> OnnxQueryEncoder | None:
@@ -281,6 +249,52 @@ class DenseRetriever:
             normalize_embeddings=True,
         )
         return np.asarray(emb, dtype=np.float32)
+
+
+class DenseRetriever(QueryEncoder):
+    """Bi-encoder retriever over passages (or documents, taken whole).
+
+    ``embeddings`` (an ``(n, dim)`` array, possibly memory-mapped) skips encoding; the model is then loaded lazily,
+    on the first search. ``model`` is a name for ``load_bi_encoder`` or an already-loaded SentenceTransformer.
+    ``query_backend``: ``auto`` (ONNX Runtime on CPU where the model allows it, see the module docstring; torch
+    otherwise, with a logged reason), ``onnx`` (the same, but failing loudly) or ``torch``. ``ann``: an
+    :class:`~crossrank.retrieve.ann.AnnIndex` over ``embeddings`` (approximate search, exact scores), or None
+    (exact search)."""
+
+    name = "dense"
+
+    def __init__(
+        self,
+        passages: Sequence[Passage | Document],
+        model: Any = DEFAULT_MODEL,
+        *,
+        embeddings: np.ndarray | None = None,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        device: str | None = None,
+        query_backend: str = "auto",
+        ann: Any = None,
+    ):
+        super().__init__(model, device=device, batch_size=batch_size, query_backend=query_backend)
+        self._matrix_t = None
+        self._matrix_lock = threading.Lock()
+        self.passages = as_passages(passages)
+        if not self.passages:
+            raise InputError("cannot build a dense index over an empty corpus")
+        if embeddings is None:
+            embeddings = encode_passages(self.model, self.passages, batch_size=batch_size, show_progress=show_progress)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(self.passages):
+            raise InputError(
+                f"embeddings have shape {embeddings.shape}, expected ({len(self.passages)}, dim); rebuild the index"
+            )
+        self.embeddings = embeddings
+        if ann is not None and len(ann) != len(self.passages):
+            raise InputError(f"the ANN graph holds {len(ann)} vectors, expected {len(self.passages)}; rebuild the index")
+        self.ann = ann
+
+    @property
+    def dimension(self) -> int:
+        return int(self.embeddings.shape[1])
 
     def _matrix(self):
         """The embeddings as a float32 torch tensor sharing their memory (a memmap stays file-backed); an fp16

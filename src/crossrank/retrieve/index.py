@@ -31,7 +31,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -54,6 +54,9 @@ from crossrank.retrieve.dense import (
 )
 from crossrank.retrieve.hybrid import HybridRetriever
 from crossrank.types import Document, Passage
+
+if TYPE_CHECKING:
+    from crossrank.retrieve.milvus import MilvusStore
 
 FORMAT = "crossrank-index"
 FORMAT_VERSION = 1
@@ -405,6 +408,17 @@ def load_index(directory: str | os.PathLike, *, mmap: bool = True, verify: bool 
             embeddings = np.asarray(embeddings, dtype=np.float32)
     graph = _load_ann(d, manifest, view=mmap) if embeddings is not None else None
     return Index(passages, manifest, bm25=bm25, embeddings=embeddings, path=d, ann=graph)
+
+
+def open_index(location: str | os.PathLike, **load_opts: Any) -> "Index | MilvusStore":
+    """What ``crossrank search`` opens: a Milvus store for a store URI (``milvus://...``, ``http(s)://...``,
+    ``*.db``; :mod:`crossrank.retrieve.milvus`), else the index directory (``load_index(location, **load_opts)``).
+    Both give their searchers through ``.retriever(kind, fusion, **opts)``."""
+    from crossrank.retrieve.milvus import MilvusStore, is_store_uri
+
+    if is_store_uri(location):
+        return MilvusStore.open(location)
+    return load_index(location, **load_opts)
 
 
 def _load_ann(d: Path, manifest: dict[str, Any], *, view: bool) -> AnnIndex | None:
