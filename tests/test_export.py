@@ -99,3 +99,15 @@ def test_readme_flashrank_snippet(exported):
     ns = run_readme_snippet("FlashRank on an export", **{'cache_dir="."': f"cache_dir={str(exported.parent)!r}"})
     order = [r.index for r in load_reranker("default", cache_size=0).rerank(README_QUERY, README_DOCS)]
     assert [p["id"] for p in ns["ranked"]] == order and ns["best"] == order[0]
+
+
+def test_fast_is_a_cascade_and_says_how_to_export_it(tmp_path):
+    """``fast`` is fast-student scoring all, default rescoring the head: two models, so no single checkpoint. The
+    export refuses it in one line (exit 2), names the two exports to run, and writes nothing."""
+    from conftest import run_cli
+
+    proc = run_cli("model", "export", "fast", str(tmp_path / "out"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: 'fast' is a cascade (")
+    assert "crossrank model export fast-student DIR" in lines[0] and "crossrank model export default DIR" in lines[0]
+    assert not (tmp_path / "out").exists()

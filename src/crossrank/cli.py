@@ -513,16 +513,19 @@ def train(ctx: typer.Context) -> None:
 
 @model_app.command("export")
 def model_export(
-    name: str = typer.Argument(..., help="'default' or 'fast-student' (the bundled models; 'fast' exports its student) or a crossrank bundle directory."),
+    name: str = typer.Argument(..., help="'default' or 'fast-student' (the bundled models; 'fast' is their cascade: export each) or a crossrank bundle directory."),
     out_dir: Path = typer.Argument(..., help="Directory to write a standard Hugging Face checkpoint into."),
 ) -> None:
     """Write a model as a standard Hugging Face checkpoint with its ONNX graph at onnx/model.onnx (loads in
     transformers, sentence-transformers, TEI, ONNX Runtime, FlashRank)."""
-    from crossrank.rerank.bundled import BUNDLED, bundle_available, bundled_dir
+    from crossrank.rerank.bundled import BUNDLED, bundle_available, bundled_dir, fast_spec
     from crossrank.train.export import export_model
 
     # a bundle directory from `crossrank train --pack` or from the repository's history (an earlier default);
     # a missing bundled model is reported by the export itself
+    if name == "fast":  # a cascade of two models is not one checkpoint
+        raise InputError(f"'fast' is a cascade ({fast_spec()}), not one checkpoint: export its models one by one, "
+                         "'crossrank model export fast-student DIR' and 'crossrank model export default DIR'")
     bundle_dir = bundled_dir(name)
     if bundle_dir is None or (name not in BUNDLED and not bundle_available(bundle_dir)):
         raise InputError(f"{name!r} is neither {' nor '.join(map(repr, BUNDLED))} nor a complete crossrank bundle "

@@ -246,7 +246,11 @@ def _open_checkpoint(name_or_path: str | os.PathLike, *, local_files_only: bool,
         if "trust_remote_code" in str(e):
             raise ModelLoadError(_REMOTE_CODE.format(raw=raw)) from e
         where = "the local Hugging Face cache" if kwargs.get("local_files_only") else "the Hugging Face hub"
-        raise ModelLoadError(f"cannot load a model config for {raw!r} from {where}: {_first_line(e)}") from e
+        hint = ""
+        if not kwargs.get("local_files_only") and os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0"):
+            # without a network huggingface_hub retries for tens of seconds before this error: say how to skip that
+            hint = " (offline? set HF_HUB_OFFLINE=1 to use only models already in the local cache, without retries)"
+        raise ModelLoadError(f"cannot load a model config for {raw!r} from {where}: {_first_line(e)}{hint}") from e
     if not trust_remote_code:  # a hub id (read from the cache): the same rule on the config as read
         _refuse_remote_code({"auto_map": getattr(config, "auto_map", None)}, raw)
     return _Source(raw, source, name, kwargs, config, local_dir)
