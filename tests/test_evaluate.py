@@ -635,8 +635,8 @@ def test_line_progress_prints_at_most_every_interval_and_once_at_the_end():
     bars.advance(task, 0)  # already finished: no second end line
     lines = out.getvalue().splitlines()
     assert lines == [
-        "rerank x (100 new pairs): 30/100 (30%), 30 s, eta 70 s",
-        "rerank x (100 new pairs): 60/100 (60%), 60 s, eta 40 s",
-        "rerank x (100 new pairs): 90/100 (90%), 90 s, eta 10 s",
-        "rerank x (100 new pairs): 100/100 (100%), 100 s, eta 0 s",
+        "rerank x (100 new pairs): 30/100 (30%), 30 s, 1/s, eta 70 s",
+        "rerank x (100 new pairs): 60/100 (60%), 60 s, 1/s, eta 40 s",
+        "rerank x (100 new pairs): 90/100 (90%), 90 s, 1/s, eta 10 s",
+        "rerank x (100 new pairs): 100/100 (100%), 100 s, 1/s, eta 0 s",
     ]

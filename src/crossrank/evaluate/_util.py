@@ -16,6 +16,7 @@ import numpy as np
 
 from crossrank.errors import InputError
 from crossrank.files import plain_file_mode
+from crossrank.progress import LineProgress
 
 
 def latency_summary(values_ms: Iterable[float]) -> dict[str, Any]:
@@ -111,63 +112,6 @@ class _NullProgress:
 
     def log(self, *a: Any, **k: Any) -> None:
         pass
-
-
-class LineProgress:
-    """Progress for a log file: rich redraws a bar in place, which a file only shows once the task is done, so
-    when stderr is not a terminal each task prints a plain line at most every ``every_s`` seconds, and at its end.
-    """
-
-    def __init__(self, stream: Any, every_s: float = 30.0, clock: Any = None):
-        import time
-
-        self.stream, self.every_s, self.clock = stream, every_s, clock or time.monotonic
-        self.tasks: dict[int, dict[str, Any]] = {}
-
-    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
-        task = len(self.tasks)
-        now = self.clock()
-        self.tasks[task] = {"description": description, "total": total, "completed": 0.0, "start": now, "shown": now}
-        return task
-
-    def update(self, task: int, *, advance: float | None = None, completed: float | None = None,
-               total: float | None = None, description: str | None = None, **_: Any) -> None:
-        t = self.tasks[task]
-        if description is not None:
-            t["description"] = description
-        if total is not None:
-            t["total"] = total
-        if completed is not None:
-            t["completed"] = float(completed)
-        if advance:
-            t["completed"] += advance
-        now = self.clock()
-        done = t["total"] is not None and t["completed"] >= t["total"]
-        if done and not t.get("finished"):
-            t["finished"] = True
-            self._line(t, now)
-        elif not done and now - t["shown"] >= self.every_s:
-            self._line(t, now)
-
-    def advance(self, task: int, advance: float = 1) -> None:
-        self.update(task, advance=advance)
-
-    def remove_task(self, task: int) -> None:
-        self.tasks.pop(task, None)
-
-    def log(self, *objects: Any, **_: Any) -> None:
-        print(*objects, file=self.stream, flush=True)
-
-    def _line(self, t: dict[str, Any], now: float) -> None:
-        t["shown"] = now
-        elapsed = now - t["start"]
-        done, total = t["completed"], t["total"]
-        if total:
-            eta = elapsed / done * (total - done) if done else float("nan")
-            text = f"{t['description']}: {done:g}/{total:g} ({100 * done / total:.0f}%), {elapsed:.0f} s, eta {eta:.0f} s"
-        else:
-            text = f"{t['description']}: {done:g}, {elapsed:.0f} s"
-        print(text, file=self.stream, flush=True)
 
 
 @contextmanager

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from crossrank.progress import progress_bar
+
 ANN_MIN_PASSAGES = 100_000  # from this many passages on, "auto" builds a graph (exact search below)
 ANN_FILE = "dense.usearch"
 KEYS_FILE = "dense_keys.npy"
@@ -66,12 +68,13 @@ class AnnIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, params: dict[str, Any] | None = None,
-              keys: np.ndarray | None = None, threads: int = 0) -> "AnnIndex":
-        """A graph over ``vectors`` (rows labelled ``keys``, default ``0..n-1``); ``threads=0``: all cores."""
+              keys: np.ndarray | None = None, threads: int = 0, progress: bool = False) -> "AnnIndex":
+        """A graph over ``vectors`` (rows labelled ``keys``, default ``0..n-1``); ``threads=0``: all cores;
+        ``progress``: a bar or log lines (rate, ETA) while the graph grows (minutes for a million vectors)."""
         params = {**DEFAULT_PARAMS, **(params or {})}
         keys = np.arange(vectors.shape[0], dtype=np.int64) if keys is None else np.asarray(keys, dtype=np.int64)
         graph = cls._new_graph(int(vectors.shape[1]), params)
-        _add(graph, keys, vectors, threads)
+        _add(graph, keys, vectors, threads, progress_bar(len(keys), "building the ANN graph") if progress else None)
         return cls(graph, keys, params)
 
     @classmethod
@@ -125,13 +128,17 @@ class AnnIndex:
         if new_vectors is not None and len(new_vectors):
             start = int(self.keys.max()) + 1 if self.keys.size else 0
             new_keys = np.arange(start, start + len(new_vectors), dtype=np.int64)
-            _add(self.graph, new_keys, new_vectors, threads)
+            _add(self.graph, new_keys, new_vectors, threads, None)
             keys = np.concatenate([keys, new_keys])
         return AnnIndex(self.graph, keys, self.params)
 
 
-def _add(graph: Any, keys: np.ndarray, vectors: np.ndarray, threads: int) -> None:
-    step = 65536  # bounds the float32 copy of a memory-mapped or float16 matrix
+def _add(graph: Any, keys: np.ndarray, vectors: np.ndarray, threads: int, bar: Any) -> None:
+    step = 16384  # bounds the float32 copy of a memory-mapped or float16 matrix; a progress step
     for i in range(0, len(keys), step):
         graph.add(keys[i : i + step].astype(np.uint64),
                   np.ascontiguousarray(vectors[i : i + step], dtype=np.float32), threads=threads)
+        if bar is not None:
+            bar.update(len(keys[i : i + step]))
+    if bar is not None:
+        bar.close()

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from crossrank.errors import InputError, ModelLoadError
+from crossrank.progress import progress_bar
 
 BACKENDS = ("auto", "torch", "onnx")
 SHARD_PASSAGES = 4096  # passages per resumable shard: small enough that a crash loses little work
@@ -157,7 +157,7 @@ def encode_bulk(
     resumed = n - sum(len(shards[i]) for i in todo)
     encoded = 0
     used, encode = pick_encoder(model, backend) if todo else ("resumed", None)
-    bar = _bar(n, resumed, progress)
+    bar = progress_bar(n, "encoding passages", done=resumed) if progress else None
     t_enc = time.perf_counter()
     for i in todo:
         rows = shards[i]
@@ -189,44 +189,3 @@ def _dimension(model: Any) -> int:
         if fn is not None and fn():
             return int(fn())
     return int(_torch_encoder(model)(["probe"]).shape[1])
-
-
-def _bar(total: int, done: int, progress: bool):
-    """A tqdm bar counting passages (passages/s and ETA of what is left) on a terminal; in a pipe or log, where a
-    redrawn bar is noise, a :class:`LineProgress`; None without ``progress``."""
-    if not progress or not total:
-        return None
-    if not sys.stderr.isatty():
-        return LineProgress(total, done, "encoding passages")
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, unit="passage", unit_scale=True, desc="encoding passages",
-                smoothing=0.05)
-
-
-class LineProgress:
-    """Progress for logs: one stderr line at most every ``every_s`` seconds (and at the end) with the count, the
-    rate of this run's work and the ETA of what is left. The ``update`` / ``close`` of a tqdm bar."""
-
-    every_s = 30.0
-
-    def __init__(self, total: int, done: int, desc: str):
-        self.total, self.start_done, self.done, self.desc = total, done, done, desc
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self._say(now)
-
-    def close(self) -> None:
-        self._say(time.monotonic())
-
-    def _say(self, now: float) -> None:
-        rate = (self.done - self.start_done) / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta_text = "-" if eta == float("inf") else f"{int(eta // 60)}m{int(eta % 60):02d}s"
-        print(f"{self.desc}: {self.done:,}/{self.total:,} ({100 * self.done / self.total:.0f}%), "
-              f"{rate:.1f} passages/s, ETA {eta_text}", file=sys.stderr, flush=True)

@@ -295,7 +295,7 @@ def build_index(
     graph = None
     if embeddings is not None and (ann if ann is not None else len(passages) >= ANN_MIN_PASSAGES):
         t = time.perf_counter()
-        graph = AnnIndex.build(embeddings)
+        graph = AnnIndex.build(embeddings, progress=progress)
         manifest["dense"]["ann"] = _ann_manifest(graph, time.perf_counter() - t)
     manifest["build_s"] = round(time.perf_counter() - t0, 3)
     index = Index(passages, manifest, bm25=bm25, embeddings=embeddings, dense_model=model, ann=graph)

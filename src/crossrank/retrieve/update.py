@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -99,7 +100,7 @@ def update_index(
         if "bm25" in manifest["methods"]:
             params = {k: v for k, v in manifest["bm25"].items() if k != "build_s"}
             t = time.perf_counter()
-            bm25 = BM25Retriever(passages, show_progress=progress, **params)
+            bm25 = BM25Retriever(passages, show_progress=progress and sys.stderr.isatty(), **params)
             manifest["bm25"] = {**params, "build_s": round(time.perf_counter() - t, 3)}
         embeddings = graph = None
         if "dense" in manifest["methods"]:
@@ -145,7 +146,7 @@ def _dense_update(target: Path, old: Index, keep: np.ndarray, new_passages: list
         info["ann"] = {**_ann_manifest(graph, time.perf_counter() - t), "build_s": info["ann"].get("build_s")}
     elif n >= ANN_MIN_PASSAGES:
         t = time.perf_counter()
-        graph = AnnIndex.build(embeddings)
+        graph = AnnIndex.build(embeddings, progress=progress)
         info["ann"] = _ann_manifest(graph, time.perf_counter() - t)
     manifest["dense"] = info
     return embeddings, graph
