@@ -354,8 +354,6 @@ def serve(
     port: int = typer.Option(8080, help="TCP port to listen on."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve POST /search over this index."),
     retriever: str = typer.Option("hybrid", help="First stage for /search: bm25, dense or hybrid."),
-    k: int = typer.Option(100, "--k", help="Default K for /search."),
-    n: Optional[int] = typer.Option(None, "--n", help="Default N for /search (default: 10, or K when K is smaller)."),
     prompt_format: Optional[str] = typer.Option(None, help=_PROMPT_FORMAT_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=_REMOTE_CODE_HELP),
     **settings,
@@ -365,20 +363,16 @@ def serve(
     from crossrank import serve as serve_mod
     from crossrank.serve.config import config_from_settings
 
-    # bad options fail before seconds of model loading
-    n = min(DEFAULT_N, k) if n is None else n
-    _check_serve_options(retriever, k, n, port, index_dir, settings["long_documents"], settings["deadline_ms"])
+    # bad options fail before seconds of model loading (K and N: ServeConfig checks them)
+    _check_serve_options(retriever, port, index_dir, settings["long_documents"], settings["deadline_ms"])
     config_from_settings(settings)
-    serve_mod.run(model=model, host=host, port=port, index=index_dir, retriever=retriever, k=k, n=n,
+    serve_mod.run(model=model, host=host, port=port, index=index_dir, retriever=retriever,
                   reranker_options=_model_options(prompt_format, trust_remote_code) or None, **settings)
 
 
-def _check_serve_options(retriever, k, n, port, index_dir, long_documents, deadline_ms) -> None:
-    from crossrank.pipeline import check_k_n
-
+def _check_serve_options(retriever, port, index_dir, long_documents, deadline_ms) -> None:
     if retriever not in RETRIEVERS:
         raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
-    check_k_n(k, n)
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
     if long_documents not in ("truncate", "chunk"):
