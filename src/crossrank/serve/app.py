@@ -115,7 +115,7 @@ def _state(reranker: Any, config: ServeConfig) -> State:
         admission_safety=config.admission_safety,
     )
     metrics.watch_cache(lambda: engine_info(engines.base).get("cache"))
-    return State(reranker, config, engines, metrics, batcher)
+    return State(config, engines, metrics, batcher)  # the reranker: engines.base
 
 
 def _install_openapi(app: FastAPI, state: State) -> None:
