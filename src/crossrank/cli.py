@@ -36,7 +36,17 @@ app.add_typer(model_app, name="model")
 out = Console()
 err = Console(stderr=True)
 
-RETRIEVERS = ("bm25", "dense", "hybrid")
+def _check_retrievers(given: list[str], option: str | None = None) -> None:
+    """An ``InputError`` unless every name is a retriever kind of the index (``retrieve.index.KINDS``, imported
+    here: the commands that check it load the retrieve package next anyway)."""
+    from crossrank.retrieve.index import KINDS
+
+    kinds = ", ".join(sorted(KINDS))
+    bad = [r for r in given if r not in KINDS]
+    if option is not None and (bad or not given):
+        raise InputError(f"{option}: unknown or none {bad or given}; use some of {kinds}")
+    if bad:
+        raise InputError(f"unknown retriever {bad[0]!r}: use one of {kinds}")
 
 
 def _csv(value: str) -> list[str]:
@@ -262,8 +272,7 @@ def search(
     from crossrank.pipeline import Pipeline, check_k_n
     from crossrank.retrieve import open_index
 
-    if retriever not in RETRIEVERS:
-        raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
+    _check_retrievers([retriever])
     check_query(query)  # bad input fails before seconds of model loading
     n = min(DEFAULT_N, k) if n is None else n
     check_k_n(k, n)
@@ -371,8 +380,7 @@ def serve(
 
 
 def _check_serve_options(retriever, port, index_dir, long_documents, deadline_ms) -> None:
-    if retriever not in RETRIEVERS:
-        raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
+    _check_retrievers([retriever])
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
     if long_documents not in ("truncate", "chunk"):
@@ -393,9 +401,7 @@ def _check_eval_options(dataset: Path, split, retrievers: list[str], ks: list[in
     from crossrank.rerank.backends import BACKENDS
 
     detect_dataset(dataset, split)
-    bad = [r for r in retrievers if r not in RETRIEVERS]
-    if bad or not retrievers:
-        raise InputError(f"--retrievers: unknown or none {bad or retrievers}; use some of {', '.join(RETRIEVERS)}")
+    _check_retrievers(retrievers, "--retrievers")
     for option, values in (("--k", ks), ("--n", ns)):
         if not values or min(values) < 1:
             raise InputError(f"{option} expects positive integers, got {values}")
