@@ -158,8 +158,7 @@ class ServeConfig:
     def search_defaults(self) -> tuple[int, int]:
         """``(K, N)`` of a ``/search`` that names neither (``search_n`` None: ``min(DEFAULT_N, K)``), checked by
         the pipeline's own rule (``pipeline.check_k_n``)."""
-        from crossrank.pipeline import check_k_n
-        from crossrank.types import DEFAULT_N
+        from crossrank.pipeline import DEFAULT_N, check_k_n  # the pipeline's N default and rule
 
         n = min(DEFAULT_N, self.search_k) if self.search_n is None else self.search_n
         check_k_n(self.search_k, n)
