@@ -482,3 +482,19 @@ def test_index_skips_empty_files_with_a_warning(tmp_path):
     shown = run_cli("search", str(tmp_path / "idx"), "rebase", "--retriever", "bm25", "--reranker", "none", "--json")
     hit = json.loads(shown.stdout)["hits"][0]
     assert (hit["title"], hit["text"]) == ("Git rebase", "Rebase replays commits.")
+
+
+def test_retriever_names_are_the_index_kinds():
+    """The CLI checks retriever names against ``retrieve.index.KINDS`` (no list of its own), with the messages it
+    always gave."""
+    from crossrank.cli import _check_retrievers
+    from crossrank.errors import InputError
+    from crossrank.retrieve.index import KINDS
+
+    _check_retrievers(list(KINDS))
+    with pytest.raises(InputError, match=r"^unknown retriever 'splade': use one of bm25, dense, hybrid$"):
+        _check_retrievers(["splade"])
+    with pytest.raises(InputError, match=r"^--retrievers: unknown or none \[\]; use some of bm25, dense, hybrid$"):
+        _check_retrievers([], "--retrievers")
+    with pytest.raises(InputError, match=r"unknown or none \['x'\]"):
+        _check_retrievers(["bm25", "x"], "--retrievers")

@@ -118,6 +118,22 @@ def test_endpoint_urls_pick_the_dialect(server):
         RemoteReranker(server.url, batch_tokens=10)
 
 
+def test_client_and_server_read_one_table_of_dialect_paths():
+    """wire.RERANK_PATHS: each dialect's path is the server's route answering in that dialect and the client's
+    endpoint for it; the client also finds it under a prefix, the server (routes at the root) does not."""
+    from crossrank.rerank.remote import APIS
+    from crossrank.serve import dialects
+    from crossrank.serve.routes import router
+    from crossrank.wire import RERANK_PATHS, dialect_at
+
+    routed = {route.path for route in router.routes}
+    assert set(APIS) == {"auto", *RERANK_PATHS}
+    for name, path in RERANK_PATHS.items():
+        assert path in routed and dialects.dialect_of(path) == name and dialect_at("/api" + path + "/") == name
+        assert RemoteReranker("http://127.0.0.1:9", api=name).endpoint == "http://127.0.0.1:9" + path
+    assert dialects.dialect_of("/api/v2/rerank") == dialects.NATIVE and dialect_at("/search") is None
+
+
 def test_wrong_key_is_a_clear_error_and_not_retried(server):
     remote = RemoteReranker(server.url, api_key="wrong", retries=3)
     with pytest.raises(RerankerUnavailable, match="401"):

@@ -478,6 +478,36 @@ def test_search_route(engine, small_corpus):
         assert "/search" in httpx.get(s.url + "/openapi.json").json()["paths"]
 
 
+def test_search_defaults_are_server_settings(engine, small_corpus):
+    """/search's default K and N are ServeConfig fields (checked there, by the pipeline's rule), the command lines'
+    --k / --n, and what /info reports; create_app's k / n replace them on a copy of the config."""
+    from crossrank.corpus import load_corpus
+    from crossrank.errors import InputError
+    from crossrank.retrieve import build_index
+    from crossrank.serve.config import SETTINGS
+
+    assert ServeConfig().search_defaults() == (100, 10)  # as before the move
+    assert ServeConfig(search_k=4).search_defaults() == (4, 4)  # N: 10, or K when K is smaller
+    with pytest.raises(InputError, match="n=5 is more than k=3"):
+        ServeConfig(search_k=3, search_n=5)
+    with pytest.raises(InputError, match="k must be a positive integer"):
+        ServeConfig(search_k=0)
+    assert {s.name: s.field for s in SETTINGS}.items() >= {"k": "search_k", "n": "search_n"}.items()
+
+    index = build_index(load_corpus(small_corpus), methods=["bm25"], progress=False)
+    config = ServeConfig(search_k=6)
+    app = create_app(engine, index=index, retriever="bm25", config=config)
+    with ServerThread(app) as s:
+        assert httpx.get(s.url + "/info").json()["search_defaults"] == {"k": 6, "n": 6}
+        assert _post(s.url, "/search", {"query": "how do cells get energy"}).status_code == 200
+        pipe = app.state.crossrank.search.get(None)
+        assert (pipe.k, pipe.n) == (6, 6)
+    app = create_app(engine, index=index, retriever="bm25", n=2, config=config)
+    assert app.state.crossrank.config.search_defaults() == (6, 2) and config.search_n is None
+    with ServerThread(create_app(engine)) as s:
+        assert httpx.get(s.url + "/info").json()["search_defaults"] is None
+
+
 @pytest.mark.slow
 def test_search_loads_its_models_at_startup(engine, small_corpus):
     """The first /search must not pay for the bi-encoder load: the server warms its default retriever up."""

@@ -294,3 +294,70 @@ def test_heldout_cascade_scores_replace_the_first_models_top_m():
     second = {"q": [0.2, 0.8, 0.6, 0.3]}
     assert cascade_scores(first, second, 2) == {"q": [0.2, 0.1, 0.5, 0.3]}  # first's top 2: items 0 and 3
     assert cascade_scores(first, second, 10) == second
+
+
+def _fake_checkpoint(d: Path, weights: bytes) -> Path:
+    """A folder with what the weights fingerprint reads (no model loads: the store is keyed before scoring)."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}', encoding="utf-8")
+    (d / "model.safetensors").write_bytes(weights)
+    (d / "README.md").write_text("a model card does not decide scores", encoding="utf-8")
+    return d
+
+
+class _CountingEngine:
+    def __init__(self, value: float) -> None:
+        self.value, self.calls = value, 0
+
+    def score(self, query, texts):
+        from crossrank.rerank.base import RerankScores
+
+        self.calls += 1
+        return RerankScores([self.value] * len(texts))
+
+
+def test_heldout_score_store_is_keyed_by_the_weights_content_not_their_path(tmp_path, caplog):
+    import shutil
+
+    from crossrank.train.heldout import ScoreStore
+
+    model = _fake_checkpoint(tmp_path / "run" / "model", b"weights of the first training")
+    store = ScoreStore(tmp_path / "out")
+    items = [("q1", "what?", ["a", "b"])]
+    opts = {"activation": "raw", "cache_size": 0, "dtype": "fp32"}
+    first = store.key(str(model), opts, items)
+
+    # retrained into the same path: another key, so the old scores are not reused
+    (model / "model.safetensors").write_bytes(b"weights of the second training")
+    assert store.key(str(model), opts, items) != first
+    # the same checkpoint copied elsewhere (and its model card edited): the same key
+    copy = shutil.copytree(model, tmp_path / "elsewhere" / "model")
+    (copy / "README.md").write_text("another card", encoding="utf-8")
+    assert store.key(str(copy), opts, items) == store.key(str(model), opts, items)
+    # options that change scores change the key; those that do not, do not
+    assert store.key(str(model), {**opts, "max_length": 128}, items) != store.key(str(model), opts, items)
+    assert store.key(str(model), {**opts, "cache_size": 9}, items) == store.key(str(model), opts, items)
+
+    engine = _CountingEngine(1.0)
+    assert store.get("new", str(model), opts, "src", items, lambda: engine) == {"q1": [1.0, 1.0]}
+    assert store.get("new", str(copy), opts, "src", items, lambda: engine) == {"q1": [1.0, 1.0]}
+    assert engine.calls == 1  # the copy read the first one's file
+    (model / "model.safetensors").write_bytes(b"weights of a third training")
+    retrained = _CountingEngine(2.0)
+    assert store.get("new", str(model), opts, "src", items, lambda: retrained) == {"q1": [2.0, 2.0]}
+
+    # a file cached by spec before fingerprinting is never read, and the store says so
+    (tmp_path / "out" / "scores" / "new-src-0123456789ab.json").write_text('{"q1": [9.0, 9.0]}', encoding="utf-8")
+    with caplog.at_level("INFO", logger="crossrank.train"):
+        ScoreStore(tmp_path / "out")
+    assert "ignoring 1 score files" in caplog.text
+
+
+def test_weights_fingerprint_covers_cascades_and_refuses_urls(tmp_path):
+    from crossrank.rerank.weights import weights_fingerprint
+
+    a = _fake_checkpoint(tmp_path / "a", b"A")
+    b = _fake_checkpoint(tmp_path / "b", b"B")
+    assert weights_fingerprint(str(a)) != weights_fingerprint(str(b))
+    assert weights_fingerprint(f"{a}>{b}@5") not in (weights_fingerprint(f"{b}>{a}@5"), weights_fingerprint(f"{a}>{b}@6"))
+    assert weights_fingerprint("http://localhost:1/rerank") is None

@@ -36,7 +36,17 @@ app.add_typer(model_app, name="model")
 out = Console()
 err = Console(stderr=True)
 
-RETRIEVERS = ("bm25", "dense", "hybrid")
+def _check_retrievers(given: list[str], option: str | None = None) -> None:
+    """An ``InputError`` unless every name is a retriever kind of the index (``retrieve.index.KINDS``, imported
+    here: the commands that check it load the retrieve package next anyway)."""
+    from crossrank.retrieve.index import KINDS
+
+    kinds = ", ".join(sorted(KINDS))
+    bad = [r for r in given if r not in KINDS]
+    if option is not None and (bad or not given):
+        raise InputError(f"{option}: unknown or none {bad or given}; use some of {kinds}")
+    if bad:
+        raise InputError(f"unknown retriever {bad[0]!r}: use one of {kinds}")
 
 
 def _csv(value: str) -> list[str]:
@@ -262,8 +272,7 @@ def search(
     from crossrank.pipeline import Pipeline, check_k_n
     from crossrank.retrieve import open_index
 
-    if retriever not in RETRIEVERS:
-        raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
+    _check_retrievers([retriever])
     check_query(query)  # bad input fails before seconds of model loading
     n = min(DEFAULT_N, k) if n is None else n
     check_k_n(k, n)
@@ -354,8 +363,6 @@ def serve(
     port: int = typer.Option(8080, help="TCP port to listen on."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve POST /search over this index."),
     retriever: str = typer.Option("hybrid", help="First stage for /search: bm25, dense or hybrid."),
-    k: int = typer.Option(100, "--k", help="Default K for /search."),
-    n: Optional[int] = typer.Option(None, "--n", help="Default N for /search (default: 10, or K when K is smaller)."),
     prompt_format: Optional[str] = typer.Option(None, help=_PROMPT_FORMAT_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=_REMOTE_CODE_HELP),
     **settings,
@@ -365,20 +372,15 @@ def serve(
     from crossrank import serve as serve_mod
     from crossrank.serve.config import config_from_settings
 
-    # bad options fail before seconds of model loading
-    n = min(DEFAULT_N, k) if n is None else n
-    _check_serve_options(retriever, k, n, port, index_dir, settings["long_documents"], settings["deadline_ms"])
+    # bad options fail before seconds of model loading (K and N: ServeConfig checks them)
+    _check_serve_options(retriever, port, index_dir, settings["long_documents"], settings["deadline_ms"])
     config_from_settings(settings)
-    serve_mod.run(model=model, host=host, port=port, index=index_dir, retriever=retriever, k=k, n=n,
+    serve_mod.run(model=model, host=host, port=port, index=index_dir, retriever=retriever,
                   reranker_options=_model_options(prompt_format, trust_remote_code) or None, **settings)
 
 
-def _check_serve_options(retriever, k, n, port, index_dir, long_documents, deadline_ms) -> None:
-    from crossrank.pipeline import check_k_n
-
-    if retriever not in RETRIEVERS:
-        raise InputError(f"unknown retriever {retriever!r}: use one of {', '.join(RETRIEVERS)}")
-    check_k_n(k, n)
+def _check_serve_options(retriever, port, index_dir, long_documents, deadline_ms) -> None:
+    _check_retrievers([retriever])
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
     if long_documents not in ("truncate", "chunk"):
@@ -399,9 +401,7 @@ def _check_eval_options(dataset: Path, split, retrievers: list[str], ks: list[in
     from crossrank.rerank.backends import BACKENDS
 
     detect_dataset(dataset, split)
-    bad = [r for r in retrievers if r not in RETRIEVERS]
-    if bad or not retrievers:
-        raise InputError(f"--retrievers: unknown or none {bad or retrievers}; use some of {', '.join(RETRIEVERS)}")
+    _check_retrievers(retrievers, "--retrievers")
     for option, values in (("--k", ks), ("--n", ns)):
         if not values or min(values) < 1:
             raise InputError(f"{option} expects positive integers, got {values}")

@@ -1,22 +1,26 @@
-"""Small helpers shared by the evaluation modules: latency summaries, names, atomic writes, progress bars."""
+"""Small helpers shared by the evaluation modules: latency summaries, names, atomic writes, progress bars,
+loading a reranker spec, the machine description."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import platform
 import re
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from crossrank.errors import InputError
 from crossrank.files import plain_file_mode
+from crossrank.hardware import cpu_model
 from crossrank.progress import LineProgress
+from crossrank.rerank.base import as_reranker
 
 
 def latency_summary(values_ms: Iterable[float]) -> dict[str, Any]:
@@ -146,3 +150,44 @@ def progress_bars(enabled: bool) -> Iterator[Any]:
         transient=False,
     ) as progress:
         yield progress
+
+
+def load_reranker_spec(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, Any]:
+    """``(label, reranker)`` for a spec: a Reranker object, "default", a model folder or a hub id (the BEIR and
+    answer-selection evaluators load theirs alike)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        # checked here (an InputError for an object that cannot score), handed back as given: its own attributes
+        # (a path, a fingerprint) are what its score cache is keyed on
+        return as_reranker(spec).name, spec
+    from crossrank.rerank import load_reranker
+    from crossrank.rerank.bundled import BUNDLED
+
+    name = str(spec)
+    # our on-disk score cache replaces the loader's in-memory one (which would also blur timings)
+    reranker = load_reranker(name, **{"cache_size": 0, **dict(options or {})})
+
+    label = name if name in BUNDLED or not Path(name).exists() else Path(name).name
+    return label, reranker
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a run measured on (its results' ``machine``): platform, CPU, Python, load, torch threads."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        pass
+    return info

@@ -96,11 +96,12 @@ def evaluate_answer_selection(
 
     Returns ``EvalResults`` (``kind == "answer_selection"``); with ``out_dir`` also writes results.json, report.md
     and report.html there and caches scores."""
-    from crossrank.evaluate.beir import SCHEMA_VERSION, EvalResults, _load_reranker, _machine_info
+    from crossrank.evaluate._util import load_reranker_spec, machine_info
+    from crossrank.evaluate.beir import SCHEMA_VERSION, EvalResults
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     t_start = time.perf_counter()
-    machine = _machine_info()
+    machine = machine_info()
     tsv_path = Path(tsv_path)
     all_questions = load_answer_selection(tsv_path)
     if max_queries is not None:
@@ -123,7 +124,7 @@ def evaluate_answer_selection(
     per_query["file order"] = {q: r6(v) for q, v in base_pq["map"].items()}
 
     for spec in [r for r in as_list(rerankers, str, "rerankers") if not (isinstance(r, str) and r == "none")]:
-        label, reranker = _load_reranker(spec, reranker_options)
+        label, reranker = load_reranker_spec(spec, reranker_options)
         fp = reranker_fingerprint(spec, reranker)
         cache = store = None
         if out is not None:

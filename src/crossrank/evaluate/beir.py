@@ -20,7 +20,6 @@ credited); its Recall@K therefore equals the first stage's, reported as ``first_
 from __future__ import annotations
 
 import os
-import platform
 import random
 import sys
 import time
@@ -32,13 +31,14 @@ from crossrank.errors import IndexLoadError, InputError
 from crossrank.evaluate._util import (
     as_list,
     latency_summary,
+    load_reranker_spec,
+    machine_info,
     progress_bars,
     r6,
     write_json,
 )
 from crossrank.evaluate.cache import LatencyStore, ScoreCache, reranker_fingerprint
 from crossrank.evaluate.metrics import gold_answers, ranking_metrics, wins_losses_ties
-from crossrank.hardware import cpu_model
 from crossrank.rerank.base import as_reranker
 from crossrank.types import Candidate, first_per_document
 
@@ -109,45 +109,6 @@ def recommended_fusion(reranker: Any) -> tuple[Any, str]:
     if "fusion" not in recommendation(reranker):
         return resolve_fusion("none", reranker), "reranker declares no recommended fusion; using none"
     return resolve_fusion("auto", reranker), "from the reranker's recommended settings"
-
-
-def _load_reranker(spec: Any, options: Mapping[str, Any] | None) -> tuple[str, Any]:
-    """``(label, reranker)`` for a spec: a Reranker object, "default", a model folder or a hub id."""
-    if not isinstance(spec, (str, os.PathLike)):
-        # checked here (an InputError for an object that cannot score), handed back as given: its own attributes
-        # (a path, a fingerprint) are what its score cache is keyed on
-        return as_reranker(spec).name, spec
-    from crossrank.rerank import load_reranker
-    from crossrank.rerank.bundled import BUNDLED
-
-    name = str(spec)
-    # our on-disk score cache replaces the loader's in-memory one (which would also blur timings)
-    reranker = load_reranker(name, **{"cache_size": 0, **dict(options or {})})
-
-    label = name if name in BUNDLED or not Path(name).exists() else Path(name).name
-    return label, reranker
-
-
-def _machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001
-        pass
-    return info
 
 
 def latency_plan(qids: Sequence[str], ks: Sequence[int], per_k: int, retrievers: Sequence[str],
@@ -406,7 +367,7 @@ def _prepare(dataset_dir: str | os.PathLike, *, split: str, retrievers: Any, rer
 
     started = time.time()
     t_start = time.perf_counter()
-    machine = _machine_info()  # the load average is taken now, before the run adds to it
+    machine = machine_info()  # the load average is taken now, before the run adds to it
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.exists():
         raise InputError(f"dataset folder not found: {dataset_dir}")
@@ -502,7 +463,7 @@ def _score_reranker(sweep: _Sweep, stages: _FirstStages, plan: Mapping[int, list
     union of all first stages' candidates, and let it go."""
     from crossrank.pipeline import resolve_rerank_depth
 
-    label, given = _load_reranker(spec, sweep.reranker_options)
+    label, given = load_reranker_spec(spec, sweep.reranker_options)
     fp = reranker_fingerprint(spec, given)
     reranker = as_reranker(given)  # the full protocol from here on
     depth = resolve_rerank_depth("auto", reranker)  # the pipeline's rule: rerank at most this many

@@ -39,9 +39,9 @@ from crossrank.rerank.base import (
     rank_by_scores,
     score_by_query,
 )
+from crossrank.wire import RERANK_PATHS, TEI, dialect_at
 
-APIS = ("auto", "tei", "cohere", "jina")
-_PATHS = {"tei": "/rerank", "cohere": "/v2/rerank", "jina": "/v1/rerank"}
+APIS = ("auto", *RERANK_PATHS)
 # TEI's default --max-client-batch-size is 32; Cohere recommends at most 1000 documents per call.
 _DEFAULT_BATCH = {"tei": 32, "cohere": 1000, "jina": 1000}
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -115,15 +115,11 @@ def _resolve(url: str, api: str) -> tuple[str, str]:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"remote reranker URL must be http(s)://host[:port][/path], got {url!r}")
     path = parts.path.rstrip("/")
-    detected = None
-    for name in ("cohere", "jina", "tei"):  # longest suffixes first: /v2/rerank also ends with /rerank
-        if path.endswith(_PATHS[name]):
-            detected = name
-            break
+    detected = dialect_at(path)
     if api == "auto":
-        api = detected or "tei"
+        api = detected or TEI
     if detected is None:
-        path = path + _PATHS[api]
+        path = path + RERANK_PATHS[api]
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")), api
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -31,7 +32,6 @@ from crossrank.serve.gate import OPEN_PATHS, Gate
 from crossrank.serve.metrics import Metrics
 from crossrank.serve.openapi import install_openapi
 from crossrank.serve.state import State, version
-from crossrank.types import DEFAULT_N
 
 DESCRIPTION = (
     "Cross-encoder reranking over HTTP. Dialects: Hugging Face TEI (`POST /rerank`), Cohere v2 "
@@ -49,8 +49,8 @@ def create_app(
     config: ServeConfig | None = None,
     index: Any = None,
     retriever: str = "hybrid",
-    k: int = 100,
-    n: int = DEFAULT_N,
+    k: int | None = None,
+    n: int | None = None,
     search_deadline_ms: float | None = None,
 ) -> FastAPI:
     """The crossrank HTTP service around ``reranker`` (anything with the ``Reranker`` protocol; ``score_pairs``
@@ -58,16 +58,22 @@ def create_app(
 
     ``/search`` is served when ``pipeline`` is given (a ``Pipeline``, or a callable that takes the server's
     batched reranker and returns one, so search traffic shares the batcher) or ``index`` is (an ``Index``:
-    pipelines per retriever kind, ``retriever`` the default, K ``k``, N ``n``).
+    pipelines per retriever kind, ``retriever`` the default). Its default K and N are ``config``'s
+    ``search_k`` / ``search_n``; ``k`` / ``n``, when given, replace them.
     """
-    state = _state(reranker, config or ServeConfig())
+    config = config or ServeConfig()
+    if k is not None or n is not None:  # a copy: checked again, and the caller's config left as it was
+        config = replace(config, search_k=config.search_k if k is None else k,
+                         search_n=config.search_n if n is None else n)
+    state = _state(reranker, config)
     if pipeline is not None or index is not None:
         batched = BatchedReranker(state.batcher, state.model_name,
                                   timeout_s=state.config.default_deadline_ms / 1000.0,
                                   info=engine_info(state.engines.base),
                                   takes_instruction=state.engines.takes_instruction)
-        state.search = search.Search(pipeline, index, batched, default_retriever=retriever, k=k, n=n,
-                                     deadline_ms=search_deadline_ms)
+        search_k, search_n = state.config.search_defaults()
+        state.search = search.Search(pipeline, index, batched, default_retriever=retriever, k=search_k,
+                                     n=search_n, deadline_ms=search_deadline_ms)
     app = FastAPI(
         title="crossrank",
         version=version(),
@@ -109,7 +115,7 @@ def _state(reranker: Any, config: ServeConfig) -> State:
         admission_safety=config.admission_safety,
     )
     metrics.watch_cache(lambda: engine_info(engines.base).get("cache"))
-    return State(reranker, config, engines, metrics, batcher)
+    return State(config, engines, metrics, batcher)  # the reranker: engines.base
 
 
 def _install_openapi(app: FastAPI, state: State) -> None:

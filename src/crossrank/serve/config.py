@@ -54,6 +54,10 @@ class ServeConfig:
       ``long_documents``: None (whatever the engine was loaded with), "truncate" (cut to the model's maximum
       length; counted in ``X-Crossrank-Truncated`` and the ``crossrank_truncated_pairs_total`` metric) or "chunk"
       (score windows that each carry the query, keep the maximum). Requests may ask for either per call. ``auto_truncate``: what TEI's ``truncate`` means when the request leaves it out.
+    Search (``/search``, served over an index)
+      ``search_k``: the first-stage candidates K of a search that names no ``k``. ``search_n``: the results N of
+      one that names no ``n``; None (default): 10, or K when K is smaller. A request's own ``k`` is bounded by
+      ``max_search_k`` (422 above it); these defaults, the server's own choice, are not.
     Auth
       ``api_key``: when set, every route except ``/health``, ``/``, ``/docs`` and ``/openapi.json`` needs
       ``Authorization: Bearer <key>``. ``from_env`` also takes it from ``CROSSRANK_API_KEY`` or a file.
@@ -88,6 +92,8 @@ class ServeConfig:
     auto_truncate: bool = True
     api_key: str | None = None
     max_search_k: int = 1000
+    search_k: int = 100
+    search_n: int | None = None
     allowed_hosts: tuple[str, ...] = ()
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -106,6 +112,7 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"serve option {name} must be a positive integer, got {value!r}")
+        self.search_defaults()  # K and N by the pipeline's rule (its messages name k and n, as the options do)
         if self.batch_wait_ms < 0:
             raise InputError(f"serve option batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
         rate = self.tokens_per_s
@@ -147,6 +154,15 @@ class ServeConfig:
             values["api_key"] = read_key_file(api_key_file)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def search_defaults(self) -> tuple[int, int]:
+        """``(K, N)`` of a ``/search`` that names neither (``search_n`` None: ``min(DEFAULT_N, K)``), checked by
+        the pipeline's own rule (``pipeline.check_k_n``)."""
+        from crossrank.pipeline import DEFAULT_N, check_k_n  # the pipeline's N default and rule
+
+        n = min(DEFAULT_N, self.search_k) if self.search_n is None else self.search_n
+        check_k_n(self.search_k, n)
+        return self.search_k, n
 
     def host_allowed(self, host: str | None) -> bool:
         """Whether a request with this Host header may be served (one without any may not)."""
@@ -242,6 +258,8 @@ SETTINGS: tuple[Setting, ...] = (
     # how a local model is loaded, and so what the server does by default (a remote reranker keeps its own)
     Setting("long_documents", "truncate or chunk (max-score over windows).", default="truncate",
             choices=("truncate", "chunk")),
+    Setting("k", "Default K for /search.", field="search_k"),
+    Setting("n", "Default N for /search (default: 10, or K when K is smaller).", field="search_n", type=int),
     # unset: the field's 30 s for requests, and no deadline for /search's pipeline (server.build_app)
     Setting("deadline_ms", "Default per-request deadline (30000 ms when unset).", field="default_deadline_ms",
             default=None, type=float),

@@ -61,7 +61,9 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-TEI, COHERE, JINA, NATIVE = "tei", "cohere", "jina", "native"
+from crossrank.wire import COHERE, JINA, RERANK_PATHS, TEI
+
+NATIVE = "native"  # crossrank's own routes (/search, /info, ...) and any path that is no rerank route
 VOYAGE, INFINITY = "voyage", "infinity"  # request shapes sharing a route with another dialect
 SHAPES = frozenset({TEI, JINA, VOYAGE, INFINITY})
 
@@ -75,14 +77,13 @@ _STATUS = {
 }
 
 
+_DIALECT_AT = {path: name for name, path in RERANK_PATHS.items()}
+
+
 def dialect_of(path: str) -> str:
-    if path.rstrip("/") == "/rerank":
-        return TEI
-    if path.rstrip("/") == "/v2/rerank":
-        return COHERE
-    if path.rstrip("/") == "/v1/rerank":
-        return JINA
-    return NATIVE
+    """The dialect a request path is answered in: a rerank route's exactly (no prefix, unlike the client's
+    ``wire.dialect_at``: the server's routes sit at the root), else crossrank's own."""
+    return _DIALECT_AT.get(path.rstrip("/"), NATIVE)
 
 
 def status_for(kind: str, dialect: str) -> int:

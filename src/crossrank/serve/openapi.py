@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from fastapi import FastAPI
 
 from crossrank.serve import dialects as d
+from crossrank.wire import RERANK_PATHS
 
 SECURITY_SCHEME = "bearerAuth"
 DEADLINE_HEADER_DOC = {
@@ -122,7 +123,7 @@ def _branches(schema: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def _shapes(doc: dict[str, Any]) -> None:
     """The shared routes' ``oneOf``: each branch narrowed to the bodies ``shape_v1`` / ``shape_tei`` send to it."""
-    for path, shapes in (("/v1/rerank", d.V1_SHAPE_SCHEMAS), ("/rerank", d.TEI_SHAPE_SCHEMAS)):
+    for path, shapes in ((RERANK_PATHS[d.JINA], d.V1_SHAPE_SCHEMAS), (RERANK_PATHS[d.TEI], d.TEI_SHAPE_SCHEMAS)):
         body = doc.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {})
         schema = body.get("content", {}).get("application/json", {}).get("schema")
         if not schema or "oneOf" not in schema:
@@ -152,7 +153,7 @@ def _no_fastapi_validation_errors(doc: dict[str, Any]) -> None:
 
 
 def _headers(doc: dict[str, Any]) -> None:
-    for path in ("/rerank", "/v2/rerank", "/v1/rerank", "/search"):
+    for path in (*RERANK_PATHS.values(), "/search"):
         operation = doc.get("paths", {}).get(path, {}).get("post")
         if operation is None:
             continue

@@ -18,6 +18,7 @@ from crossrank.serve.batcher import JobResult
 from crossrank.serve.engines import Engines, Usage
 from crossrank.serve.jobs import TRUNCATED_HEADER, run_job
 from crossrank.serve.state import state_of
+from crossrank.wire import RERANK_PATHS
 
 router = APIRouter()
 
@@ -55,7 +56,7 @@ async def usage_of(engines: Engines, query: str, texts: list[str], options: dict
     return await run_in_threadpool(engines.usage, query, texts, options, result.scores)
 
 
-@router.post("/rerank", tags=["rerank"], summary="Hugging Face TEI rerank (infinity requests accepted)",
+@router.post(RERANK_PATHS[d.TEI], tags=["rerank"], summary="Hugging Face TEI rerank (infinity requests accepted)",
              responses=d.error_responses(d.TEI, {
                  400: "Batch or query empty, malformed JSON, bad deadline header, an instruction the reranker "
                       "cannot take, or a Host that is not allowed",
@@ -89,7 +90,7 @@ async def rerank_tei(body: d.RootRerankRequest, request: Request) -> Response:
     return JSONResponse(ranks, headers=timing_headers(engines, result, started))
 
 
-@router.post("/v2/rerank", tags=["rerank"], summary="Cohere v2 rerank",
+@router.post(RERANK_PATHS[d.COHERE], tags=["rerank"], summary="Cohere v2 rerank",
              responses=d.error_responses(d.COHERE, {
                  400: "Any invalid request (Cohere's status for schema errors, empty or too many documents, a "
                       "query over max_query_chars), malformed JSON, or a Host that is not allowed",
@@ -115,7 +116,7 @@ async def rerank_cohere(body: d.CohereRerankRequest, request: Request) -> Respon
     )
 
 
-@router.post("/v1/rerank", tags=["rerank"], summary="Jina / Cohere v1, Voyage or infinity rerank (by the body)",
+@router.post(RERANK_PATHS[d.JINA], tags=["rerank"], summary="Jina / Cohere v1, Voyage or infinity rerank (by the body)",
              responses=d.error_responses(d.JINA, {
                  400: "Documents or query empty, malformed JSON, bad deadline header, an instruction the reranker "
                       "cannot take, or a Host that is not allowed",

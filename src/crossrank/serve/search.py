@@ -51,6 +51,14 @@ class Search:
             kinds.append("hybrid")
         return kinds
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """K and N of a search that names neither (``/info``): a given pipeline's own, else the server's
+        (``ServeConfig.search_defaults``)."""
+        if self.fixed is not None:
+            return {"k": getattr(self.fixed, "k", None), "n": getattr(self.fixed, "n", None)}
+        return {"k": self.k, "n": self.n}
+
     def get(self, kind: str | None) -> Any:
         if self.fixed is not None:
             name = str(getattr(self.fixed.retriever, "name", ""))

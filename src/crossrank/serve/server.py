@@ -13,7 +13,6 @@ from typing import Any
 
 from crossrank.errors import InputError
 from crossrank.serve.config import WILDCARD_HOSTS, ServeConfig, config_from_settings, resolve_settings
-from crossrank.types import DEFAULT_N
 
 log = logging.getLogger("crossrank.serve")
 
@@ -24,8 +23,6 @@ def build_app(
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
     host: str | None = None,
-    k: int = 100,
-    n: int = DEFAULT_N,
     reranker_options: dict[str, Any] | None = None,
     **settings: Any,
 ):
@@ -59,7 +56,7 @@ def build_app(
         from crossrank.retrieve import load_index
 
         loaded_index = load_index(Path(index))
-    return create_app(reranker, config=config, index=loaded_index, retriever=retriever, k=k, n=n,
+    return create_app(reranker, config=config, index=loaded_index, retriever=retriever,
                       search_deadline_ms=values["deadline_ms"])
 
 
@@ -98,8 +95,6 @@ def run(
     port: int = 8080,
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
-    k: int = 100,
-    n: int = DEFAULT_N,
     log_level: str = "info",
     reranker_options: dict[str, Any] | None = None,
     **settings: Any,
@@ -107,7 +102,8 @@ def run(
     """Serve ``model`` over HTTP until interrupted (binds loopback unless ``host`` says otherwise).
 
     ``model``: "default", a hub id, a local checkpoint, or an http(s) URL (a remote reranker, proxied).
-    ``index``: an index directory; adds ``POST /search`` (``retriever`` the default kind, K ``k``, N ``n``).
+    ``index``: an index directory; adds ``POST /search`` (``retriever`` the default kind; the settings ``k`` and
+    ``n``, its default K and N).
     ``settings``: the server's settings by name (``config.SETTINGS``, as ``crossrank serve`` takes them), e.g.
     ``api_key`` (or ``CROSSRANK_API_KEY``, or ``api_key_file``, which keeps it out of ``ps``): require
     ``Authorization: Bearer <key>`` (``/health`` and ``/`` stay open);
@@ -123,8 +119,8 @@ def run(
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = build_app(model, index=index, retriever=retriever, host=host, k=k, n=n,
-                    reranker_options=reranker_options, **settings)
+    app = build_app(model, index=index, retriever=retriever, host=host, reranker_options=reranker_options,
+                    **settings)
     state = app.state.crossrank
     if host not in ("127.0.0.1", "localhost", "::1") and not state.config.api_key:
         log.warning("binding %s without an API key: anyone who can reach this port can use the service", host)

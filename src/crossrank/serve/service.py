@@ -62,6 +62,7 @@ async def info(request: Request) -> Response:
         "auth": bool(config.api_key),
         "search": state.search is not None,
         "retrievers": state.search.retrievers if state.search is not None else [],
+        "search_defaults": state.search.defaults if state.search is not None else None,
         "engine": einfo,
     })
 

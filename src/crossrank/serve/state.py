@@ -3,7 +3,7 @@ and reached from a request with :func:`state_of`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -19,9 +19,7 @@ if TYPE_CHECKING:
 class State:
     """One app's settings, reranker side, metrics, batcher and (when it serves ``/search``) its pipelines."""
 
-    def __init__(self, reranker: Any, config: ServeConfig, engines: Engines, metrics: Metrics,
-                 batcher: DynamicBatcher) -> None:
-        self.reranker = reranker
+    def __init__(self, config: ServeConfig, engines: Engines, metrics: Metrics, batcher: DynamicBatcher) -> None:
         self.config = config
         self.engines = engines
         self.metrics = metrics

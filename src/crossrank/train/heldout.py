@@ -4,7 +4,8 @@
 training run's sources and held-out split (``RUN/config.json``: the same queries the trainer held out, by
 ``split_seed``), fetches each held-out BEIR query's first-stage top K from a saved index (``--index NAME=DIR``, the
 hybrid first stage used at inference) and scores every candidate with every reranker through the inference engine
-(raw logits, cached under ``--out``). For the last reranker (the candidate) it then
+(raw logits, cached under ``--out`` by the content of the weights, so a model retrained into the same path is
+scored again). For the last reranker (the candidate) it then
 
 1. fits a Platt calibration on half of the held-out queries' labelled pairs and reports the expected calibration
    error (ECE) on the other half (:mod:`crossrank.rerank.calibration`);
@@ -26,6 +27,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -131,20 +133,62 @@ def _jsonl_texts(path: Path, title: bool) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
+SCORES_FORMAT = "crossrank-heldout-scores"
+# Before the weights were fingerprinted a file was named LABEL-SOURCE-<12 hex of the spec and texts>: retraining into
+# the same path reused its scores. Such files are never read (the key is now 16 hex); the store says they are there.
+_LEGACY_NAME = re.compile(r"-[0-9a-f]{12}\.json$")
+# load_reranker options that do not change a score (the rest, max_length, dtype, activation, backend, do)
+_NOT_SCORING_OPTIONS = frozenset({"cache_size"})
+
+
 class ScoreStore:
-    """Raw logits per (reranker, source, query), cached as one JSON file per reranker and source."""
+    """Raw logits per (reranker, source, query), cached as one JSON file per reranker and source.
+
+    A file is keyed by what decides its scores: the content of the weights (:func:`crossrank.rerank.weights.
+    weights_fingerprint`, not the spec's path), the scoring options and the (query, texts) scored. A reranker
+    whose weights cannot be fingerprinted before loading (a URL) is scored every run, never cached."""
 
     def __init__(self, out: Path) -> None:
         self.dir = out / "scores"
         self.dir.mkdir(parents=True, exist_ok=True)
+        legacy = [f for f in self.dir.glob("*.json") if _LEGACY_NAME.search(f.name)]
+        if legacy:
+            log.info("ignoring %d score files in %s cached by reranker spec before weights were fingerprinted "
+                     "(possibly stale): their rerankers are scored again", len(legacy), self.dir)
 
-    def get(self, label: str, spec: str, source: str, items: list[tuple[str, str, list[str]]],
-            engine_factory) -> dict[str, list[float]]:
-        key = hashlib.sha256(json.dumps([spec, [(q, t) for q, _, t in items]]).encode()).hexdigest()[:12]
+    def key(self, spec: str, options: dict[str, Any], items: list[tuple[str, str, list[str]]]) -> str | None:
+        """The cache key of scoring ``items`` with ``spec`` under ``options``; None when the weights are unknown."""
+        from crossrank.rerank.weights import weights_fingerprint
+
+        weights = weights_fingerprint(spec)
+        if weights is None:
+            return None
+        scoring = {k: v for k, v in sorted(options.items()) if k not in _NOT_SCORING_OPTIONS}
+        return hashlib.sha256(json.dumps([weights, scoring, [(q, t) for q, _, t in items]]).encode()).hexdigest()[:16]
+
+    def get(self, label: str, spec: str, options: dict[str, Any], source: str,
+            items: list[tuple[str, str, list[str]]], engine_factory) -> dict[str, list[float]]:
+        key = self.key(spec, options, items)
+        if key is None and not spec.lower().startswith(("http://", "https://")):
+            engine_factory()  # a hub id not downloaded yet: loading it puts its weights where they can be hashed
+            key = self.key(spec, options, items)
+        if key is None:
+            log.info("%s (%s): weights unknown before scoring, not cached", label, spec)
+            return self._score(label, source, items, engine_factory())
         path = self.dir / f"{label}-{source}-{key}.json"
         if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-        engine = engine_factory()
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if cached.get("format") == SCORES_FORMAT and cached.get("key") == key:
+                return cached["scores"]
+        scores = self._score(label, source, items, engine_factory())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"format": SCORES_FORMAT, "key": key, "spec": spec, "scores": scores}),
+                       encoding="utf-8")
+        tmp.replace(path)
+        return scores
+
+    @staticmethod
+    def _score(label: str, source: str, items: list[tuple[str, str, list[str]]], engine) -> dict[str, list[float]]:
         scores: dict[str, list[float]] = {}
         t0, pairs, total = time.time(), 0, sum(len(t) for _, _, t in items)
         last = t0
@@ -157,9 +201,6 @@ class ScoreStore:
                          (total - pairs) / max(rate, 1e-9))
                 last = time.time()
         log.info("%s %s: %d pairs in %.0fs", label, source, total, time.time() - t0)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(scores), encoding="utf-8")
-        tmp.replace(path)
         return scores
 
 
@@ -282,9 +323,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raw[label] = {}
         for ho in sets:
             items = [(q.qid, q.query, q.texts) for q in ho.queries]
-            raw[label][ho.name] = store.get(label, spec, ho.name, items, factory)
+            raw[label][ho.name] = store.get(label, spec, opts, ho.name, items, factory)
         if noans:
-            raw[label]["squad-noanswer"] = store.get(label, spec, "squad-noanswer",
+            raw[label]["squad-noanswer"] = store.get(label, spec, opts, "squad-noanswer",
                                                      [(q, query, [p]) for q, query, p in noans], factory)
 
     report: dict[str, Any] = {"run": str(run_dir), "k": args.k, "per_source": args.per_source,
