@@ -410,7 +410,8 @@ def test_real_overload_refuses_what_cannot_finish_and_the_admitted_finish_in_tim
                 assert took < max(1.0, budget_ms / 1000), took  # before the deadline (a 504 comes after it)
             if r.status_code == 200:
                 assert int(r.headers["x-total-time"]) <= budget_ms + 250
-        assert _metric(s.url, 'crossrank_rejected_requests_total{reason="deadline"}') == statuses.count(429)
+        # refused unread (deadline_early) or after parsing (deadline): the same rule
+        assert _metric(s.url, "crossrank_rejected_requests_total") == statuses.count(429)
 
 
 # ------------------------------------------------------------------------------------------------ before the body

@@ -338,19 +338,21 @@ class DynamicBatcher:
         """Admission before a request's body is read (the HTTP gate calls it from the headers alone): raises
         ``Overloaded`` (reason ``"deadline_early"`` or ``"queue_full_early"``, counted by the observer) when
         ``submit`` would refuse a request with this deadline and a body of ``body_bytes`` bytes, so the server
-        spends nothing on reading and parsing it. Only the clear cases: the request's tokens are taken at the
-        lowest tokens-per-byte of recent requests (0 before any, or without ``body_bytes``), its completion is
-        predicted without rounding up to whole steps (the earliest it could be done), and the rule that it must
-        not push queued requests past their deadlines is left to ``submit``, which knows its real size."""
+        spends nothing on reading and parsing it. The rule is ``submit``'s; the request's size is a low guess:
+        its tokens at the lowest tokens per byte of the last ``PER_BYTE_WINDOW`` requests (none before any, or
+        without ``body_bytes``: then only a request that could not even start in time is refused), in pairs of
+        the queue's mean size (the pairs only size the steps)."""
         now = time.monotonic()
         with self._cond:
             if self._stopping:
                 return  # submit answers that
             rate = self.tokens_per_s
             own = math.floor(min(self._per_byte) * body_bytes) if body_bytes and self._per_byte else 0
+            queued = sum(j.left_tokens for j in self._queue)
+            pairs = max(1, round(own * self._pending_pairs / queued)) if queued else 1
             try:
-                self._check_bounds(0, now, rate)
-                self._place(now + deadline_s, own, 0, now, self._safe(rate), screening=True)
+                self._check_bounds(0, now, rate)  # its own pairs unknown: only the bounds the queue is at already
+                self._place(now + deadline_s, own, pairs, now, self._safe(rate))
             except Overloaded as exc:
                 reason = f"{exc.reason}_early"
                 self._reject(reason)
@@ -379,13 +381,10 @@ class DynamicBatcher:
             reason="queue_full", retry_after_s=math.ceil(retry),
         )
 
-    def _place(self, deadline: float, own: int, pairs: int, now: float, rate: float | None, *,
-               screening: bool = False) -> int:
+    def _place(self, deadline: float, own: int, pairs: int, now: float, rate: float | None) -> int:
         """Where a request (``own`` estimated tokens in ``pairs`` pairs, due at ``deadline``) goes in the queue,
         or ``Overloaded`` when it is predicted to miss its deadline there, or to make a queued request that is on
-        course miss its own (lock held; the rule is in the class docstring). ``screening``: :meth:`screen`'s
-        bound: completion without rounding up to whole steps (``pairs`` unused), and only its own deadline.
-        O(queued requests)."""
+        course miss its own (lock held; the rule is in the class docstring). O(queued requests)."""
         queue = self._queue
         pos = len(queue)
         while pos > 0 and queue[pos - 1].deadline > deadline:  # earliest deadline first, ties by arrival
@@ -399,8 +398,7 @@ class DynamicBatcher:
         start = now + self._running_left(now, rate)
         ends = list(itertools.accumulate(j.left_tokens for j in queue))  # tokens through each queued job
         total = ends[-1] if ends else 0
-        finish = (self._finish_fn(start, rate, total + own, self._pending_pairs + pairs) if not screening
-                  else lambda through, _total: start + through / rate)
+        finish = self._finish_fn(start, rate, total + own, self._pending_pairs + pairs)
 
         def late(i: int, through: int, all_tokens: int) -> bool:
             return finish(through, all_tokens) > queue[i].deadline
@@ -424,8 +422,6 @@ class DynamicBatcher:
                 f"~{rate:.0f} tokens/s), budget {(deadline - now) * 1000:.0f} ms",
                 reason="deadline", retry_after_s=math.ceil(overshoot),
             )
-        if screening:
-            return pos
         for i in range(len(queue)):  # those it shares a step with, or goes ahead of, finish later
             through = ends[i] + (own if i >= pos else 0)
             if not late(i, ends[i], total) and late(i, through, total + own):
