@@ -254,6 +254,7 @@ class LevelResult:
     late: int = 0
     transport_errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)  # the server's count (/metrics)
 
     def goodput(self) -> float:
         return self.good_pairs / self.wall_s if self.wall_s else 0.0
@@ -267,6 +268,13 @@ class LevelResult:
             return float("nan")
         xs = sorted(xs)
         return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] * 1000
+
+
+def rejected_by_reason(url: str) -> dict[str, int]:
+    """``crossrank_rejected_requests_total`` by reason: ``*_early`` were refused before their body was read."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {m.group(1): int(float(m.group(2)))
+            for m in re.finditer(r'^crossrank_rejected_requests_total\{reason="([^"]+)"\} ([\d.e+]+)$', text, re.M)}
 
 
 def request_body(rng: random.Random, docs: list[str], queries: list[str]) -> dict:
@@ -329,6 +337,7 @@ def run_level(args, docs: list[str], queries: list[str], clients: int) -> LevelR
         for t in threads:
             t.join()
         res.wall_s = time.perf_counter() - t0
+        res.rejected_by_reason = rejected_by_reason(url)
     finally:
         stop_server(proc)
     return res
@@ -343,7 +352,7 @@ def sweep(args, docs: list[str], queries: list[str]) -> int:
     for n in levels:
         r = run_level(args, docs, queries, n)
         results.append(r)
-        print(f"  {n} clients: {r.statuses} in {r.wall_s:.1f}s", flush=True)
+        print(f"  {n} clients: {r.statuses} in {r.wall_s:.1f}s; 429 by reason {r.rejected_by_reason}", flush=True)
     head = (f"{'clients':>7} {'sent':>5} {'200':>5} {'429':>5} {'504':>5} {'other':>5} {'late':>4} {'goodput pairs/s':>15} "
             f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'slowest 429 ms':>14}")
     print("\n" + head + "\n" + "-" * len(head))
@@ -365,6 +374,7 @@ def sweep(args, docs: list[str], queries: list[str]) -> int:
                         "goodput_pairs_s": r.goodput(), "p50_ms": r.pct(r.ok_latencies, 0.5),
                         "p95_ms": r.pct(r.ok_latencies, 0.95), "p99_ms": r.pct(r.ok_latencies, 0.99),
                         "slowest_429_ms": r.pct(r.rejected_latencies, 1.0),
+                        "rejected_by_reason": r.rejected_by_reason,
                         "errors": r.transport_errors[:10]} for r in results]}, indent=2))
     return 1 if any(k >= 500 and k != 504 for r in results for k in r.statuses) else 0
 

@@ -81,8 +81,14 @@ def _metric(url, name) -> float:
     return total
 
 
-def _post(url, path, body, **kw):
-    return httpx.post(url + path, json=body, timeout=kw.pop("timeout", 60), **kw)
+def _post(url, path, body, *, chunked=False, **kw):
+    """POST ``body`` as JSON; ``chunked``: without Content-Length, so the gate cannot size it before reading it."""
+    if chunked:
+        kw["content"] = iter([json.dumps(body).encode()])
+        kw["headers"] = {"Content-Type": "application/json", **kw.get("headers", {})}
+    else:
+        kw["json"] = body
+    return httpx.post(url + path, timeout=kw.pop("timeout", 60), **kw)
 
 
 def _park(gated, submit):
@@ -216,6 +222,33 @@ def test_expired_work_is_shed_between_steps_and_counted(engine):
         b.stop()
 
 
+def test_screen_refuses_from_the_size_alone_only_what_submit_would(engine):
+    """``screen`` (the gate's check before a body is read) sizes a body by the tokens per byte of the requests
+    submitted with their size; it refuses what cannot fit behind the queue, never before any measurement, and
+    lets through what ``submit`` then admits."""
+    gated = Gated(engine)
+    b, seen = _batcher(gated, tokens_per_s=2000.0)
+    fresh, _ = _batcher(gated)  # nothing measured: the screen refuses nothing
+    try:
+        fresh.screen(1e-6, 10**9)
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        queued = json.dumps({"query": "queued", "texts": SHORT[:200]})
+        b.submit("queued", SHORT[:200], deadline_s=3, body_bytes=len(queued))  # ~2.5 s of work, due in 3 s
+        b.screen(3.0)  # unsized: its own work counts as nothing, and nothing is ahead that it could not pass
+        with pytest.raises(Overloaded) as refused:
+            b.screen(3.0, len(queued))  # as big again, due after it: ~5 s of work before a 3 s deadline
+        assert refused.value.reason == "deadline_early" and refused.value.retry_after_s >= 1
+        assert "before its body was read" in str(refused.value)
+        small = json.dumps({"query": "small", "texts": SHORT[:5]})
+        b.screen(3.0, len(small))  # fits ahead, in the queued one's slack...
+        b.submit("small", SHORT[:5], deadline_s=3.0, body_bytes=len(small))  # ...and submit agrees
+        assert seen.rejected == ["deadline_early"]
+    finally:
+        gated.gate.set()
+        b.stop()
+        fresh.stop()
+
+
 def test_a_cancelled_scope_sheds_its_jobs_at_once(engine):
     gated = Gated(engine)
     b, seen = _batcher(gated)
@@ -294,14 +327,17 @@ def test_overloaded_answers_429_with_retry_after_in_each_dialect(gated_server):
         first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
         queued = []
         for i, budget_s in enumerate((14, 26, 38)):  # ~10 s of work each: predicted done at ~12, ~24, ~32 s
+            # a body asking for more than the 30 s default sends the header too: the gate screens before reading
             queued.append(pool.submit(_post, server.url, "/rerank", {"query": f"queued {i}", "texts": SHORT[:900],
-                                                                      "deadline_ms": budget_s * 1000}))
+                                                                      "deadline_ms": budget_s * 1000},
+                                      headers={"X-Crossrank-Deadline-Ms": str(budget_s * 1000)}))
             _wait_for(lambda i=i: _health(server.url)["queue_requests"] == i + 1, what=f"request {i} queued")
         assert 25 < _health(server.url)["queue_seconds"] < 35
         # ~11 s of its own, due after the last queued one, which has no slack to let it go first: ~42 s.
+        # Chunked: unsized, it passes the gate's screen and meets the exact rule (the screen's tests are below).
         body = {"query": "hurried request", "texts": SHORT[:900], "deadline_ms": 39_000}
         t0 = time.monotonic()
-        r = _post(server.url, "/rerank", body)
+        r = _post(server.url, "/rerank", body, chunked=True)
         took = time.monotonic() - t0
         assert r.status_code == 429, r.text
         assert r.json()["error_type"] == "overloaded" and set(r.json()) == {"error", "error_type"}
@@ -309,11 +345,12 @@ def test_overloaded_answers_429_with_retry_after_in_each_dialect(gated_server):
         print("429 answered in", round(took * 1000, 1), "ms")
         assert took < 1.0  # at once (typically a few ms), not at the deadline
         cohere = {"query": "hurried request", "documents": SHORT[:900], "deadline_ms": 39_000}
-        r = _post(server.url, "/v2/rerank", cohere)
+        r = _post(server.url, "/v2/rerank", cohere, chunked=True)
         assert r.status_code == 429 and set(r.json()) == {"id", "message"} and int(r.headers["retry-after"]) >= 1
-        r = _post(server.url, "/v1/rerank", cohere)
+        r = _post(server.url, "/v1/rerank", cohere, chunked=True)
         assert r.status_code == 429 and set(r.json()) == {"detail"} and int(r.headers["retry-after"]) >= 1
-        patient = pool.submit(_post, server.url, "/rerank", {**body, "query": "patient", "deadline_ms": 120_000})
+        patient = pool.submit(_post, server.url, "/rerank", {**body, "query": "patient", "deadline_ms": 120_000},
+                              headers={"X-Crossrank-Deadline-Ms": "120000"})
         _wait_for(lambda: _health(server.url)["queue_requests"] == 4, what="the patient one admitted")
         gated.gate.set()
         assert first.result().status_code == 200
@@ -373,7 +410,130 @@ def test_real_overload_refuses_what_cannot_finish_and_the_admitted_finish_in_tim
                 assert took < max(1.0, budget_ms / 1000), took  # before the deadline (a 504 comes after it)
             if r.status_code == 200:
                 assert int(r.headers["x-total-time"]) <= budget_ms + 250
-        assert _metric(s.url, 'crossrank_rejected_requests_total{reason="deadline"}') == statuses.count(429)
+        # refused unread (deadline_early) or after parsing (deadline): the same rule
+        assert _metric(s.url, "crossrank_rejected_requests_total") == statuses.count(429)
+
+
+# ------------------------------------------------------------------------------------------------ before the body
+
+
+def _busy(server, gated, texts=SHORT[:256]):
+    """Park one step of ``texts`` in the worker, submitted straight to the batcher (an idle worker takes anything):
+    at the server's prior of 50 tokens/s that step alone is predicted to run for ~110 s, longer than any request
+    here may wait, so the gate can refuse them without reading their bodies."""
+    batcher = server.app.state.crossrank.batcher
+    return _park(gated, lambda: batcher.submit("busy", texts, deadline_s=600))
+
+
+def _response(sock) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response read off ``sock`` (Content-Length framed, as the server's are)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+SLOW_PRIOR = {"tokens_per_s": 50.0, "admission_safety": 1.0}
+
+
+@pytest.mark.parametrize("gated_server", [SLOW_PRIOR], indirect=True)
+def test_a_hopeless_request_is_refused_before_its_body_is_read(gated_server):
+    """Busy past the default deadline: a /rerank request is answered 429 (TEI's body, Retry-After) while most of
+    its declared megabyte has not even been sent; the rest, sent afterwards, is discarded unparsed (it is not
+    JSON) and the connection serves the next request."""
+    server, gated = gated_server
+    busy = _busy(server, gated)
+    host, port = server.url.removeprefix("http://").split(":")
+    size = 1_000_000
+    head = (f"POST /rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        t0 = time.monotonic()
+        sock.sendall(head + b'{"query":')  # nine bytes of a megabyte
+        status, headers, body = _response(sock)
+        took = time.monotonic() - t0
+        print("429 before the body in", round(took * 1000, 1), "ms")
+        assert status == 429, body
+        answer = json.loads(body)
+        assert set(answer) == {"error", "error_type"} and answer["error_type"] == "overloaded"
+        assert "before its body was read" in answer["error"]
+        assert int(headers["retry-after"]) >= 30  # the parked step's predicted ~110 s: not a constant
+        assert headers.get("connection", "").lower() != "close"
+        assert took < 5.0  # generous: typically milliseconds
+        sock.sendall(b"x" * (size - 9))  # the rest of the declared body: never parsed
+        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        status, _, body = _response(sock)
+        assert status == 200 and json.loads(body)["status"], body  # same connection, next request
+    gated.gate.set()
+    busy.future.result(30)
+    assert "busy" in gated.queries_seen() and len(gated.calls) == 1  # nothing else reached the engine
+    assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline_early"}') == 1
+    assert _metric(server.url, 'crossrank_requests_total{route="/rerank",status="429"}') == 1
+
+
+@pytest.mark.parametrize("gated_server", [SLOW_PRIOR], indirect=True)
+def test_refused_unread_in_each_dialect_and_a_kept_alive_client_goes_on(gated_server):
+    """One keep-alive httpx client: refused unread on each rerank route in that route's error shape, then, the
+    worker free again, the same request on the same connection is answered 200."""
+    server, gated = gated_server
+    busy = _busy(server, gated)
+    tei = {"query": QUERY, "texts": SHORT[:20]}
+    cohere = {"query": QUERY, "documents": SHORT[:20]}
+    shapes = (("/rerank", tei, {"error", "error_type"}), ("/v2/rerank", cohere, {"id", "message"}),
+              ("/v1/rerank", cohere, {"detail"}))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        ports = set()
+        for path, body, keys in shapes:
+            r = client.post(path, json=body)
+            assert r.status_code == 429 and set(r.json()) == keys, (path, r.text)
+            assert int(r.headers["retry-after"]) >= 30, path
+            ports.add(r.extensions["network_stream"].get_extra_info("client_addr"))
+        gated.gate.set()
+        busy.future.result(30)
+        batcher = server.app.state.crossrank.batcher
+        _wait_for(lambda: not batcher.busy and batcher.depth() == (0, 0), what="the worker idle")
+        r = client.post("/rerank", json=tei)
+        assert r.status_code == 200 and len(r.json()) == 20, r.text
+        ports.add(r.extensions["network_stream"].get_extra_info("client_addr"))
+    assert len(ports) == 1, ports  # one connection throughout
+    assert QUERY in gated.queries_seen()
+    assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline_early"}') == 3
+    assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline"}') == 0
+
+
+@pytest.mark.parametrize("gated_server", [{"tokens_per_s": 1000.0, "admission_safety": 1.0}], indirect=True)
+def test_the_gate_sizes_a_body_by_its_content_length(gated_server):
+    """~22 s of work queued (due in 28 s): with the default 30 s deadline a body as large as the queued one's
+    cannot fit behind it, and is refused unread, sized by its Content-Length at the tokens per byte the queued
+    request taught the batcher; a small one fits (it goes ahead, within the other's slack) and is scored; what
+    the screen cannot size (no Content-Length) meets the exact rule after parsing."""
+    server, gated = gated_server
+    big = {"query": "queued", "texts": SHORT[:900]}  # ~25 tokens a pair: ~22.5 s at the prior
+    with ThreadPoolExecutor(4) as pool:
+        first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
+        queued = pool.submit(_post, server.url, "/rerank", big, headers={"X-Crossrank-Deadline-Ms": "28000"})
+        _wait_for(lambda: _health(server.url)["queue_requests"] == 1, what="the big one queued")
+        r = _post(server.url, "/rerank", {**big, "query": "too big"})
+        assert r.status_code == 429 and "before its body was read" in r.json()["error"], r.text
+        assert 1 <= int(r.headers["retry-after"]) <= 30  # the predicted overshoot, ~15 s
+        r = _post(server.url, "/rerank", {**big, "query": "unsized"}, chunked=True)
+        assert r.status_code == 429 and "before its body was read" not in r.json()["error"], r.text
+        small = pool.submit(_post, server.url, "/rerank", {"query": "small", "texts": SHORT[:5]})
+        _wait_for(lambda: _health(server.url)["queue_requests"] == 2, what="the small one admitted")
+        gated.gate.set()
+        assert [f.result().status_code for f in (first, queued, small)] == [200, 200, 200]
+    assert not {"too big", "unsized"} & gated.queries_seen()
+    assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline_early"}') == 1
+    assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline"}') == 1
 
 
 # ------------------------------------------------------------------------------------------------ /search

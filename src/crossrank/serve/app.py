@@ -2,7 +2,7 @@
 
     engines.py   the reranker's server side: per-request variants, cuts, usage, wire scores
     batcher.py   the queue: dynamic batching, admission, deadlines (owns batching)
-    gate.py      ASGI middleware before any parsing: metrics, Host allowlist, API key, body limit
+    gate.py      ASGI middleware before any parsing: metrics, Host allowlist, API key, body limit, shedding
     jobs.py      the rerank routes' shared path to the queue: limits, time budget, waiting, errors
     routes.py    the rerank routes, one per dialect (TEI, Cohere v2, Jina / Voyage / infinity on /v1)
     search.py    /search: pipelines per retriever over the batched reranker

@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -169,6 +170,12 @@ class DynamicBatcher:
     tried alone), rounded up, at least 1 s.
     The queue bounds (``max_queue_pairs`` / ``max_queue_requests``) still apply: ``reason="queue_full"``.
 
+    Screening (``screen``). The same rule, applied before a request's body is read (the HTTP gate calls it with
+    the deadline and the body size its headers give): a request that ``submit`` would refuse even at the
+    fewest tokens its body is likely to hold is refused without being read or parsed (``reason=
+    "deadline_early"`` / ``"queue_full_early"``), so under overload the CPU that parsing it would take stays
+    with the model. It errs on the side of admitting: what it lets through still meets ``submit``.
+
     Shedding. Before every step, jobs whose deadline has passed (``DeadlineExceeded``; reason ``"deadline"``) or
     that were cancelled are dropped, including what is left of a partly scored one, so no step is spent on work
     nobody waits for. ``Job.cancel`` removes a job from the queue at once. Refusals are reported to the
@@ -176,6 +183,7 @@ class DynamicBatcher:
     """
 
     RATE_DECAY = 0.7
+    PER_BYTE_WINDOW = 64  # recent requests whose tokens per body byte screen() takes the lowest of
 
     def __init__(
         self,
@@ -217,6 +225,8 @@ class DynamicBatcher:
         self._seq = itertools.count()
         self._rate_tokens = float(tokens_per_s) if tokens_per_s and tokens_per_s > 0 else 0.0
         self._rate_seconds = 1.0 if self._rate_tokens else 0.0  # decayed sums behind the throughput estimate
+        # estimated tokens per body byte of recent requests (submit's body_bytes): screen() sizes a body by them
+        self._per_byte: deque[float] = deque(maxlen=self.PER_BYTE_WINDOW)
         self._step_tokens_now = 0  # estimated tokens of the step the worker is running (0: none)
         self._step_started = 0.0
         self._steps_timed = 0
@@ -286,10 +296,13 @@ class DynamicBatcher:
         *,
         deadline_s: float | None = None,
         options: dict[str, Any] | None = None,
+        body_bytes: int | None = None,
     ) -> Job:
-        """Queue a request; its ``future`` resolves to a ``JobResult``. Raises ``Overloaded`` when the queue is full.
+        """Queue a request; its ``future`` resolves to a ``JobResult``. Raises ``Overloaded`` when the queue is full
+        or the request is predicted to miss its deadline.
 
-        ``deadline_s`` is the time budget in seconds from now (None: no deadline)."""
+        ``deadline_s`` is the time budget in seconds from now (None: no deadline). ``body_bytes``: the size of
+        the HTTP body the request came in, if any; it teaches :meth:`screen` how many tokens a byte holds."""
         texts = list(texts)
         now = time.monotonic()
         deadline = now + deadline_s if deadline_s is not None else math.inf
@@ -304,22 +317,15 @@ class DynamicBatcher:
         with self._cond:
             if self._stopping:
                 raise RerankerUnavailable("the server is shutting down")
+            if body_bytes:
+                self._per_byte.append(job.left_tokens / body_bytes)
             rate = self.tokens_per_s
-            if self._queue and (
-                len(self._queue) >= self.max_queue_requests or self._pending_pairs + len(texts) > self.max_queue_pairs
-            ):
-                retry = 1.0
-                if rate is not None:  # until enough of the queue has drained for this one to fit
-                    excess = self._pending_pairs + len(texts) - self.max_queue_pairs
-                    share = max(0, excess) / max(1, self._pending_pairs)
-                    retry = self._running_left(now, rate) + share * sum(j.left_tokens for j in self._queue) / rate
-                self._reject("queue_full")
-                raise Overloaded(
-                    f"{self._pending_pairs} pairs in {len(self._queue)} requests are queued "
-                    f"(limits {self.max_queue_pairs} pairs, {self.max_queue_requests} requests)",
-                    reason="queue_full", retry_after_s=math.ceil(retry),
-                )
-            pos = self._place(job, now, rate * self.admission_safety if rate is not None else None)
+            try:
+                self._check_bounds(len(texts), now, rate)
+                pos = self._place(job.deadline, job.left_tokens, len(texts), now, self._safe(rate))
+            except Overloaded as exc:
+                self._reject(exc.reason)
+                raise
             job.seq = next(self._seq)
             job.owner = self
             self._queue.insert(pos, job)
@@ -328,14 +334,60 @@ class DynamicBatcher:
             self._cond.notify()
         return job
 
-    def _place(self, job: Job, now: float, rate: float | None) -> int:
-        """Where ``job`` goes in the queue, or ``Overloaded`` when it is predicted to miss its deadline there, or
-        to make a queued request that is on course miss its own (lock held; the rule is in the class docstring).
-        O(queued requests)."""
+    def screen(self, deadline_s: float, body_bytes: int | None = None) -> None:
+        """Admission before a request's body is read (the HTTP gate calls it from the headers alone): raises
+        ``Overloaded`` (reason ``"deadline_early"`` or ``"queue_full_early"``, counted by the observer) when
+        ``submit`` would refuse a request with this deadline and a body of ``body_bytes`` bytes, so the server
+        spends nothing on reading and parsing it. The rule is ``submit``'s; the request's size is a low guess:
+        its tokens at the lowest tokens per byte of the last ``PER_BYTE_WINDOW`` requests (none before any, or
+        without ``body_bytes``: then only a request that could not even start in time is refused), in pairs of
+        the queue's mean size (the pairs only size the steps)."""
+        now = time.monotonic()
+        with self._cond:
+            if self._stopping:
+                return  # submit answers that
+            rate = self.tokens_per_s
+            own = math.floor(min(self._per_byte) * body_bytes) if body_bytes and self._per_byte else 0
+            queued = sum(j.left_tokens for j in self._queue)
+            pairs = max(1, round(own * self._pending_pairs / queued)) if queued else 1
+            try:
+                self._check_bounds(0, now, rate)  # its own pairs unknown: only the bounds the queue is at already
+                self._place(now + deadline_s, own, pairs, now, self._safe(rate))
+            except Overloaded as exc:
+                reason = f"{exc.reason}_early"
+                self._reject(reason)
+                raise Overloaded(f"{exc} (refused before its body was read)", reason=reason,
+                                 retry_after_s=exc.retry_after_s) from None
+
+    def _safe(self, rate: float | None) -> float | None:
+        """The rate admission predicts with: ``admission_safety`` of the measured one."""
+        return rate * self.admission_safety if rate is not None else None
+
+    def _check_bounds(self, pairs: int, now: float, rate: float | None) -> None:
+        """``Overloaded(reason="queue_full")`` when a request of ``pairs`` pairs does not fit the queue bounds; an
+        empty queue takes any request, so a large one is never starved (lock held)."""
+        if not self._queue or (
+            len(self._queue) < self.max_queue_requests and self._pending_pairs + pairs <= self.max_queue_pairs
+        ):
+            return
+        retry = 1.0
+        if rate is not None:  # until enough of the queue has drained for this one to fit
+            excess = self._pending_pairs + pairs - self.max_queue_pairs
+            share = max(0, excess) / max(1, self._pending_pairs)
+            retry = self._running_left(now, rate) + share * sum(j.left_tokens for j in self._queue) / rate
+        raise Overloaded(
+            f"{self._pending_pairs} pairs in {len(self._queue)} requests are queued "
+            f"(limits {self.max_queue_pairs} pairs, {self.max_queue_requests} requests)",
+            reason="queue_full", retry_after_s=math.ceil(retry),
+        )
+
+    def _place(self, deadline: float, own: int, pairs: int, now: float, rate: float | None) -> int:
+        """Where a request (``own`` estimated tokens in ``pairs`` pairs, due at ``deadline``) goes in the queue,
+        or ``Overloaded`` when it is predicted to miss its deadline there, or to make a queued request that is on
+        course miss its own (lock held; the rule is in the class docstring). O(queued requests)."""
         queue = self._queue
-        own = job.left_tokens
         pos = len(queue)
-        while pos > 0 and queue[pos - 1].deadline > job.deadline:  # earliest deadline first, ties by arrival
+        while pos > 0 and queue[pos - 1].deadline > deadline:  # earliest deadline first, ties by arrival
             pos -= 1
         if rate is None:  # nothing measured yet: admit; short ones still go ahead of long ones
             while pos > 0 and queue[pos - 1].left_tokens > own:
@@ -346,7 +398,7 @@ class DynamicBatcher:
         start = now + self._running_left(now, rate)
         ends = list(itertools.accumulate(j.left_tokens for j in queue))  # tokens through each queued job
         total = ends[-1] if ends else 0
-        finish = self._finish_fn(start, rate, total + own, self._pending_pairs + len(job.texts))
+        finish = self._finish_fn(start, rate, total + own, self._pending_pairs + pairs)
 
         def late(i: int, through: int, all_tokens: int) -> bool:
             return finish(through, all_tokens) > queue[i].deadline
@@ -360,21 +412,19 @@ class DynamicBatcher:
             pos -= 1
         ahead = ends[pos - 1] if pos > 0 else 0
         done = finish(ahead + own, total + own)
-        if done > job.deadline:
-            fits_alone = start + own / rate <= job.deadline
+        if done > deadline:
+            fits_alone = start + own / rate <= deadline
             # could it never fit, retrying helps only once what is ahead has drained (then it is tried alone)
-            overshoot = done - job.deadline if fits_alone else finish(ahead, total) - now
-            self._reject("deadline")
+            overshoot = done - deadline if fits_alone else finish(ahead, total) - now
             raise Overloaded(
                 f"cannot finish before its deadline: predicted {(done - now) * 1000:.0f} ms "
                 f"({(finish(ahead, total) - now) * 1000 if pos else 0:.0f} ms of queued work ahead at "
-                f"~{rate:.0f} tokens/s), budget {(job.deadline - now) * 1000:.0f} ms",
+                f"~{rate:.0f} tokens/s), budget {(deadline - now) * 1000:.0f} ms",
                 reason="deadline", retry_after_s=math.ceil(overshoot),
             )
         for i in range(len(queue)):  # those it shares a step with, or goes ahead of, finish later
             through = ends[i] + (own if i >= pos else 0)
             if not late(i, ends[i], total) and late(i, through, total + own):
-                self._reject("deadline")
                 raise Overloaded(
                     f"cannot be admitted before its deadline without making a queued request miss its own "
                     f"(~{rate:.0f} tokens/s)",

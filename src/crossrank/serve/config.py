@@ -33,6 +33,11 @@ class ServeConfig:
       ``tokens_per_s``: a throughput prior (estimated tokens per second, e.g. from a benchmark of this model on
       this machine) so admission predicts from the first request; None (default): everything is admitted until
       the worker has timed a step. Measurements take over either way.
+      The same rule screens a rerank request before its body is read (``DynamicBatcher.screen``, from the gate),
+      with the deadline its headers give (``X-Crossrank-Deadline-Ms``, else ``default_deadline_ms``: a body's
+      ``deadline_ms`` is not known yet, so a client asking for a longer one sends the header too) and its size
+      from Content-Length; what cannot fit is answered 429 unread (reasons ``deadline_early``,
+      ``queue_full_early``), so under overload no CPU goes into parsing what is refused.
       ``admission_safety``: the share of the measured throughput admission counts on (1.0: exactly as measured).
       Under overload the worker shares the CPU with parsing and refusing requests, so it runs slower than it was
       measured running; the headroom keeps admitted requests inside their deadlines.

@@ -27,8 +27,8 @@ the provider's. A body with none of the marker fields is Jina's. Token usage in 
 (``usage``, ``search_units``) counts the pairs' tokens, those answered from the score cache included.
 
 Every rerank body also takes ``deadline_ms`` (a time budget; the ``X-Crossrank-Deadline-Ms`` header does the
-same) and ``long_documents`` ("truncate" | "chunk"). Unknown fields are ignored (Cohere's SDK sends
-``priority`` and ``relevant_spans``). Types are strict: ``"yes"`` is not a boolean and ``1`` is not a string (an
+same, and is what the gate's screen sees before the body is read) and ``long_documents`` ("truncate" |
+"chunk"). Unknown fields are ignored (Cohere's SDK sends ``priority`` and ``relevant_spans``). Types are strict: ``"yes"`` is not a boolean and ``1`` is not a string (an
 integer may be written ``2.0``, as JSON Schema's ``integer`` allows). Bounds are JSON Schema's in the OpenAPI
 document, those the routes check themselves included (``Documented``), and the server's limits are written into
 it by ``serve/openapi.py``.
@@ -171,7 +171,21 @@ Query = Annotated[Text, Documented(pattern=f"[^{WHITESPACE}]")]
 Texts = Annotated[list[Text], Documented(minItems=1)]
 # strict: a JSON integer is accepted, a boolean or a string is not; the bounds are JSON Schema's
 # exclusiveMinimum / maximum in the document
-Deadline = Annotated[float, Field(strict=True, gt=0, le=3_600_000)]
+MAX_DEADLINE_MS = 3_600_000
+Deadline = Annotated[float, Field(strict=True, gt=0, le=MAX_DEADLINE_MS)]
+DEADLINE_HEADER = "x-crossrank-deadline-ms"  # the same budget as the body's deadline_ms (the body's wins)
+
+
+def parse_deadline_header(raw: str) -> float:
+    """The ``X-Crossrank-Deadline-Ms`` header's milliseconds; ``ValueError`` (its message the answer's) when it is
+    not a number in (0, MAX_DEADLINE_MS]."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{DEADLINE_HEADER} must be a number of milliseconds, got {raw!r}") from None
+    if not (0 < value <= MAX_DEADLINE_MS):  # NaN fails this too
+        raise ValueError(f"{DEADLINE_HEADER} must be in (0, {MAX_DEADLINE_MS}], got {raw!r}")
+    return value
 LongDocuments = Literal["truncate", "chunk"]
 
 

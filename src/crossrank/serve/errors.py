@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossrank.serve import dialects as d
+from crossrank.serve.batcher import Overloaded
 
 log = logging.getLogger("crossrank.serve")
 
@@ -28,6 +29,12 @@ class ApiError(Exception):
         self.message = message
         self.error_type = error_type
         self.headers = headers or {}
+
+
+def overloaded(exc: Overloaded) -> ApiError:
+    """The 429 of a request the batcher refused at admission (``submit``, or ``screen`` before its body was read),
+    with ``Retry-After`` from the batcher's prediction."""
+    return ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": str(exc.retry_after_s)})
 
 
 def install_handlers(app: FastAPI) -> None:

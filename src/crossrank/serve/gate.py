@@ -1,7 +1,9 @@
 """The gate: pure ASGI middleware in front of every route, before any parsing. Per-route metrics of every answer
-(its own included), the Host allowlist (DNS rebinding), the bearer API key, and the request body limit (a body is
-read in full, and refused as soon as it is over the limit, before a route sees it). Slow clients are the
-connection layer's job (``server.uvicorn_options``: header and body timeouts)."""
+(its own included), the Host allowlist (DNS rebinding), the bearer API key, the request body limit (a body is
+read in full, and refused as soon as it is over the limit, before a route sees it), and load shedding: a rerank
+request the batcher's admission would refuse anyway, judged from its headers (deadline, Content-Length), is
+answered 429 before its body is read, so under overload no CPU goes into parsing what is refused. Slow clients
+are the connection layer's job (``server.uvicorn_options``: header and body timeouts)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from fastapi.responses import JSONResponse
 
 from crossrank.serve import dialects as d
+from crossrank.serve.batcher import Overloaded
 from crossrank.serve.docs import DOC_PATHS
+from crossrank.serve.errors import ApiError, overloaded
 
 if TYPE_CHECKING:
     from crossrank.serve.state import State
@@ -87,15 +91,19 @@ class Gate:
         limit = self.state.config.max_body_bytes
         too_big = d.error_body(dialect, f"request body is larger than the limit of {limit} bytes", "payload_too_large")
         declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await _json(scope, receive, send, 400, d.error_body(dialect, "bad Content-Length", "validation"))
-                return
-            if size > limit:
-                await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
-                return
+        size = body_bytes(declared)
+        if declared is not None and size is None:
+            await _json(scope, receive, send, 400, d.error_body(dialect, "bad Content-Length", "validation"))
+            return
+        if size is not None and size > limit:
+            await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
+            return
+        shed = self._shed(headers, dialect, size)
+        if shed is not None:
+            # Unread: uvicorn discards the rest of the body as it arrives and keeps the connection (h11 reaches
+            # the next request once the body has ended), so a keep-alive client just sends its next request.
+            await _json(scope, receive, send, 429, d.error_body(dialect, shed.message, shed.error_type), shed.headers)
+            return
         body = await _read_body(receive, limit)
         if body is None:  # the client went away
             return
@@ -103,6 +111,37 @@ class Gate:
             await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
             return
         await self.app(scope, _replay(body, receive), send)
+
+    def _shed(self, headers: dict[bytes, bytes], dialect: str, size: int | None) -> ApiError | None:
+        """The 429 of a rerank request the batcher refuses from its headers alone (``DynamicBatcher.screen``: the
+        deadline from ``X-Crossrank-Deadline-Ms`` or the server's default, the size from Content-Length), else
+        None. Only the rerank routes (``/search`` falls back to first-stage order instead of refusing); a body's
+        own ``deadline_ms`` is not known yet, so a body asking for longer than the header or the default should
+        send the header too. A malformed header is left to the route's 400."""
+        if dialect == d.NATIVE:
+            return None
+        raw = headers.get(d.DEADLINE_HEADER.encode())
+        try:
+            deadline_ms = (d.parse_deadline_header(raw.decode("latin-1")) if raw is not None
+                           else self.state.config.default_deadline_ms)
+        except ValueError:
+            return None
+        try:
+            self.state.batcher.screen(deadline_ms / 1000.0, size)
+        except Overloaded as exc:
+            return overloaded(exc)
+        return None
+
+
+def body_bytes(declared: bytes | str | None) -> int | None:
+    """A Content-Length header's bytes; None when there is none or it is not a whole number >= 0."""
+    if declared is None:
+        return None
+    try:
+        size = int(declared)
+    except ValueError:
+        return None
+    return size if size >= 0 else None
 
 
 async def _read_body(receive: Callable, limit: int) -> Any:

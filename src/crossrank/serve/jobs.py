@@ -18,13 +18,13 @@ from crossrank.rerank.base import RerankScores, check_instruction
 from crossrank.serve import dialects as d
 from crossrank.serve.batcher import Cancelled, DeadlineExceeded, DynamicBatcher, Job, JobResult, Overloaded
 from crossrank.serve.config import ServeConfig
-from crossrank.serve.errors import CLIENT_CLOSED, ApiError
-from crossrank.serve.gate import ARRIVED
+from crossrank.serve.errors import CLIENT_CLOSED, ApiError, overloaded
+from crossrank.serve.gate import ARRIVED, body_bytes
 from crossrank.serve.state import State, state_of
 
 log = logging.getLogger("crossrank.serve")
 
-DEADLINE_HEADER = "x-crossrank-deadline-ms"
+DEADLINE_HEADER = d.DEADLINE_HEADER
 TRUNCATED_HEADER = "X-Crossrank-Truncated"
 
 
@@ -41,7 +41,7 @@ async def run_job(request: Request, query: str, texts: list[str], *, deadline_ms
     left_s = budget_ms / 1000.0 - (time.monotonic() - getattr(request.state, ARRIVED, time.monotonic()))
     if left_s <= 0:  # reading and parsing the body took all of it
         raise ApiError(504, f"deadline of {budget_ms:g} ms exceeded before scoring", "timeout")
-    job = _submit(state.batcher, query, texts, left_s, options)
+    job = _submit(state.batcher, query, texts, left_s, options, body_bytes(request.headers.get("content-length")))
     result = await _outcome(request, job, left_s, budget_ms)
     _check_scores(state, result.scores, dialect, too_long)
     return result
@@ -68,11 +68,12 @@ def _checked(state: State, dialect: str, query: str, texts: list[str], options: 
     return {key: v for key, v in options.items() if v is not None}
 
 
-def _submit(batcher: DynamicBatcher, query: str, texts: list[str], left_s: float, options: dict[str, Any]) -> Job:
+def _submit(batcher: DynamicBatcher, query: str, texts: list[str], left_s: float, options: dict[str, Any],
+            size: int | None) -> Job:
     try:
-        return batcher.submit(query, texts, deadline_s=left_s, options=options)
+        return batcher.submit(query, texts, deadline_s=left_s, options=options, body_bytes=size)
     except Overloaded as exc:
-        raise ApiError(429, f"Model is overloaded: {exc}", "overloaded", {"Retry-After": str(exc.retry_after_s)}) from exc
+        raise overloaded(exc) from exc
     except RerankerUnavailable as exc:
         raise ApiError(503, str(exc), "unavailable", {"Retry-After": "1"}) from exc
 
@@ -147,12 +148,9 @@ def deadline_header(request: Request) -> float | None:
     if raw is None:
         return None
     try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, f"{DEADLINE_HEADER} must be a number of milliseconds, got {raw!r}", "validation") from None
-    if not (0 < value <= 3_600_000) or math.isnan(value):
-        raise ApiError(400, f"{DEADLINE_HEADER} must be in (0, 3600000], got {raw!r}", "validation")
-    return value
+        return d.parse_deadline_header(raw)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "validation") from None
 
 
 async def _wait_disconnect(request: Request) -> None:

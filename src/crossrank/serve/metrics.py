@@ -73,7 +73,8 @@ class Metrics:
                                ["reason"], registry=r)
         self.rejected = Counter("crossrank_rejected_requests",
                                 "Requests refused at admission (answered 429), by reason: deadline (predicted to "
-                                "miss it at the measured throughput), queue_full (queue bounds)",
+                                "miss it at the measured throughput), queue_full (queue bounds); *_early: the same, "
+                                "refused from the headers before the body was read",
                                 ["reason"], registry=r)
         self.throughput = Gauge("crossrank_throughput_tokens_per_second",
                                 "The batcher's measured throughput (estimated tokens per second, weighted "

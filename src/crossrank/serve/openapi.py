@@ -33,7 +33,9 @@ DEADLINE_HEADER_DOC = {
     "in": "header",
     "required": False,
     "description": "Time budget in milliseconds (the body's `deadline_ms` wins when both are given); anything "
-                   "but a number in (0, 3600000] is a 400.",
+                   "but a number in (0, 3600000] is a 400. Under overload a request is judged by this header (or "
+                   "the server's default) before its body is read, and may get 429 then: send a budget longer "
+                   "than the default here.",
     "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 3_600_000},
 }
 TRUNCATED_HEADER_DOC = {
