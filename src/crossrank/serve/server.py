@@ -154,6 +154,9 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
     """``config``'s connection settings as ``uvicorn.Config`` keywords."""
     return {
         "http": _timed_h11(config.header_timeout_s, config.body_timeout_s),
+        # not "auto": uvicorn would switch to uvloop wherever it is installed (ray[serve] brings it), and the
+        # server's timings and tests were measured on asyncio's loop
+        "loop": "asyncio",
         "ws": "none",
         "timeout_keep_alive": config.keep_alive_s,
         "limit_concurrency": config.max_connections + 1,  # uvicorn refuses at >= limit, the new one counted
