@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -43,11 +44,13 @@ def _deploy_or_skip(model: str, port: int) -> bool:
     from crossrank.serve import ray_deploy
 
     try:
-        local, cpus = ray_deploy.start_ray(num_cpus=2, object_store_bytes=100 * 1024 * 1024)
+        cluster = ray_deploy.start_ray(num_cpus=2, object_store_bytes=100 * 1024 * 1024)
     except ray_deploy.RayUnavailable as exc:
         pytest.skip(f"Ray cannot start here: {exc}")
+    local = cluster.local
     config = config_from_settings(SETTINGS)
-    app = ray_deploy.application(model, config, cpus=cpus, host="127.0.0.1", settings=SETTINGS)
+    app = ray_deploy.application(model, config, cpus=cluster.cpus, node_cpus=cluster.node_cpus, host="127.0.0.1",
+                                 settings=SETTINGS)
     failure: list[BaseException] = []
 
     def deploy() -> None:
@@ -163,6 +166,16 @@ def test_replica_share_fits_the_machine():
     assert (replica_share(16, 2).num_cpus, replica_share(16, 2).threads) == (8.0, 8)
     # more replicas than cores: fractional reservations (all of them fit), one thread each
     assert (replica_share(2, 3).num_cpus, replica_share(2, 3).threads) == (pytest.approx(2 / 3), 1)
+    # a cluster of 4-CPU nodes: no replica asks for more than a node has
+    assert (replica_share(16, 2, node_cpus=4).num_cpus, replica_share(16, 2, node_cpus=4).threads) == (4.0, 4)
+
+
+def test_cli_without_ray_is_one_error_line():
+    # `import ray` fails in the CLI's process, as where the extra is not installed
+    code = "import sys; sys.modules['ray'] = None; from crossrank.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "serve", "--ray", "--replicas", "2"], capture_output=True,
+                          text=True, timeout=120)
+    assert_clean_error(proc, "pip install 'crossrank[ray]'")
 
 
 def test_cli_takes_ray_options():

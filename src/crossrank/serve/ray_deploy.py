@@ -63,8 +63,12 @@ class ReplicaShare:
     threads: int
 
 
-def replica_share(cpus: float, replicas: int) -> ReplicaShare:
+def replica_share(cpus: float, replicas: int, node_cpus: float | None = None) -> ReplicaShare:
+    """``cpus`` shared out between ``replicas``, no replica asking for more than the largest node has
+    (``node_cpus``; a reservation no node can meet would never be scheduled)."""
     per = cpus / replicas
+    if node_cpus:
+        per = min(per, node_cpus)
     return ReplicaShare(num_cpus=per, threads=max(1, math.floor(per)))
 
 
@@ -106,6 +110,7 @@ def application(
     config: ServeConfig,
     *,
     cpus: float,
+    node_cpus: float | None = None,
     host: str | None = None,
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
@@ -118,11 +123,12 @@ def application(
 
     ``settings``: the server's settings by name (``config.SETTINGS``), passed to every replica's ``build_app``
     as given, so every setting (a shared cache's, when there is one) applies to all replicas alike; ``config``
-    is what they describe (``config_from_settings``). ``cpus``: Ray's CPUs to share out between the replicas."""
+    is what they describe (``config_from_settings``). ``cpus``: Ray's CPUs to share out between the replicas
+    (``node_cpus``: the largest node's, a cap per replica)."""
     from crossrank.serve.server import is_remote
 
     _, serve = import_ray()
-    share = replica_share(cpus, config.replicas)
+    share = replica_share(cpus, config.replicas, node_cpus)
     options = dict(reranker_options or {})
     if not is_remote(model):
         options.setdefault("num_threads", share.threads)
@@ -138,13 +144,23 @@ def application(
     return deployment.bind(model, build_options)
 
 
-def start_ray(*, num_cpus: int | None = None, object_store_bytes: int = OBJECT_STORE_BYTES) -> tuple[bool, float]:
-    """Connect to the cluster ``RAY_ADDRESS`` names, or start a local Ray on ``num_cpus`` (default: this
-    process's cores) with no dashboard. Returns (whether a local Ray was started, the cluster's CPUs)."""
+@dataclass(frozen=True)
+class RayCluster:
+    """The Ray this process uses: whether it started it (``local``), its CPUs, and its largest node's."""
+
+    local: bool
+    cpus: float
+    node_cpus: float
+
+
+def start_ray(*, num_cpus: int | None = None, object_store_bytes: int = OBJECT_STORE_BYTES) -> RayCluster:
+    """The Ray this process already has, else the cluster ``RAY_ADDRESS`` names, else a local Ray started on
+    ``num_cpus`` (default: this process's cores) with no dashboard."""
     ray, _ = import_ray()
     # an offline server should not try to send Ray's usage statistics; an explicit setting wins
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    local = not os.environ.get("RAY_ADDRESS")
+    # "local": this process starts the Ray it uses, and so may shut it down; not one it joins or already had
+    local = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
         if local:
@@ -153,7 +169,8 @@ def start_ray(*, num_cpus: int | None = None, object_store_bytes: int = OBJECT_S
             ray.init(**options)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... with useful text
             raise RayUnavailable(f"cannot start Ray: {exc}") from None
-    return local, float(ray.cluster_resources().get("CPU", 1.0))
+    nodes = [node.get("Resources", {}).get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    return RayCluster(local, float(ray.cluster_resources().get("CPU", 1.0)), float(max(nodes, default=0.0)) or 1.0)
 
 
 def deploy(app: Any, *, host: str, port: int, keep_alive_s: float) -> None:
@@ -194,17 +211,18 @@ def run_ray(
     config = config_from_settings(settings)  # a bad setting or key file fails before Ray starts
     import_ray()
     warn_exposed(host, config)
-    local, cpus = start_ray()
+    cluster = start_ray()
     try:
-        app = application(model, config, cpus=cpus, host=host, index=index, retriever=retriever, k=k, n=n,
-                          reranker_options=reranker_options, settings=settings)
+        app = application(model, config, cpus=cluster.cpus, node_cpus=cluster.node_cpus, host=host,
+                          index=index, retriever=retriever, k=k, n=n, reranker_options=reranker_options,
+                          settings=settings)
         deploy(app, host=host, port=port, keep_alive_s=config.keep_alive_s)
         log.info("crossrank: serving %s on http://%s:%d with Ray Serve, %d replica(s) sharing %g CPUs",
-                 model, host, port, config.replicas, cpus)
+                 model, host, port, config.replicas, cluster.cpus)
         _wait_for_signal()
     finally:
         log.info("crossrank: shutting Ray Serve down")
-        stop(local)
+        stop(cluster.local)
 
 
 def _wait_for_signal() -> None:
