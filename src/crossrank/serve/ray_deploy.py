@@ -140,6 +140,8 @@ def application(
         num_replicas=config.replicas,
         ray_actor_options={"num_cpus": share.num_cpus},
         max_ongoing_requests=config.max_queue_requests + CONTROL_REQUESTS,
+        # no line per request, as the plain server (uvicorn's access_log=False); /metrics counts requests
+        logging_config={"enable_access_log": False},
     )
     return deployment.bind(model, build_options)
 
