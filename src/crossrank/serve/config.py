@@ -78,7 +78,13 @@ class ServeConfig:
       ``header_timeout_s`` / ``body_timeout_s``: a request's headers, then its body, must arrive within this long,
       or the connection is closed. ``keep_alive_s``: idle time before a kept-alive connection is closed.
       ``max_connections``: open connections; a request beyond them is answered 503. ``max_header_bytes``:
-      request line plus headers.
+      request line plus headers. Behind Ray Serve (``ray``) its HTTP proxy owns the connections, so these five do
+      not apply there; everything above does, per replica.
+    Replicas (``serve/ray_deploy.py``)
+      ``ray``: serve on Ray Serve instead of one uvicorn process (needs ``pip install crossrank[ray]``).
+      ``replicas``: copies of the app behind Ray's proxy, each its own process with its own model, batcher, score
+      cache and metrics; more than one needs ``ray`` (plain servers are replicated by running several behind a
+      load balancer: ``deploy/``).
     """
 
     model_name: str = "crossrank"
@@ -108,11 +114,13 @@ class ServeConfig:
     tokens_per_s: float | None = None
     admission_safety: float = 0.8
     cache: str | None = field(default=None, repr=False)
+    ray: bool = False
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         positive = ("max_documents", "max_body_bytes", "max_query_chars", "max_queue_pairs", "max_queue_requests",
                     "batch_tokens", "max_batch_pairs", "step_passes", "max_search_k", "max_connections",
-                    "max_header_bytes")
+                    "max_header_bytes", "replicas")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -132,6 +140,9 @@ class ServeConfig:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"serve option {name} must be > 0, got {getattr(self, name)!r}")
+        if self.replicas > 1 and not self.ray:
+            raise InputError(f"{self.replicas} replicas need --ray (Ray Serve); plain servers are replicated by "
+                             "running several behind a load balancer (deploy/k8s)")
         if self.api_key is not None and not self.api_key.strip():
             self.api_key = None
         self.allowed_hosts = parse_hosts(self.allowed_hosts)
@@ -268,6 +279,10 @@ SETTINGS: tuple[Setting, ...] = (
     # unset: the field's 30 s for requests, and no deadline for /search's pipeline (server.build_app)
     Setting("deadline_ms", "Default per-request deadline (30000 ms when unset).", field="default_deadline_ms",
             default=None, type=float),
+    Setting("ray", "Serve on Ray Serve (pip install crossrank[ray]); RAY_ADDRESS names a running cluster.",
+            field="ray"),
+    Setting("replicas", "Copies of the server behind Ray Serve's proxy, each with its own batcher (needs --ray).",
+            field="replicas"),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 

@@ -38,7 +38,7 @@ def build_app(
     if long_documents not in ("truncate", "chunk"):
         raise InputError(f"long_documents must be 'truncate' or 'chunk', got {long_documents!r}")
     options = dict(reranker_options or {})
-    remote = str(model).startswith(("http://", "https://"))
+    remote = is_remote(model)
     if not remote:
         options.setdefault("long_documents", long_documents)
         options.setdefault("batch_tokens", values["batch_tokens"])
@@ -58,6 +58,11 @@ def build_app(
         loaded_index = load_index(Path(index))
     return create_app(reranker, config=config, index=loaded_index, retriever=retriever,
                       search_deadline_ms=values["deadline_ms"])
+
+
+def is_remote(model: str) -> bool:
+    """A URL names a remote reranker (proxied), which takes no loading options."""
+    return str(model).startswith(("http://", "https://"))
 
 
 WARM_UP_TEXT = "A warm-up passage of ordinary words, long enough to fill the model's input. " * 40
@@ -112,21 +117,24 @@ def run(
     ``dynamic_batching=False`` runs each request alone (comparison baseline);
     ``deadline_ms``: default time budget per request (30 s when unset) and the search pipeline's deadline.
     ``reranker_options``: extra keyword arguments for ``load_reranker`` (``dtype``, ``device``, ``max_length``...).
+    ``ray=True``: the same app on Ray Serve, ``replicas`` copies (``ray_deploy.run_ray``).
     """
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if resolve_settings(settings)["ray"]:
+        from crossrank.serve.ray_deploy import run_ray
+
+        run_ray(model, host=host, port=port, index=index, retriever=retriever, reranker_options=reranker_options,
+                **settings)
+        return
     import uvicorn
 
     from crossrank.serve.engines import engine_info
 
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(model, index=index, retriever=retriever, host=host, reranker_options=reranker_options,
                     **settings)
     state = app.state.crossrank
-    if host not in ("127.0.0.1", "localhost", "::1") and not state.config.api_key:
-        log.warning("binding %s without an API key: anyone who can reach this port can use the service", host)
-    if host in WILDCARD_HOSTS and "*" not in state.config.allowed_hosts:
-        log.warning("bound to %s, but only Host names %s and the loopback names are served: add others with "
-                    "--allowed-hosts (or '*')", host, list(state.config.allowed_hosts))
+    warn_exposed(host, state.config)
     log.info("crossrank: serving %s on http://%s:%d (batching %s%s, score cache %s)", state.model_name, host, port,
              "dynamic" if state.config.batching else "off", ", /search" if state.search else "",
              _cache_label(engine_info(state.engines.base).get("cache")))
@@ -141,10 +149,22 @@ def _cache_label(stats: Any) -> str:
     return str(stats.get("url") or stats.get("store") or "on")
 
 
+def warn_exposed(host: str, config: ServeConfig) -> None:
+    """Warn when ``host`` exposes the service without a key, or binds every address but serves few Host names."""
+    if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
+        log.warning("binding %s without an API key: anyone who can reach this port can use the service", host)
+    if host in WILDCARD_HOSTS and "*" not in config.allowed_hosts:
+        log.warning("bound to %s, but only Host names %s and the loopback names are served: add others with "
+                    "--allowed-hosts (or '*')", host, list(config.allowed_hosts))
+
+
 def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
     """``config``'s connection settings as ``uvicorn.Config`` keywords."""
     return {
         "http": _timed_h11(config.header_timeout_s, config.body_timeout_s),
+        # not "auto": uvicorn would switch to uvloop wherever it is installed (ray[serve] brings it), and the
+        # server's timings and tests were measured on asyncio's loop
+        "loop": "asyncio",
         "ws": "none",
         "timeout_keep_alive": config.keep_alive_s,
         "limit_concurrency": config.max_connections + 1,  # uvicorn refuses at >= limit, the new one counted
