@@ -79,6 +79,8 @@ class Server:
                "--log-level", "warning", "--max-documents", "1000", "--deadline-ms", str(args.deadline_ms)]
         if not cache:
             cmd += ["--cache-size", "0"]
+        elif args.cache:
+            cmd += ["--cache", args.cache]  # e.g. a Redis URL every replica shares
         if setup.ray:
             cmd += ["--ray", "--replicas", str(setup.replicas)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -225,15 +227,24 @@ def cache_rate(args: argparse.Namespace, setup: Setup) -> dict:
             before = after
     finally:
         server.stop()
-    result = {"setup": setup.name, "replicas": setup.replicas, "requests": len(bodies), "passes": passes}
+    result = {"setup": setup.name, "replicas": setup.replicas, "requests": len(bodies), "passes": passes,
+              "cache": _masked(args.cache)}
     print(json.dumps(result), flush=True)
     return result
+
+
+def _masked(url: str | None) -> str | None:
+    from crossrank.rerank.cache_redis import mask_password
+
+    return mask_password(url) if url else None
 
 
 def write(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_ray.json").write_text(json.dumps(report, indent=2) + "\n")
     base = next(r["pairs_per_s"] for r in report["throughput"] if r["setup"] == "ray x1")
+    if not report["throughput"]:
+        return write_cache_only(report, out)
     lines = [
         f"# Ray Serve replicas vs one replica ({report['date']})",
         "",
@@ -254,13 +265,25 @@ def write(report: dict, out: Path) -> None:
         lines.append(f"| {r['setup']} | {r['pairs_per_s']} | {', '.join(map(str, r['pairs_per_s_runs']))} | "
                      f"{r['pairs_per_s'] / base:.2f} | {r['p50_ms']} | {r['statuses']} | "
                      f"{', '.join(map(str, r['loadavg_1min_at_runs']))} |")
-    c = report["cache"]
-    lines += ["", f"Cache, {c['setup']}: {c['requests']} distinct requests, then the same again twice (cache on, "
-              "each replica its own in-memory cache); hits as a share of the pairs a shared cache would answer:",
-              "", "| pass | hits | pairs | hit rate |", "|---|---|---|---|"]
-    for i, p in enumerate(c["passes"], 1):
-        lines.append(f"| {i} | {p['hits']} | {p['pairs']} | {p['hit_rate']:.1%} |")
+    lines += cache_table(report["cache"])
     out.joinpath("bench_ray.md").write_text("\n".join(lines) + "\n")
+
+
+def cache_table(c: dict) -> list[str]:
+    store = f"the shared cache {c['cache']}" if c.get("cache") else "each replica its own in-memory cache"
+    lines = ["", f"Cache, {c['setup']}: {c['requests']} distinct requests, then the same again twice (cache on, "
+             f"{store}); hits as a share of the pairs a shared cache would answer:",
+             "", "| pass | hits | pairs | hit rate |", "|---|---|---|---|"]
+    return lines + [f"| {i} | {p['hits']} | {p['pairs']} | {p['hit_rate']:.1%} |" for i, p in enumerate(c["passes"], 1)]
+
+
+def write_cache_only(report: dict, out: Path) -> None:
+    """``--cache-only``: the cache pass alone, in files of its own (``--tag``)."""
+    (out / f"{report['args']['tag']}.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Ray Serve: cache hit rate with two replicas ({report['date']})", "",
+             f"- command: `{report['command']}`; {report['args']['clients']} concurrent clients; load average "
+             f"{report['loadavg_start'][0]:.2f} at start, {report['loadavg_end'][0]:.2f} at end"]
+    out.joinpath(f"{report['args']['tag']}.md").write_text("\n".join(lines + cache_table(report["cache"])) + "\n")
 
 
 def versions() -> dict[str, str]:
@@ -282,12 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-ms", type=float, default=600_000.0)
     p.add_argument("--start-timeout", type=float, default=240.0)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--cache", default=None, help="the cache pass's --cache (e.g. redis://127.0.0.1:6379/0)")
+    p.add_argument("--cache-only", action="store_true", help="only the cache pass (results in --tag files)")
+    p.add_argument("--tag", default="bench_ray_cache")
     args = p.parse_args(argv)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "args": vars(args) | {"out": None},
               "command": "python benchmarks/bench_ray.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpus": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine()},
               "versions": versions(), "loadavg_start": os.getloadavg()}
-    report["throughput"] = throughput(args)
+    report["throughput"] = [] if args.cache_only else throughput(args)
     report["cache"] = cache_rate(args, SETUPS[2])
     report["loadavg_end"] = os.getloadavg()
     write(report, args.out)

@@ -374,6 +374,7 @@ def sweep(args, docs: list[str], queries: list[str]) -> int:
                         "goodput_pairs_s": r.goodput(), "p50_ms": r.pct(r.ok_latencies, 0.5),
                         "p95_ms": r.pct(r.ok_latencies, 0.95), "p99_ms": r.pct(r.ok_latencies, 0.99),
                         "slowest_429_ms": r.pct(r.rejected_latencies, 1.0),
+                        "p50_429_ms": r.pct(r.rejected_latencies, 0.5), "p95_429_ms": r.pct(r.rejected_latencies, 0.95),
                         "rejected_by_reason": r.rejected_by_reason,
                         "errors": r.transport_errors[:10]} for r in results]}, indent=2))
     return 1 if any(k >= 500 and k != 504 for r in results for k in r.statuses) else 0
