@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -81,3 +82,46 @@ def test_a_process_exits_while_a_timed_out_reranker_call_still_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "3"]
     assert elapsed < 20, elapsed
+
+
+
+LOWER_OTHERS = textwrap.dedent("""
+    import os, threading
+    from crossrank.threads import lower_other_threads
+
+    def nice(tid=0):
+        return os.getpriority(os.PRIO_PROCESS, tid)
+
+    go, made, tids = threading.Event(), threading.Event(), {}
+
+    def worker():
+        tids["worker"] = threading.get_native_id()
+        made.set()
+        go.wait(10)
+        child = threading.Thread(target=lambda: tids.setdefault("child", nice(threading.get_native_id())))
+        child.start()
+        child.join()
+
+    mine = nice()
+    t = threading.Thread(target=worker)
+    t.start()
+    made.wait(10)
+    before = nice(tids["worker"])
+    changed = lower_other_threads(3)
+    after, mine_after = nice(tids["worker"]), nice()
+    go.set()
+    t.join()
+    print(changed, before, after, mine, mine_after, tids["child"], lower_other_threads(0))
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice needs Linux /proc")
+def test_lower_other_threads_lowers_every_thread_but_the_callers_and_their_children_inherit():
+    """The server's event loop thread keeps its priority; the model's threads (and the threads they start later)
+    run ``by`` nice steps lower, so the loop gets a core at once under full load. In a child process: nice cannot
+    be lowered back without privileges."""
+    out = subprocess.run([sys.executable, "-c", LOWER_OTHERS], capture_output=True, text=True, timeout=60, check=True)
+    changed, before, after, mine, mine_after, child, none = map(int, out.stdout.split())
+    assert changed >= 1 and after == min(19, before + 3) and child == after
+    assert mine_after == mine  # the caller's own thread is left as it was
+    assert none == 0

@@ -13,6 +13,7 @@ calls): a daemon thread is stopped mid-way at exit, so it must not be writing an
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 from concurrent.futures import Executor, Future
@@ -84,3 +85,25 @@ class DaemonThreadPoolExecutor(Executor):
         if wait:
             for t in threads:
                 t.join()
+
+
+def lower_other_threads(by: int) -> int:
+    """Raise the nice value of every thread of this process except the calling one by ``by`` (capped at 19);
+    returns how many were changed. On Linux nice is per thread and a new thread inherits its creator's, so the
+    threads these start later (an inference library's pool) stay lower too, while the caller's stay level.
+    A server calls it from its event loop's thread once the model is loaded, so that under full load the loop
+    still gets a core at once to refuse (429) or answer what it can: it needs little CPU, and the model loses
+    only that little. Unprivileged (raising nice needs no rights); a no-op where /proc/self/task is absent."""
+    if by <= 0 or not os.path.isdir("/proc/self/task"):
+        return 0
+    me, changed = threading.get_native_id(), 0
+    for name in os.listdir("/proc/self/task"):
+        tid = int(name)
+        if tid == me:
+            continue
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+            changed += 1
+        except OSError:  # the thread ended meanwhile
+            pass
+    return changed

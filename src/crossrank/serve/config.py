@@ -42,6 +42,8 @@ class ServeConfig:
       Under overload the worker shares the CPU with parsing and refusing requests, so it runs slower than it was
       measured running; the headroom keeps admitted requests inside their deadlines.
       A request's deadline runs from its arrival (before its body is read), as the client's clock does.
+      ``inference_nice``: how many nice steps below the event loop's thread the model's threads run (Linux; 0:
+      level), so that with both cores busy scoring, the loop still answers a 429 or ``/health`` at once.
     Batching
       ``batching``: True packs (query, document) pairs from all waiting requests into shared forward passes
       (TEI-style continuous batching); False runs each request alone, in arrival order (for comparison).
@@ -113,6 +115,7 @@ class ServeConfig:
     max_header_bytes: int = 16 * 1024
     tokens_per_s: float | None = None
     admission_safety: float = 0.8
+    inference_nice: int = 5
     cache: str | None = field(default=None, repr=False)
     ray: bool = False
     replicas: int = 1
@@ -131,6 +134,8 @@ class ServeConfig:
         rate = self.tokens_per_s
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
             raise InputError(f"serve option tokens_per_s must be > 0, got {self.tokens_per_s!r}")
+        if not 0 <= self.inference_nice <= 19:
+            raise InputError(f"serve option inference_nice must be in 0..19, got {self.inference_nice!r}")
         if not 0 < self.admission_safety <= 1:
             raise InputError(f"serve option admission_safety must be in (0, 1], got {self.admission_safety!r}")
         if self.default_deadline_ms <= 0:
@@ -267,6 +272,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_wait_ms", "Wait this long for more requests before a forward pass.", field="batch_wait_ms"),
     Setting("batch_tokens", "Token budget per forward pass.", field="batch_tokens"),
     Setting("max_batch_pairs", "Most pairs the worker hands the engine per step.", field="max_batch_pairs"),
+    Setting("inference_nice", "Run the model's threads this many nice steps below the event loop (0: level).",
+            field="inference_nice"),
     Setting("dynamic_batching", "Batch concurrent requests together (off: each alone, for comparison).",
             field="batching"),
     Setting("cache", "Score cache: memory (default), none, or redis://HOST:PORT/DB (shared by replicas; "
