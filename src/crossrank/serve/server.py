@@ -139,7 +139,7 @@ def run(
     log.info("crossrank: serving %s on http://%s:%d (batching %s%s, score cache %s)", state.model_name, host, port,
              "dynamic" if state.config.batching else "off", ", /search" if state.search else "",
              _cache_label(engine_info(state.engines.base).get("cache")))
-    # uvicorn runs its loop on this thread: the model's threads (started by build_app) yield the CPU to it
+    # uvicorn runs its loop on this thread: with inference_nice the model's threads (started by build_app) yield to it
     lower_other_threads(state.config.inference_nice)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
                 **uvicorn_options(state.config))
