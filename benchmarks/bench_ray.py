@@ -241,10 +241,10 @@ def _masked(url: str | None) -> str | None:
 
 def write(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_ray.json").write_text(json.dumps(report, indent=2) + "\n")
-    base = next(r["pairs_per_s"] for r in report["throughput"] if r["setup"] == "ray x1")
     if not report["throughput"]:
         return write_cache_only(report, out)
+    (out / "bench_ray.json").write_text(json.dumps(report, indent=2) + "\n")
+    base = next(r["pairs_per_s"] for r in report["throughput"] if r["setup"] == "ray x1")
     lines = [
         f"# Ray Serve replicas vs one replica ({report['date']})",
         "",
