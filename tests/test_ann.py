@@ -107,3 +107,15 @@ def test_index_with_graph_persists_verifies_and_matches_exact(tmp_path, monkeypa
     (tmp_path / "ann" / "dense.usearch").write_bytes(bytes(data))
     with pytest.raises(IndexLoadError, match=r"dense\.usearch changed since the index was built"):
         load_index(tmp_path / "ann")
+
+
+def test_a_graph_first_then_onnxruntime_does_not_crash_the_process():
+    """usearch loaded before onnxruntime made onnxruntime's import segfault; a fresh process that builds a graph
+    first and then needs the ONNX encoder (any search of a large index) must live."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from crossrank.retrieve.ann import AnnIndex; "
+            "AnnIndex.build(np.eye(8, dtype=np.float32)); import onnxruntime; print('alive')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr[-500:]

@@ -33,8 +33,18 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "dtype": "f16",
     "connectivity": 16,
     "expansion_add": 128,
-    "expansion_search": 128,
+    # chosen on SciFact train queries (benchmarks/results/bench_scale_1000000.md): the smallest of 128/256/512
+    # whose mean recall@100 reaches 0.97; none did at 1M, 512 did at 200k; 512 costs a few ms a query
+    "expansion_search": 512,
 }
+
+
+def _load_onnxruntime_first() -> None:
+    """Import onnxruntime before usearch. With usearch 2.26.6 (numkong 7.8.6) and onnxruntime 1.31.1, loading
+    usearch's extension first makes onnxruntime's own import crash the process (SIGSEGV: ``python -c "import
+    usearch.index; import onnxruntime"``), and every crossrank index queries through onnxruntime's encoder.
+    The other order is fine."""
+    import onnxruntime  # noqa: F401
 
 
 def library_version() -> str:
@@ -60,6 +70,7 @@ class AnnIndex:
 
     @staticmethod
     def _new_graph(ndim: int, params: dict[str, Any]) -> Any:
+        _load_onnxruntime_first()
         from usearch.index import Index as UIndex
 
         return UIndex(ndim=ndim, metric=params["metric"], dtype=params["dtype"],
