@@ -12,8 +12,8 @@ on probe texts), computed thus:
 * **length-sorted batches**: texts are ordered by length (longest first, as sentence-transformers orders them), so
   a batch pads to nearly its own length, and cut into shards of ``shard_size`` passages, each encoded in batches of
   ``batch_size``.
-* **progress**: with ``progress=True`` a bar on stderr shows passages/s and the ETA; the returned stats always
-  carry the rate.
+* **progress**: with ``progress=True``, passages/s and the ETA on stderr: a bar on a terminal, a line every 30 s
+  in a pipe or log (``crossrank/progress.py``); the returned stats always carry the rate.
 * **resumable**: with ``resume_dir``, each shard is saved there (``shard-NNNNNN.npy``, written to a temporary
   name and renamed) as soon as it is encoded, under a ``meta.json`` naming the model and a hash of the texts. A
   rerun over the same texts and model loads the finished shards and encodes only the rest; another corpus or
