@@ -83,11 +83,11 @@ class _OneTask:
 
 
 def progress_bar(total: int, desc: str, *, done: int = 0, unit: str = "passage") -> Any:
-    """A tqdm bar on a terminal's stderr, :class:`LineProgress` lines elsewhere; None when there is nothing to
-    count. ``done``: work finished before (resumed), outside the rate."""
+    """A tqdm bar on a terminal's stderr (or in a notebook), :class:`LineProgress` lines elsewhere; None when there
+    is nothing to count. ``done``: work finished before (resumed), outside the rate."""
     if not total:
         return None
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() and "ipykernel" not in sys.modules:  # a notebook draws tqdm.auto's widget
         return _OneTask(LineProgress(sys.stderr), desc, total, done)
     from tqdm.auto import tqdm
 
