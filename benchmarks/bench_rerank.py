@@ -119,21 +119,21 @@ def find_index(arg: str | None) -> Path:
     )
 
 
-def load_scifact(data: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def load_scifact(data: Path, split: str = "test") -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     queries = {}
     for line in (data / "queries.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
             q = json.loads(line)
             queries[str(q["_id"])] = q["text"]
     qrels: dict[str, dict[str, int]] = {}
-    for i, line in enumerate((data / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate((data / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()):
         parts = line.split("\t")
         if i == 0 and not parts[-1].strip().lstrip("-").isdigit():
             continue
         if len(parts) >= 3 and int(parts[2]) > 0:
             qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    test = {qid: queries[qid] for qid in sorted(qrels, key=lambda x: int(x) if x.isdigit() else x) if qid in queries}
-    return test, qrels
+    judged = {qid: queries[qid] for qid in sorted(qrels, key=lambda x: int(x) if x.isdigit() else x) if qid in queries}
+    return judged, qrels
 
 
 def ndcg_at_10(ranked_doc_ids: list[str], rel: dict[str, int]) -> float:

@@ -45,18 +45,8 @@ RECALL_RULE = 0.97  # ANN recall@100 (vs exact) that the train-query sweep must 
 
 
 def train_queries(limit: int) -> list[str]:
-    """The first ``limit`` SciFact train queries (those with a train judgment), in qrels order."""
-    queries = {}
-    for line in (SHARED / "scifact" / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            q = json.loads(line)
-            queries[str(q["_id"])] = q["text"]
-    ids: list[str] = []
-    for line in (SHARED / "scifact" / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]:
-        qid = line.split("\t")[0]
-        if qid in queries and qid not in ids:
-            ids.append(qid)
-    return [queries[q] for q in ids[:limit]]
+    """The first ``limit`` SciFact train queries (those with a train judgment), in id order."""
+    return list(load_scifact(SHARED / "scifact", split="train")[0].values())[:limit]
 
 
 def set_expansion(graph: Any, ef: int) -> None:
