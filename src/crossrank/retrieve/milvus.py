@@ -496,6 +496,13 @@ def _check_limit(k: int) -> int:
     return k
 
 
+def _check_request(queries: Sequence[str], k: int) -> int:
+    """Every query checked as the built-in retrievers check it; ``k`` checked and within Milvus' limit."""
+    for q in queries:
+        check_query(q)
+    return _check_limit(k)
+
+
 class MilvusRetriever:
     """BM25 (``kind="bm25"``) or dense (``kind="dense"``) search of one store's collection."""
 
@@ -512,9 +519,7 @@ class MilvusRetriever:
         return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Candidate]]:
-        for q in queries:
-            check_query(q)
-        k = _check_limit(k)
+        k = _check_request(queries, k)
         out: list[list[Candidate]] = []
         for i in range(0, len(queries), QUERY_BATCH):
             chunk = list(queries[i : i + QUERY_BATCH])
@@ -580,9 +585,7 @@ class MilvusHybridRetriever:
     def search_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Candidate]]:
         from pymilvus import AnnSearchRequest, RRFRanker
 
-        for q in queries:
-            check_query(q)
-        k = _check_limit(k)
+        k = _check_request(queries, k)
         depth = max(k, self.depth if self.depth is not None else 100)
         vectors = self._encoder.encode_queries(list(queries)) if queries else np.zeros((0, 0), np.float32)
         out = []
