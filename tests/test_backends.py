@@ -131,7 +131,7 @@ def test_onnx_build_removes_temp_folders_that_crashed_builds_left(tiny_model_dir
     import time
 
     from crossrank import onnx_graph
-    from crossrank.rerank.engine import load_sequence_classifier
+    from crossrank.rerank.loading import load_sequence_classifier
 
     base = tmp_path / "onnx"
     base.mkdir()
@@ -159,7 +159,7 @@ def test_onnx_cache_key_follows_the_weights(tiny_model_dir):
     import torch
 
     from crossrank.onnx_graph import _entry_key
-    from crossrank.rerank.engine import load_sequence_classifier
+    from crossrank.rerank.loading import load_sequence_classifier
 
     model, _, _ = load_sequence_classifier(tiny_model_dir)
     names = ["input_ids", "attention_mask", "token_type_ids"]
@@ -209,7 +209,7 @@ def test_auto_falls_back_to_torch_when_a_backend_cannot_be_built(tiny_model_dir,
 
 
 def test_from_model_shares_the_module_and_takes_backend(tiny_model_dir, reference):
-    from crossrank.rerank.engine import load_sequence_classifier
+    from crossrank.rerank.loading import load_sequence_classifier
 
     model, tok, _ = load_sequence_classifier(tiny_model_dir)
     rr = CrossEncoderReranker.from_model(model, tok, name="tiny", max_length=64, activation="raw", backend="torch",

@@ -12,7 +12,7 @@ import torch
 
 from crossrank.errors import InputError, ModelLoadError
 from crossrank.rerank import CachedReranker, CrossEncoderReranker, RerankScores, load_reranker, recommendation
-from crossrank.rerank.engine import cpu_has_fast_bf16, resolve_dtype
+from crossrank.rerank.device import cpu_has_fast_bf16, resolve_dtype
 
 QUERY = "what do plants make from sunlight"
 SENTENCE = "Plants convert sunlight, water and carbon dioxide into glucose and oxygen in chloroplasts. "

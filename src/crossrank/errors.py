@@ -36,3 +36,9 @@ def check_query(query: Any) -> str:
     if not query.strip():
         raise InputError("query is empty")
     return query
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what a one-line error shows."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

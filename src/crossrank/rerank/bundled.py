@@ -135,9 +135,9 @@ def _base_version() -> str | None:
 def _read_checkpoint(checkpoint_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors.torch import load_file
 
-    from crossrank.rerank.engine import _check_local_dir
+    from crossrank.rerank.loading import check_local_dir
 
-    _check_local_dir(checkpoint_dir)
+    check_local_dir(checkpoint_dir)
     config = json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8"))
     tensors: dict[str, Any] = {}
     for f in sorted(checkpoint_dir.glob("*.safetensors")):
@@ -284,9 +284,9 @@ def load_bundle(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, base_dir: st
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"cannot rebuild the bundled model from {d}: {e}") from e
-    from crossrank.rerank.engine import _BENIGN_MISSING
+    from crossrank.rerank.loading import BENIGN_MISSING
 
-    missing = [k for k in info.get("missing_keys", ()) if not _BENIGN_MISSING.search(k)]
+    missing = [k for k in info.get("missing_keys", ()) if not BENIGN_MISSING.search(k)]
     if missing or info.get("mismatched_keys"):
         raise ModelLoadError(f"the bundle in {d} is incomplete: missing {sorted(missing)[:5]}")
     model.eval()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from crossrank.errors import InputError
+from crossrank.errors import InputError, first_line
 from crossrank.rerank.cache import Entry
 
 log = logging.getLogger("crossrank.rerank")
@@ -266,7 +266,7 @@ class RedisStore:
             wait, self._next_backoff = self._next_backoff, min(self._next_backoff * 2, self.max_backoff_s)
         if first:  # one warning per outage, not one per request
             log.warning("score cache %s unavailable (%s): scoring without it, retrying in %.1f s",
-                        self.spec.display, _first_line(exc), wait)
+                        self.spec.display, first_line(exc), wait)
 
     def _succeeded(self) -> None:
         if not self._down:
@@ -275,8 +275,3 @@ class RedisStore:
             was_down, self._down, self._next_backoff = self._down, False, self.backoff_s
         if was_down:
             log.info("score cache %s reachable again", self.spec.display)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
