@@ -640,3 +640,37 @@ def test_line_progress_prints_at_most_every_interval_and_once_at_the_end():
         "rerank x (100 new pairs): 90/100 (90%), 90 s, 1/s, eta 10 s",
         "rerank x (100 new pairs): 100/100 (100%), 100 s, 1/s, eta 0 s",
     ]
+
+
+# ------------------------------------------------------------------------------------ score cache fingerprint
+def test_score_cache_key_follows_weight_content_not_path_or_mtime(tiny_model_dir, tmp_path):
+    """Retrained in place (same size, same path) -> a new key; the same weights moved elsewhere -> the same key;
+    another max_length -> a new key."""
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from crossrank.evaluate.cache import reranker_fingerprint
+    from crossrank.rerank import load_reranker
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    key = reranker_fingerprint(str(folder), load_reranker(str(folder), cache_size=0))
+    moved = tmp_path / "elsewhere" / "model-copy"
+    shutil.copytree(folder, moved)
+    assert reranker_fingerprint(str(moved), load_reranker(str(moved), cache_size=0)) == key
+    assert reranker_fingerprint(str(folder), load_reranker(str(folder), cache_size=0, max_length=64)) != key
+
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    state = {k: (t + 0.01 if t.is_floating_point() else t).contiguous() for k, t in load_file(str(weights)).items()}
+    save_file(state, str(weights), metadata={"format": "pt"})
+
+
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime: only the content differs
+    assert weights.stat().st_size == stat.st_size
+    from crossrank.files import _sha_cache
+
+    _sha_cache.clear()  # a new process would not remember the old hash either
+    assert reranker_fingerprint(str(folder), load_reranker(str(folder), cache_size=0)) != key

@@ -3,9 +3,9 @@
 ``ScoreCache``: one append-only JSONL file per (dataset, reranker fingerprint) under ``<out_dir>/cache/``. The first
 line is a header (``{"format": "crossrank-score-cache", "reranker", "fingerprint", "dataset"}``), every further
 line is ``[qid, doc_id, score]``. Lines are appended and flushed after every scored batch, so an interrupted run
-loses at most one batch; a torn last line is ignored on reading. The fingerprint hashes the reranker's identity
-(name, model info such as max_length/dtype/activation, and size + mtime of its weight files where it has a
-folder), so a retrained or differently configured model gets a fresh file instead of stale scores.
+loses at most one batch; a torn last line is ignored on reading. The fingerprint hashes what decides the scores (the
+content of the weights, and options such as max_length/dtype/activation/calibration), so a retrained or
+differently configured model gets a fresh file instead of stale scores, and a moved one keeps its cache.
 
 ``LatencyStore``: the rerank wall-clock measurements ``{K: {qid: {"ms", "retriever", "at"}}}`` of one reranker
 fingerprint, in JSON, so a rerun reuses the timings instead of re-scoring pairs just to time them.
@@ -22,62 +22,41 @@ from typing import Any, Iterable, Sequence
 from crossrank.evaluate._util import short_hash, slug, write_json
 
 FORMAT = "crossrank-score-cache"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".onnx")
-_INFO_KEYS = ("model", "architecture", "dtype", "max_length", "num_labels", "activation", "long_documents")
-
-
-def _weights_signature(path: Path) -> list[Any]:
-    sig: list[Any] = []
-    try:
-        for f in sorted(path.iterdir()):
-            if f.is_file() and f.suffix in _WEIGHT_SUFFIXES:
-                st = f.stat()
-                sig.append([f.name, st.st_size, st.st_mtime_ns])
-    except OSError:
-        pass
-    return sig
-
-
-def _bundle_dirs(spec: str) -> list[Path]:
-    """The bundle folders whose weights decide what ``spec`` scores (both models of a cascade ``A>B@M``)."""
-    from crossrank.errors import CrossrankError
-    from crossrank.rerank.bundled import bundled_dir
-    from crossrank.rerank.cascade import spec_models
-
-    try:
-        names = spec_models(spec).names
-    except CrossrankError:  # not a spec this resolves (the loader reports it)
-        return []
-    found = [bundled_dir(n) for n in names]
-    return [d for d in found if d is not None and d.is_dir()]
+# info() keys that decide the scores (the model's display name does not: the weights' content stands for it)
+_SCORING_INFO = ("architecture", "dtype", "max_length", "num_labels", "activation", "long_documents", "backend",
+                 "calibration", "prompt_format")
+_FOLDER_ATTRS = ("path", "model_path", "model_dir", "bundle_dir", "name_or_path")
 
 
 def reranker_fingerprint(spec: Any, reranker: Any) -> str:
-    """A short hash identifying what scores a reranker produces (see the module docstring)."""
-    parts: list[Any] = [str(getattr(reranker, "name", spec))]
-    fp = getattr(reranker, "fingerprint", None)
-    if isinstance(fp, str):
-        parts.append(fp)
-    info = None
-    if callable(getattr(reranker, "info", None)):
-        try:
-            info = reranker.info()
-        except Exception:  # noqa: BLE001
-            info = None
-    if isinstance(info, dict):
-        parts.append({k: info.get(k) for k in _INFO_KEYS if k in info})
-    dirs: list[Path] = []
-    for attr in ("path", "model_path", "model_dir", "bundle_dir", "name_or_path"):
-        v = getattr(reranker, attr, None)
-        if isinstance(v, (str, os.PathLike)) and Path(v).is_dir():
-            dirs.append(Path(v))
-    if isinstance(spec, (str, os.PathLike)):
-        if Path(spec).is_dir():
-            dirs.append(Path(spec))
-        else:
-            dirs.extend(_bundle_dirs(os.fspath(spec)))
-    for d in dirs:
-        parts.append([str(d.resolve()), _weights_signature(d)])
+    """A short hash of what decides the scores a reranker produces: the content of its weights and the scoring
+    options its ``info()`` reports (see the module docstring).
+
+    For a spec (a bundle name, cascade, folder or cached hub id) the weights are
+    :func:`crossrank.rerank.weights.weights_fingerprint`: retraining into the same folder changes the key, moving
+    or copying the folder does not. Where the weights cannot be known before scoring (a URL, a caller's own
+    object) the reranker's name stands in, with the object's own ``fingerprint`` attribute or the content of the
+    folder it names (``path``, ``model_dir``, ...) when it has one."""
+    from crossrank.rerank.base import as_reranker
+    from crossrank.rerank.weights import folder_fingerprint, weights_fingerprint
+
+    rr = as_reranker(reranker)
+    try:
+        info = rr.info()
+    except Exception:  # noqa: BLE001 - a caller's info() that fails only loses its options from the key
+        info = {}
+    options = {k: info.get(k) for k in _SCORING_INFO if k in info}
+    weights = weights_fingerprint(os.fspath(spec)) if isinstance(spec, (str, os.PathLike)) else None
+    if weights is not None:
+        return short_hash(weights, options)
+    parts: list[Any] = [rr.name, options]
+    own = getattr(reranker, "fingerprint", None)
+    if isinstance(own, str):
+        parts.append(own)
+    for attr in _FOLDER_ATTRS:
+        folder = getattr(reranker, attr, None)
+        if isinstance(folder, (str, os.PathLike)) and Path(folder).is_dir():
+            parts.append(folder_fingerprint(folder))
     return short_hash(*parts)
 
 
