@@ -10,7 +10,7 @@ import pytest
 from crossrank.errors import InputError
 from crossrank.train import SourceSpec, TrainConfig, train
 from crossrank.train.data import build_sources, read_tsv_groups, split_dev
-from crossrank.train.metrics import ndcg_at_k, order_by, rrf
+from crossrank.train.metrics import ndcg_at_k, order_by
 
 TOPICS = ["photosynthesis", "mitochondria", "volcano", "glacier", "insulin", "tectonics", "comet", "vaccine",
           "enzyme", "neutron", "coral", "monsoon"]
@@ -175,7 +175,9 @@ def test_metrics():
     assert ndcg_at_k(["a", "b"], {"a": 1}) == 1.0
     assert ndcg_at_k(["b", "a"], {"a": 1}) == pytest.approx(1 / 1.5849625, rel=1e-6)
     assert order_by(["a", "b", "c"], [0.1, 0.3, 0.3]) == ["b", "c", "a"]
-    fused = rrf([0.0, 1.0, 0.5])
+    from crossrank.pipeline import fuse
+
+    fused = fuse([3.0, 2.0, 1.0], [0.0, 1.0, 0.5], "rrf")  # what selection's RRF row is scored with
     assert fused[1] > fused[2]
 
 

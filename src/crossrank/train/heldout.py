@@ -46,7 +46,7 @@ from crossrank.rerank.calibration import (
 )
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, build_sources
-from crossrank.train.metrics import ndcg_at_k, order_by, rrf
+from crossrank.train.metrics import ndcg_at_k, order_by
 
 log = logging.getLogger("crossrank.train")
 
@@ -232,7 +232,7 @@ def fusion_table(ho: HeldOut, probs: dict[str, list[float]]) -> dict[str, dict[s
         s, ids = probs[q.qid], q.doc_ids
         table["first_stage"][q.qid] = ndcg_at_k(ids, q.qrels)
         table["ce"][q.qid] = ndcg_at_k(order_by(ids, s), q.qrels)
-        table["rrf"][q.qid] = ndcg_at_k(order_by(ids, rrf(s)), q.qrels)
+        table["rrf"][q.qid] = ndcg_at_k(order_by(ids, fuse(q.first_stage_scores, s, "rrf")), q.qrels)
         for setting, fusion in fused.items():
             table[setting][q.qid] = ndcg_at_k(order_by(ids, fuse(q.first_stage_scores, s, fusion)), q.qrels)
     return table

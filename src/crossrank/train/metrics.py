@@ -1,11 +1,10 @@
-"""Small, dependency-free ranking metrics and score fusions used for dev evaluation and setting selection."""
+"""Small, dependency-free per-query ranking metrics for dev evaluation and setting selection (fusions are the
+pipeline's own :func:`crossrank.pipeline.fuse`)."""
 
 from __future__ import annotations
 
 import math
 from typing import Mapping, Sequence
-
-import numpy as np
 
 
 def ndcg_at_k(ranked_doc_ids: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
@@ -20,12 +19,3 @@ def order_by(doc_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
     """Doc ids sorted by score, best first; ties keep the input (first-stage) order."""
     idx = sorted(range(len(doc_ids)), key=lambda i: (-float(scores[i]), i))
     return [doc_ids[i] for i in idx]
-
-
-def rrf(ce: Sequence[float], k: int = 60) -> np.ndarray:
-    """Reciprocal-rank fusion of the CE order with the first-stage order (the input order, rank 1 first)."""
-    n = len(ce)
-    ce_rank = np.empty(n)
-    ce_rank[np.argsort(-np.asarray(ce, dtype=float), kind="stable")] = np.arange(1, n + 1)
-    first_rank = np.arange(1, n + 1)
-    return 1.0 / (k + ce_rank) + 1.0 / (k + first_rank)

@@ -16,7 +16,7 @@ from crossrank.rerank import CrossEncoderReranker
 from crossrank.rerank.calibration import sigmoid
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery
-from crossrank.train.metrics import ndcg_at_k, order_by, rrf
+from crossrank.train.metrics import ndcg_at_k, order_by
 from crossrank.train.scoring import score_texts
 
 log = logging.getLogger("crossrank.train")
@@ -29,8 +29,7 @@ def _sigmoid(x: Sequence[float]) -> np.ndarray:
     return np.asarray([sigmoid(float(v)) for v in x], dtype=float)
 
 
-def compare_settings(dev: Sequence[DevQuery], ce_scores: Sequence[Sequence[float]], rrf_k: int = 60,
-                     activation: str = "raw") -> dict[str, Any]:
+def compare_settings(dev: Sequence[DevQuery], ce_scores: Sequence[Sequence[float]], activation: str = "raw") -> dict[str, Any]:
     """nDCG@10 per setting, averaged over ``dev`` (candidates in first-stage order, CE scores aligned).
 
     ``activation``: what the engine returns as the CE score ("raw" logits or "sigmoid"); it changes z-scores, so
@@ -42,7 +41,7 @@ def compare_settings(dev: Sequence[DevQuery], ce_scores: Sequence[Sequence[float
         ids = q.doc_ids
         rows["first_stage"].append(ndcg_at_k(ids, q.qrels))
         rows["ce"].append(ndcg_at_k(order_by(ids, ce), q.qrels))
-        rows["rrf"].append(ndcg_at_k(order_by(ids, rrf(ce, rrf_k)), q.qrels))
+        rows["rrf"].append(ndcg_at_k(order_by(ids, fuse(q.first_stage_scores, [float(x) for x in ce], "rrf")), q.qrels))
         for w in WEIGHTS:
             fused = fuse(q.first_stage_scores, [float(x) for x in ce], Fusion("interpolate", w))
             interp[w].append(ndcg_at_k(order_by(ids, fused), q.qrels))
