@@ -485,11 +485,11 @@ def test_index_skips_empty_files_with_a_warning(tmp_path):
 
 
 def test_retriever_names_are_the_index_kinds():
-    """The CLI checks retriever names against ``retrieve.index.KINDS`` (no list of its own), with the messages it
+    """The CLI checks retriever names against ``retrieve.base.KINDS`` (no list of its own), with the messages it
     always gave."""
     from crossrank.cli import _check_retrievers
     from crossrank.errors import InputError
-    from crossrank.retrieve.index import KINDS
+    from crossrank.retrieve.base import KINDS
 
     _check_retrievers(list(KINDS))
     with pytest.raises(InputError, match=r"^unknown retriever 'splade': use one of bm25, dense, hybrid$"):

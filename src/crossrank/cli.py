@@ -37,9 +37,9 @@ out = Console()
 err = Console(stderr=True)
 
 def _check_retrievers(given: list[str], option: str | None = None) -> None:
-    """An ``InputError`` unless every name is a retriever kind of the index (``retrieve.index.KINDS``, imported
+    """An ``InputError`` unless every name is a retriever kind of the index (``retrieve.base.KINDS``, imported
     here: the commands that check it load the retrieve package next anyway)."""
-    from crossrank.retrieve.index import KINDS
+    from crossrank.retrieve.base import KINDS
 
     kinds = ", ".join(sorted(KINDS))
     bad = [r for r in given if r not in KINDS]

@@ -40,11 +40,10 @@ from crossrank.evaluate._util import (
 from crossrank.evaluate.cache import LatencyStore, ScoreCache, reranker_fingerprint
 from crossrank.evaluate.metrics import gold_answers, ranking_metrics, wins_losses_ties
 from crossrank.rerank.base import as_reranker
+from crossrank.retrieve.base import KIND_METHODS, KINDS
 from crossrank.types import Candidate, first_per_document
 
 SCHEMA_VERSION = 1
-KNOWN_RETRIEVERS = ("bm25", "dense", "hybrid")
-_RETRIEVER_METHODS = {"bm25": ("bm25",), "dense": ("dense",), "hybrid": ("bm25", "dense")}
 _SCORE_CHUNK = 64
 _AUTO_FUSIONS = ("auto", "recommended")
 
@@ -381,8 +380,8 @@ def _prepare(dataset_dir: str | os.PathLike, *, split: str, retrievers: Any, rer
     if not retriever_specs:
         raise InputError("give at least one retriever (bm25, dense, hybrid)")
     for r in retriever_specs:
-        if isinstance(r, str) and r not in KNOWN_RETRIEVERS:
-            raise InputError(f"unknown retriever {r!r}; choose from {', '.join(KNOWN_RETRIEVERS)}")
+        if isinstance(r, str) and r not in KINDS:
+            raise InputError(f"unknown retriever {r!r}; choose from {', '.join(KINDS)}")
     reranker_specs = [r for r in as_list(rerankers, str, "rerankers") if not (isinstance(r, str) and r == "none")]
     fusion_specs = parse_fusions(fusions)
 
@@ -434,7 +433,7 @@ def _retrievers(sweep: _Sweep, index_dir: Path | None) -> tuple[dict[str, Any], 
     index_info = None
     retr_objs: dict[str, Any] = {}
     if named:
-        methods = sorted({m for r in named for m in _RETRIEVER_METHODS[r]})
+        methods = sorted({m for r in named for m in KIND_METHODS[r]})
         index, index_info = _open_index(sweep.ds, sweep.out_dir, index_dir, methods, sweep.progress)
         for r in named:
             retr_objs[r] = index.retriever(r)

@@ -20,20 +20,49 @@ Large indexes (``ann.ANN_MIN_PASSAGES`` passages on) get an ANN graph for the de
 passages are encoded in bulk by ``retrieve/encode.py`` (length-sorted, resumable).
 """
 
-from crossrank.retrieve.ann import ANN_MIN_PASSAGES, AnnIndex
-from crossrank.retrieve.base import Retriever
-from crossrank.retrieve.bm25 import BM25Retriever
-from crossrank.retrieve.dense import DEFAULT_MODEL, DenseRetriever, load_bi_encoder, resolve_model
-from crossrank.retrieve.encode import encode_bulk
-from crossrank.retrieve.hybrid import HybridRetriever, min_max, reciprocal_rank_fusion, weighted_fusion
-from crossrank.retrieve.index import FORMAT_VERSION, Index, build_index, load_index, open_index, read_manifest
-from crossrank.retrieve.milvus import MilvusStore, is_store_uri, write_store
-from crossrank.retrieve.update import update_index
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from crossrank.retrieve.base import KINDS, METHODS, Retriever
+
+# Loaded on first use (PEP 562), so the protocol and the kind names cost no numpy / onnxruntime / bm25s import.
+_LAZY = {
+    "ANN_MIN_PASSAGES": "ann", "AnnIndex": "ann", "BM25Retriever": "bm25", "DEFAULT_MODEL": "dense",
+    "DenseRetriever": "dense", "load_bi_encoder": "dense", "resolve_model": "dense", "encode_bulk": "encode",
+    "HybridRetriever": "hybrid", "min_max": "hybrid", "reciprocal_rank_fusion": "hybrid", "weighted_fusion": "hybrid",
+    "FORMAT_VERSION": "index", "Index": "index", "build_index": "index", "load_index": "index", "open_index": "index",
+    "read_manifest": "index", "MilvusStore": "milvus", "is_store_uri": "milvus", "write_store": "milvus",
+    "update_index": "update",
+}
+
+if TYPE_CHECKING:
+    from crossrank.retrieve.ann import ANN_MIN_PASSAGES, AnnIndex
+    from crossrank.retrieve.bm25 import BM25Retriever
+    from crossrank.retrieve.dense import DEFAULT_MODEL, DenseRetriever, load_bi_encoder, resolve_model
+    from crossrank.retrieve.encode import encode_bulk
+    from crossrank.retrieve.hybrid import HybridRetriever, min_max, reciprocal_rank_fusion, weighted_fusion
+    from crossrank.retrieve.index import FORMAT_VERSION, Index, build_index, load_index, open_index, read_manifest
+    from crossrank.retrieve.milvus import MilvusStore, is_store_uri, write_store
+    from crossrank.retrieve.update import update_index
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ANN_MIN_PASSAGES",
     "DEFAULT_MODEL",
     "FORMAT_VERSION",
+    "KINDS",
+    "METHODS",
     "AnnIndex",
     "BM25Retriever",
     "DenseRetriever",

@@ -7,6 +7,18 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from crossrank.types import Candidate
 
+# The first-stage methods an index can hold, and the retriever kinds it serves from them (hybrid first: the
+# default), for the built-in index and Milvus alike; the CLI, /search and the evaluator take these names.
+METHODS = ("bm25", "dense")
+KIND_METHODS = {"hybrid": ("bm25", "dense"), "bm25": ("bm25",), "dense": ("dense",)}
+KINDS = tuple(KIND_METHODS)
+
+
+def kinds_served(methods: Sequence[str]) -> list[str]:
+    """The retriever kinds an index holding ``methods`` serves, single methods first, then hybrid."""
+    have = set(methods)
+    return sorted((k for k, needs in KIND_METHODS.items() if have.issuperset(needs)), key=lambda k: (k == "hybrid", k))
+
 
 @runtime_checkable
 class Retriever(Protocol):

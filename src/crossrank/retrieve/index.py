@@ -42,7 +42,7 @@ from crossrank.files import file_sha256, fsync_dir, fsync_file, remove_stale_tem
 from crossrank.retrieve import ann as ann_module
 from crossrank.retrieve._common import REBUILD
 from crossrank.retrieve.ann import ANN_MIN_PASSAGES, AnnIndex
-from crossrank.retrieve.base import Retriever
+from crossrank.retrieve.base import KINDS, METHODS, Retriever
 from crossrank.retrieve.bm25 import BM25Retriever
 from crossrank.retrieve.dense import (
     DEFAULT_MODEL,
@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 
 FORMAT = "crossrank-index"
 FORMAT_VERSION = 1
-METHODS = ("bm25", "dense")
-KINDS = ("hybrid", "bm25", "dense")
 
 
 def _crossrank_version() -> str:

@@ -57,6 +57,7 @@ import numpy as np
 
 from crossrank.errors import CrossrankError, IndexLoadError, InputError, check_query
 from crossrank.retrieve._common import check_k, passage_text
+from crossrank.retrieve.base import KINDS
 from crossrank.retrieve.bm25 import DEFAULT_PARAMS, _Analyzer
 from crossrank.retrieve.dense import DEFAULT_MODEL, QueryEncoder
 from crossrank.retrieve.hybrid import FUSIONS, HybridRetriever
@@ -70,7 +71,6 @@ SCHEME = "milvus://"
 FORMAT = "crossrank-milvus"
 FORMAT_VERSION = 1
 DEFAULT_COLLECTION = "crossrank"
-KINDS = ("hybrid", "bm25", "dense")
 FUSED_BY = ("milvus", "crossrank")
 META_KEY = "crossrank.meta"  # the collection property holding the store's description (Lite keeps no description)
 MAX_VARCHAR = 65535  # Milvus' VARCHAR limit, in UTF-8 bytes

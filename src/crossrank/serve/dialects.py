@@ -61,6 +61,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from crossrank.retrieve.base import KINDS
 from crossrank.wire import COHERE, JINA, RERANK_PATHS, TEI
 
 NATIVE = "native"  # crossrank's own routes (/search, /info, ...) and any path that is no rerank route
@@ -391,7 +392,7 @@ class SearchRequest(BaseModel):
     query: Query = Field(examples=["what causes earthquakes"])
     k: PositiveInt | None = Field(default=None, description="Candidates from the first stage.")
     n: PositiveInt | None = Field(default=None, description="Results returned.")
-    retriever: Literal["bm25", "dense", "hybrid"] | None = None
+    retriever: Literal[KINDS] | None = None  # type: ignore[valid-type]
     deadline_ms: Deadline | None = None
     rerank: StrictBool = True
     fusion: StrictStr = Field(default="auto", examples=["auto", "none", "rrf", "interpolate:0.3", "confidence:0.2"],

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from crossrank.errors import CrossrankError, IndexLoadError, InputError, ModelLoadError, RerankerUnavailable
+from crossrank.retrieve.base import kinds_served
 from crossrank.serve import dialects as d
 from crossrank.serve.batcher import CancelScope
 from crossrank.serve.errors import CLIENT_CLOSED, ApiError
@@ -45,11 +46,7 @@ class Search:
     def retrievers(self) -> list[str]:
         if self.fixed is not None:
             return [str(getattr(self.fixed.retriever, "name", "default"))]
-        methods = set(getattr(self.index, "methods", ()))
-        kinds = [k for k in ("bm25", "dense") if k in methods]
-        if len(kinds) == 2:
-            kinds.append("hybrid")
-        return kinds
+        return kinds_served(getattr(self.index, "methods", ()))
 
     @property
     def defaults(self) -> dict[str, Any]:

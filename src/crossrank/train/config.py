@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from crossrank.errors import InputError
+from crossrank.retrieve.base import KINDS
 
 LOSSES = ("listwise", "listwise+bce", "pairwise", "bce", "distill", "margin-mse")
 DISTILL_LOSSES = ("distill", "margin-mse")
-MINE_RETRIEVERS = ("bm25", "dense", "hybrid")
+MINE_RETRIEVERS = KINDS  # negatives are mined with any first stage the deployment can run
 AUTOCAST = ("auto", "off", "bf16", "fp16")
 SOURCE_KINDS = ("beir", "tsv", "titles")
 

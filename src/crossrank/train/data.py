@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from crossrank.errors import InputError
+from crossrank.retrieve.base import KIND_METHODS
 from crossrank.train.config import SourceSpec, TrainConfig
 
 log = logging.getLogger("crossrank.train")
@@ -175,8 +176,7 @@ def mine(spec: SourceSpec, corpus: dict[str, tuple[str, str]], queries: dict[str
     cache = cache_dir / f"mined-{spec.name}-{retriever}-{k}-{key}.json"
     if cache.is_file():
         return {q: [(d, s) for d, s in v] for q, v in json.loads(cache.read_text(encoding="utf-8")).items()}
-    methods = ("bm25",) if retriever == "bm25" else ("dense",) if retriever == "dense" else ("bm25", "dense")
-    index = _open_index(spec, corpus, cache_dir, methods, index_wait)
+    index = _open_index(spec, corpus, cache_dir, KIND_METHODS[retriever], index_wait)
     r = index.retriever(retriever) if retriever != "hybrid" else index.retriever("hybrid", fusion="rrf")
     texts = [queries[q] for q in qids]
     out: dict[str, list[tuple[str, float]]] = {}
