@@ -643,6 +643,7 @@ def test_line_progress_prints_at_most_every_interval_and_once_at_the_end():
 
 
 # ------------------------------------------------------------------------------------ score cache fingerprint
+@pytest.mark.slow
 def test_score_cache_key_follows_weight_content_not_path_or_mtime(tiny_model_dir, tmp_path):
     """Retrained in place (same size, same path) -> a new key; the same weights moved elsewhere -> the same key;
     another max_length -> a new key."""

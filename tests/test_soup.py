@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from crossrank.errors import InputError
 from crossrank.train.soup import write_soup
 
+pytestmark = pytest.mark.slow  # loads a model, runs the module's CLI in subprocesses
+
 
 def _perturbed(base: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
     """A copy of ``base`` with every float tensor moved by seeded noise: a stand-in for a fine-tuned sibling."""
