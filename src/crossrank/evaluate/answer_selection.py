@@ -21,6 +21,7 @@ from crossrank.errors import InputError
 from crossrank.evaluate._util import as_list, latency_summary, progress_bars, r6, write_json
 from crossrank.evaluate.cache import LatencyStore, ScoreCache, reranker_fingerprint
 from crossrank.evaluate.metrics import ranking_metrics
+from crossrank.rerank.base import Reranker, as_reranker
 
 METRICS = ("map", "mrr", "precision@1")
 _NAMES = {"map": "MAP", "mrr": "MRR", "precision@1": "P@1"}
@@ -124,65 +125,13 @@ def evaluate_answer_selection(
     per_query["file order"] = {q: r6(v) for q, v in base_pq["map"].items()}
 
     for spec in [r for r in as_list(rerankers, str, "rerankers") if not (isinstance(r, str) and r == "none")]:
-        label, reranker = load_reranker_spec(spec, reranker_options)
-        fp = reranker_fingerprint(spec, reranker)
-        cache = store = None
-        if out is not None:
-            cache = ScoreCache.for_reranker(out, dataset, label, fp)
-            store = LatencyStore.for_reranker(out, dataset, label, fp)
-        scores: dict[str, list[float]] = {}
-        lat: list[float] = []
-        computed = 0
-        with progress_bars(progress) as bars:
-            task = bars.add_task(f"rerank {label}", total=len(kept))
-            warmed = False
-            for q in kept:
-                ids = [str(i) for i in range(len(q.sentences))]
-                if cache is not None and not cache.missing(q.qid, ids):
-                    scores[q.qid] = [cache.scores[(q.qid, i)] for i in ids]
-                    m = store.get(0, q.qid) if store is not None else None
-                    if m is not None:
-                        lat.append(float(m["ms"]))
-                else:
-                    if not warmed:
-                        reranker.score("warm up", ["warm up"])
-                        warmed = True
-                    t0 = time.perf_counter()
-                    res = reranker.score(q.question, q.sentences)
-                    ms = (time.perf_counter() - t0) * 1000.0
-                    scores[q.qid] = list(res)
-                    computed += len(ids)
-                    lat.append(ms)
-                    if cache is not None:
-                        cache.put(q.qid, ids, scores[q.qid])
-                        store.put(0, q.qid, ms, "file", pairs=len(ids))
-                bars.advance(task)
-        if cache is not None:
-            cache.close()
-        orders = {q.qid: sorted(range(len(q.sentences)), key=lambda i, s=scores[q.qid]: (-s[i], i)) for q in kept}
-        means, pq = _metrics(kept, orders)
-        wins = sum(1 for q in kept if pq["map"][q.qid] > base_pq["map"][q.qid] + 1e-9)
-        losses = sum(1 for q in kept if pq["map"][q.qid] < base_pq["map"][q.qid] - 1e-9)
-        methods.append({
-            "name": label, "reranker": label, "fingerprint": fp,
-            "metrics": {_NAMES[m]: r6(means[m]) for m in METRICS},
-            "wins": wins, "losses": losses, "ties": len(kept) - wins - losses,
-            "pairs_scored": computed, "cache_file": str(cache.path) if cache is not None else None,
-            "latency_ms": latency_summary(lat),
-            "info": reranker.info() if callable(getattr(reranker, "info", None)) else None,
-        })
-        per_query[label] = {q: r6(v) for q, v in pq["map"].items()}
+        label, given = load_reranker_spec(spec, reranker_options)
+        reranker = as_reranker(given)
+        fp = reranker_fingerprint(spec, given)
+        row, per_query[label] = _rerank_method(label, fp, reranker, kept, base_pq, out, dataset, progress)
+        methods.append(row)
 
-    n_cands = [len(q.sentences) for q in kept]
-    warnings = []
-    first_pos = sum(1 for q in kept if q.labels[0] > 0) / len(kept)
-    sorted_by_label = sum(1 for q in kept if q.labels == sorted(q.labels, reverse=True)) / len(kept)
-    if sorted_by_label >= 0.95:
-        warnings.append(
-            f"the file lists correct candidates first in {sorted_by_label:.0%} of questions (sorted by label): the "
-            "file-order baseline is not a meaningful baseline here, and rerankers whose scores tie would be "
-            "helped by the file-order tie-break"
-        )
+    summary, warnings = _dataset_summary(kept)
     data = {
         "schema_version": SCHEMA_VERSION,
         "kind": "answer_selection",
@@ -190,9 +139,7 @@ def evaluate_answer_selection(
         "duration_s": round(time.perf_counter() - t_start, 3),
         "dataset": {"name": dataset, "path": str(tsv_path.resolve()), "split": tsv_path.stem,
                     "n_questions": len(all_questions), "n_questions_evaluated": len(kept),
-                    "n_questions_excluded_no_positive": excluded, "n_pairs_evaluated": sum(n_cands),
-                    "mean_candidates": round(sum(n_cands) / len(n_cands), 2),
-                    "first_candidate_positive_share": r6(first_pos), "sorted_by_label_share": r6(sorted_by_label)},
+                    "n_questions_excluded_no_positive": excluded, **summary},
         "warnings": warnings,
         "settings": {"rerankers": [m["name"] for m in methods[1:]], "max_queries": max_queries,
                      "metrics_library": "ranx", "exclusion": "questions without a correct candidate are excluded"},
@@ -208,3 +155,76 @@ def evaluate_answer_selection(
 
             _write(results)
     return results
+
+
+def _score_questions(label: str, reranker: Reranker, kept: list[Any], cache: ScoreCache | None,
+                     store: LatencyStore | None, progress: bool) -> tuple[dict[str, list[float]], list[float], int]:
+    """Each question's candidate scores (from the cache where it has them), the per-question latencies (cached
+    ones reused) and the number of pairs scored now."""
+    scores: dict[str, list[float]] = {}
+    lat: list[float] = []
+    computed = 0
+    warmed = False
+    with progress_bars(progress) as bars:
+        task = bars.add_task(f"rerank {label}", total=len(kept))
+        for q in kept:
+            ids = [str(i) for i in range(len(q.sentences))]
+            if cache is not None and not cache.missing(q.qid, ids):
+                scores[q.qid] = [cache.scores[(q.qid, i)] for i in ids]
+                m = store.get(0, q.qid) if store is not None else None
+                if m is not None:
+                    lat.append(float(m["ms"]))
+            else:
+                if not warmed:  # the first call's one-off costs are not a question's latency
+                    reranker.score("warm up", ["warm up"])
+                    warmed = True
+                t0 = time.perf_counter()
+                scores[q.qid] = list(reranker.score(q.question, q.sentences).scores)
+                ms = (time.perf_counter() - t0) * 1000.0
+                computed += len(ids)
+                lat.append(ms)
+                if cache is not None and store is not None:
+                    cache.put(q.qid, ids, scores[q.qid])
+                    store.put(0, q.qid, ms, "file", pairs=len(ids))
+            bars.advance(task)
+    if cache is not None:
+        cache.close()
+    return scores, lat, computed
+
+
+def _rerank_method(label: str, fp: str, reranker: Reranker, kept: list[Any], base_pq: dict[str, dict[str, float]],
+                   out: Path | None, dataset: str, progress: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """One reranker's results row (metrics, wins/losses against file order, latency) and its per-question MAP."""
+    cache = ScoreCache.for_reranker(out, dataset, label, fp) if out is not None else None
+    store = LatencyStore.for_reranker(out, dataset, label, fp) if out is not None else None
+    scores, lat, computed = _score_questions(label, reranker, kept, cache, store, progress)
+    orders = {q.qid: sorted(range(len(q.sentences)), key=lambda i, s=scores[q.qid]: (-s[i], i)) for q in kept}
+    means, pq = _metrics(kept, orders)
+    wins = sum(1 for q in kept if pq["map"][q.qid] > base_pq["map"][q.qid] + 1e-9)
+    losses = sum(1 for q in kept if pq["map"][q.qid] < base_pq["map"][q.qid] - 1e-9)
+    row = {
+        "name": label, "reranker": label, "fingerprint": fp,
+        "metrics": {_NAMES[m]: r6(means[m]) for m in METRICS},
+        "wins": wins, "losses": losses, "ties": len(kept) - wins - losses,
+        "pairs_scored": computed, "cache_file": str(cache.path) if cache is not None else None,
+        "latency_ms": latency_summary(lat),
+        "info": reranker.info() or None,
+    }
+    return row, {q: r6(v) for q, v in pq["map"].items()}
+
+
+def _dataset_summary(kept: list[Any]) -> tuple[dict[str, Any], list[str]]:
+    """Candidate counts and label-order shares of the evaluated questions, and the warnings they call for."""
+    n_cands = [len(q.sentences) for q in kept]
+    first_pos = sum(1 for q in kept if q.labels[0] > 0) / len(kept)
+    sorted_by_label = sum(1 for q in kept if q.labels == sorted(q.labels, reverse=True)) / len(kept)
+    warnings = []
+    if sorted_by_label >= 0.95:
+        warnings.append(
+            f"the file lists correct candidates first in {sorted_by_label:.0%} of questions (sorted by label): the "
+            "file-order baseline is not a meaningful baseline here, and rerankers whose scores tie would be "
+            "helped by the file-order tie-break"
+        )
+    summary = {"n_pairs_evaluated": sum(n_cands), "mean_candidates": round(sum(n_cands) / len(n_cands), 2),
+               "first_candidate_positive_share": r6(first_pos), "sorted_by_label_share": r6(sorted_by_label)}
+    return summary, warnings
