@@ -225,39 +225,8 @@ def build_index(
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise InputError(f"unknown or no index method(s) {bad or list(methods)}; choose from {', '.join(METHODS)}")
-    if isinstance(documents, (str, os.PathLike)):
-        documents = load_corpus(documents)
-    documents = list(documents)
-    if not documents:
-        raise InputError("cannot build an index over an empty corpus")
-    if all(isinstance(d, Passage) for d in documents):
-        passages = documents
-        n_docs = len({p.doc_id for p in passages})
-        chunk_tokens, chunk_overlap = None, 0
-    else:
-        passages = chunk_documents([d for d in documents if isinstance(d, Document)], chunk_tokens, chunk_overlap)
-        passages += as_passages([d for d in documents if isinstance(d, Passage)])
-        n_docs = len({p.doc_id for p in passages})
-    ids = set()
-    for p in passages:
-        if p.id in ids:
-            raise InputError(f"duplicate passage id {p.id!r}; document ids must be unique")
-        ids.add(p.id)
-
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "crossrank_version": _crossrank_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "methods": list(methods),
-        "counts": {"documents": n_docs, "passages": len(passages)},
-        "chunking": {
-            "max_tokens": chunk_tokens or 0,
-            "overlap": chunk_overlap if chunk_tokens else 0,
-            "tokenizer": "word-regex",
-        },
-        "text": "title + ' ' + text",
-    }
+    passages, chunk_tokens, chunk_overlap = _passages_of(documents, chunk_tokens, chunk_overlap)
+    manifest = _new_manifest(methods, passages, chunk_tokens, chunk_overlap)
     bm25 = None
     if "bm25" in methods:
         t = time.perf_counter()
@@ -266,30 +235,9 @@ def build_index(
         manifest["bm25"] = {**bm25.params, "build_s": round(time.perf_counter() - t, 3)}
     embeddings = model = resume = None
     if "dense" in methods:
-        t = time.perf_counter()
-        if isinstance(dense_model, (str, os.PathLike)) or dense_model is None:
-            name = str(dense_model) if dense_model is not None else DEFAULT_MODEL
-            model = load_bi_encoder(name, device)
-        else:
-            model = dense_model
-            name = model_name_of(model)
-        if name != DEFAULT_MODEL and Path(name).expanduser().exists():
-            name = str(Path(name).expanduser().resolve())
         resume = _resume_dir(out_dir) if out_dir is not None else None
-        embeddings, reused, stats = _encode_reusing(model, name, passages, reuse, batch_size, progress,
-                                                    encode_backend, resume)
-        manifest["dense"] = {
-            "model": name,
-            "model_id": DEFAULT_MODEL_ID if name == DEFAULT_MODEL else name,
-            "dimension": int(embeddings.shape[1]),
-            "dtype": np.dtype(dense_dtype).name,
-            "normalized": True,
-            "similarity": "dot",
-            "max_seq_length": getattr(model, "max_seq_length", None),
-            "encode_s": round(time.perf_counter() - t, 3),
-            "reused_vectors": reused,
-            "encoding": stats,
-        }
+        embeddings, model, manifest["dense"] = _encode_dense(
+            passages, dense_model, device, reuse, batch_size, progress, encode_backend, resume, dense_dtype)
     graph = None
     if embeddings is not None and (ann if ann is not None else len(passages) >= ANN_MIN_PASSAGES):
         t = time.perf_counter()
@@ -302,6 +250,76 @@ def build_index(
         if resume is not None:
             shutil.rmtree(resume, ignore_errors=True)  # the vectors are in the index now
     return index
+
+
+def _passages_of(documents: Any, chunk_tokens: int | None, chunk_overlap: int) -> tuple[list[Passage], int | None, int]:
+    """The passages to index (documents chunked, ``Passage`` objects as given; ids checked unique) and the
+    chunking actually applied (none when only passages were given)."""
+    if isinstance(documents, (str, os.PathLike)):
+        documents = load_corpus(documents)
+    documents = list(documents)
+    if not documents:
+        raise InputError("cannot build an index over an empty corpus")
+    if all(isinstance(d, Passage) for d in documents):
+        passages, chunk_tokens, chunk_overlap = documents, None, 0
+    else:
+        passages = chunk_documents([d for d in documents if isinstance(d, Document)], chunk_tokens, chunk_overlap)
+        passages += as_passages([d for d in documents if isinstance(d, Passage)])
+    ids: set[str] = set()
+    for p in passages:
+        if p.id in ids:
+            raise InputError(f"duplicate passage id {p.id!r}; document ids must be unique")
+        ids.add(p.id)
+    return passages, chunk_tokens, chunk_overlap
+
+
+def _new_manifest(methods: Sequence[str], passages: list[Passage], chunk_tokens: int | None,
+                  chunk_overlap: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "crossrank_version": _crossrank_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "methods": list(methods),
+        "counts": {"documents": len({p.doc_id for p in passages}), "passages": len(passages)},
+        "chunking": {
+            "max_tokens": chunk_tokens or 0,
+            "overlap": chunk_overlap if chunk_tokens else 0,
+            "tokenizer": "word-regex",
+        },
+        "text": "title + ' ' + text",
+    }
+
+
+def _encode_dense(passages: list[Passage], dense_model: Any, device: str | None, reuse: Any, batch_size: int,
+                  progress: bool, encode_backend: str, resume: Path | None,
+                  dense_dtype: str) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """``(vectors, model, the manifest's dense section)``: the bi-encoder loaded (or taken as given) and every
+    passage encoded, reusing ``reuse``'s vectors for unchanged passages and ``resume``'s finished shards."""
+    t = time.perf_counter()
+    if isinstance(dense_model, (str, os.PathLike)) or dense_model is None:
+        name = str(dense_model) if dense_model is not None else DEFAULT_MODEL
+        model = load_bi_encoder(name, device)
+    else:
+        model = dense_model
+        name = model_name_of(model)
+    if name != DEFAULT_MODEL and Path(name).expanduser().exists():
+        name = str(Path(name).expanduser().resolve())
+    embeddings, reused, stats = _encode_reusing(model, name, passages, reuse, batch_size, progress,
+                                                encode_backend, resume)
+    section = {
+        "model": name,
+        "model_id": DEFAULT_MODEL_ID if name == DEFAULT_MODEL else name,
+        "dimension": int(embeddings.shape[1]),
+        "dtype": np.dtype(dense_dtype).name,
+        "normalized": True,
+        "similarity": "dot",
+        "max_seq_length": getattr(model, "max_seq_length", None),
+        "encode_s": round(time.perf_counter() - t, 3),
+        "reused_vectors": reused,
+        "encoding": stats,
+    }
+    return embeddings, model, section
 
 
 def _ann_manifest(graph: AnnIndex, build_s: float) -> dict[str, Any]:
