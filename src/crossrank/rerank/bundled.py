@@ -160,8 +160,6 @@ def pack_bundle(
     model). Tensors equal to the base's are taken from it; the rest go to ``delta.safetensors`` (2-D and larger
     in fp16, vectors in fp32; any tensor that would overflow fp16 stays fp32). Written atomically.
     """
-    import torch
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -170,44 +168,8 @@ def pack_bundle(
     if not base_file.is_file():
         raise ModelLoadError(f"no {BASE_FILE} in base directory {base_dir}")
     config, tensors = _read_checkpoint(checkpoint_dir)
-
-    archs = config.get("architectures") or []
-    if config.get("model_type") != "bert" or not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ModelLoadError(f"{checkpoint_dir} is not a BERT sequence-classification checkpoint (architectures {archs})")
-    n_labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
-    if n_labels != 1:
-        raise ModelLoadError(f"{checkpoint_dir} has {n_labels} labels; the bundled reranker format needs num_labels=1")
-    if FROZEN not in tensors:
-        raise ModelLoadError(f"{checkpoint_dir} has no {FROZEN}")
-
-    from_base: dict[str, str] = {}
-    delta: dict[str, Any] = {}
-    with safe_open(str(base_file), framework="pt") as base:
-        base_keys = set(base.keys())
-        base_word = base.get_tensor(FROZEN.removeprefix("bert."))
-        word = tensors[FROZEN]
-        if word.shape != base_word.shape or not torch.equal(word.to(base_word.dtype), base_word) or (
-            word.dtype != base_word.dtype
-        ):
-            raise ModelLoadError(
-                f"the word embeddings of {checkpoint_dir} differ from the base all-MiniLM-L6-v2's "
-                f"({BASE_PACKAGE}); the bundle stores only a delta on top of the base embeddings, so it would be "
-                "a different model. Train with the word embeddings frozen (and saved in fp32)"
-            )
-        for key, t in tensors.items():
-            bkey = key.removeprefix("bert.")
-            if key.startswith("bert.") and bkey in base_keys:
-                b = base.get_tensor(bkey) if key != FROZEN else base_word
-                if b.shape == t.shape and b.dtype == t.dtype and torch.equal(b, t):
-                    from_base[key] = bkey
-                    continue
-            if t.is_floating_point():
-                store = t.to(torch.float16) if t.dim() >= 2 else t.to(torch.float32)
-                if not torch.isfinite(store).all():
-                    store = t.to(torch.float32)
-                delta[key] = store.contiguous()
-            else:
-                delta[key] = t.contiguous()
+    archs = _check_packable(checkpoint_dir, config, tensors)
+    from_base, delta = _split_from_base(checkpoint_dir, tensors, base_file)
 
     config["architectures"] = [a for a in archs if a.endswith("ForSequenceClassification")][:1]
     config.pop("_name_or_path", None)
@@ -243,6 +205,56 @@ def pack_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_packable(checkpoint_dir: Path, config: dict[str, Any], tensors: dict[str, Any]) -> list[str]:
+    """The checkpoint's architectures, or a ModelLoadError unless it is a one-logit BERT sequence classifier."""
+    archs = config.get("architectures") or []
+    if config.get("model_type") != "bert" or not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelLoadError(f"{checkpoint_dir} is not a BERT sequence-classification checkpoint (architectures {archs})")
+    n_labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
+    if n_labels != 1:
+        raise ModelLoadError(f"{checkpoint_dir} has {n_labels} labels; the bundled reranker format needs num_labels=1")
+    if FROZEN not in tensors:
+        raise ModelLoadError(f"{checkpoint_dir} has no {FROZEN}")
+    return archs
+
+
+def _split_from_base(checkpoint_dir: Path, tensors: dict[str, Any], base_file: Path) -> tuple[dict[str, str], dict]:
+    """``(from_base, delta)``: the tensors equal to the base's (checkpoint name -> base name) and the rest, 2-D and
+    larger in fp16 (fp32 where fp16 would overflow), vectors in fp32. Refuses word embeddings that differ."""
+    import torch
+    from safetensors import safe_open
+
+    from_base: dict[str, str] = {}
+    delta: dict[str, Any] = {}
+    with safe_open(str(base_file), framework="pt") as base:
+        base_keys = set(base.keys())
+        base_word = base.get_tensor(FROZEN.removeprefix("bert."))
+        word = tensors[FROZEN]
+        if word.shape != base_word.shape or not torch.equal(word.to(base_word.dtype), base_word) or (
+            word.dtype != base_word.dtype
+        ):
+            raise ModelLoadError(
+                f"the word embeddings of {checkpoint_dir} differ from the base all-MiniLM-L6-v2's "
+                f"({BASE_PACKAGE}); the bundle stores only a delta on top of the base embeddings, so it would be "
+                "a different model. Train with the word embeddings frozen (and saved in fp32)"
+            )
+        for key, t in tensors.items():
+            bkey = key.removeprefix("bert.")
+            if key.startswith("bert.") and bkey in base_keys:
+                b = base.get_tensor(bkey) if key != FROZEN else base_word
+                if b.shape == t.shape and b.dtype == t.dtype and torch.equal(b, t):
+                    from_base[key] = bkey
+                    continue
+            if t.is_floating_point():
+                store = t.to(torch.float16) if t.dim() >= 2 else t.to(torch.float32)
+                if not torch.isfinite(store).all():
+                    store = t.to(torch.float32)
+                delta[key] = store.contiguous()
+            else:
+                delta[key] = t.contiguous()
+    return from_base, delta
 
 
 def _default_card(manifest: dict[str, Any]) -> str:
