@@ -37,26 +37,9 @@ def _fmt_table(sel: dict[str, Any]) -> str:
 
 def write_model_card(model_dir: Path, config: TrainConfig, results: dict[str, Any], sources: Sequence[Any],
                      extra: str = "") -> Path:
-    src_lines = []
-    for s in sources:
-        kind = s.spec.kind
-        mined = f"negatives mined from {config.mine_retriever} top-{config.mine_k}"
-        how = {"beir": f"positives from qrels/{s.spec.split}.tsv, {mined} (judged positives excluded, skip top "
-                       f"{config.skip_top}); {len(s.dev)} queries held out",
-               "titles": f"document titles as queries, the document's body as positive, {mined} (skip top "
-                         f"{config.skip_top}), all shown without titles; uses the corpus text only (every document, "
-                         f"whichever split judges it) and no queries or judgments",
-               }.get(kind, "negatives = the question's other candidate sentences")
-        src_lines.append(f"- `{s.spec.path}` ({kind}, weight {s.spec.weight}, max {s.max_length} tokens): "
-                         f"{len(s.groups)} training queries; {how}")
+    src_lines = [_source_line(config, s) for s in sources]
     curve = ", ".join(f"{st}: {v:.4f}" for st, v in results.get("dev_curve", []))
-    sel = results.get("selection")
-    sel_md = ""
-    if sel:
-        sel_md = (f"\n## Recommended final ranking (chosen on held-out TRAIN queries)\n\n"
-                  f"{sel['queries']} held-out train queries, {sel['first_stage']} top-{sel['k']} candidates, nDCG@10:\n\n"
-                  f"{_fmt_table(sel)}\n\nChosen: **{sel['chosen']}** ({sel['chosen_ndcg@10']:.4f}); bundle settings: "
-                  f"`{json.dumps(sel['settings'])}`\n")
+    sel_md = _selection_md(results.get("selection"))
     card = f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -123,6 +106,29 @@ with identical results.
     path = model_dir / "README.md"
     path.write_text(card, encoding="utf-8")
     return path
+
+
+def _source_line(config: TrainConfig, s: Any) -> str:
+    """The card's line for one training source: path, kind, weight, length, size and how its groups were built."""
+    kind = s.spec.kind
+    mined = f"negatives mined from {config.mine_retriever} top-{config.mine_k}"
+    how = {"beir": f"positives from qrels/{s.spec.split}.tsv, {mined} (judged positives excluded, skip top "
+                   f"{config.skip_top}); {len(s.dev)} queries held out",
+           "titles": f"document titles as queries, the document's body as positive, {mined} (skip top "
+                     f"{config.skip_top}), all shown without titles; uses the corpus text only (every document, "
+                     f"whichever split judges it) and no queries or judgments",
+           }.get(kind, "negatives = the question's other candidate sentences")
+    return (f"- `{s.spec.path}` ({kind}, weight {s.spec.weight}, max {s.max_length} tokens): "
+            f"{len(s.groups)} training queries; {how}")
+
+
+def _selection_md(sel: dict[str, Any] | None) -> str:
+    if not sel:
+        return ""
+    return (f"\n## Recommended final ranking (chosen on held-out TRAIN queries)\n\n"
+            f"{sel['queries']} held-out train queries, {sel['first_stage']} top-{sel['k']} candidates, nDCG@10:\n\n"
+            f"{_fmt_table(sel)}\n\nChosen: **{sel['chosen']}** ({sel['chosen_ndcg@10']:.4f}); bundle settings: "
+            f"`{json.dumps(sel['settings'])}`\n")
 
 
 def pack(model_dir: Path, out_dir: Path, selection: dict[str, Any] | None, config: TrainConfig) -> Path | None:
