@@ -205,8 +205,21 @@ class CrossEncoderReranker:
         on_cpu = self.device.type == "cpu"
         self.pass_tokens = min(self.batch_tokens, CPU_PASS_TOKENS) if on_cpu else self.batch_tokens
 
-        # Tokenizer plumbing: a private copy of the fast backend without padding/truncation (tokenizer.json files
-        # often carry both), the pair template, and which inputs the model takes.
+        self._setup_tokenizer(tokenizer, prompt)
+        limit = _length_limit(config, tokenizer, name, max_length, prompt)  # refuses a max_length beyond positions
+        self.max_length = int(max_length) if max_length else limit
+        if self.max_length <= self.template.n_special + 2:
+            raise InputError(f"max_length={self.max_length} leaves no room for a query and a document")
+        self._avail = self.max_length - self.template.n_special
+        self._query_max = self._avail // 2
+        self.chunk_overlap = max(0, min(int(chunk_overlap), self._avail // 4))
+        if prompt is None:
+            self._check_template()
+        self._runner, self._backend_info = self._make_runner(requested_backend)
+
+    def _setup_tokenizer(self, tokenizer: Any, prompt: PromptFormat | None) -> None:
+        """Tokenizer plumbing: a private copy of the fast backend without padding/truncation (tokenizer.json
+        files often carry both), the pair template, and which inputs the model takes."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._backend = None
         if backend is not None:
@@ -220,27 +233,6 @@ class CrossEncoderReranker:
             tokenizer, "model_input_names", ["token_type_ids"])
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = int(pad) if pad is not None else 0
-
-        limit = int(getattr(config, "max_position_embeddings", 512) or 512)
-        if getattr(config, "model_type", "") in _PADDING_OFFSET_POSITIONS:
-            # position ids start at padding_idx + 1 (2 for RoBERTa / XLM-R), whatever the table's size
-            pad = getattr(config, "pad_token_id", None)
-            limit -= (int(pad) + 1) if pad is not None else 2
-        if max_length and int(max_length) > limit:
-            raise InputError(f"max_length={max_length} is more than {name} has positions for ({limit})")
-        limit = min(limit, 512 if prompt is None else CAUSAL_DEFAULT_MAX_LENGTH)
-        tok_max = getattr(tokenizer, "model_max_length", None)
-        if isinstance(tok_max, int) and 0 < tok_max < 100_000:
-            limit = min(limit, tok_max)
-        self.max_length = int(max_length) if max_length else limit
-        if self.max_length <= self.template.n_special + 2:
-            raise InputError(f"max_length={self.max_length} leaves no room for a query and a document")
-        self._avail = self.max_length - self.template.n_special
-        self._query_max = self._avail // 2
-        self.chunk_overlap = max(0, min(int(chunk_overlap), self._avail // 4))
-        if prompt is None:
-            self._check_template()
-        self._runner, self._backend_info = self._make_runner(requested_backend)
 
     def _resolve_backend(self, backend: str, dtype: Any) -> str:
         from crossrank.rerank.backends import resolve_backend
@@ -583,6 +575,24 @@ def _plan_tokens(plan: _Plan, template: PairTemplate) -> int:
     """Tokens the sequences of ``plan`` hold once built with ``template`` (its ``build`` adds exactly
     ``n_special`` ids to each query + window)."""
     return sum(len(q) + len(w) + template.n_special for q, w in plan.windows)
+
+
+def _length_limit(config: Any, tokenizer: Any, name: str, max_length: int | None, prompt: PromptFormat | None) -> int:
+    """The longest pair the model has positions for (an InputError if ``max_length`` asks for more), capped at 512
+    (causal LMs: ``CAUSAL_DEFAULT_MAX_LENGTH``) and at the tokenizer's own ``model_max_length``: the default
+    ``max_length``."""
+    limit = int(getattr(config, "max_position_embeddings", 512) or 512)
+    if getattr(config, "model_type", "") in _PADDING_OFFSET_POSITIONS:
+        # position ids start at padding_idx + 1 (2 for RoBERTa / XLM-R), whatever the table's size
+        pad = getattr(config, "pad_token_id", None)
+        limit -= (int(pad) + 1) if pad is not None else 2
+    if max_length and int(max_length) > limit:
+        raise InputError(f"max_length={max_length} is more than {name} has positions for ({limit})")
+    limit = min(limit, 512 if prompt is None else CAUSAL_DEFAULT_MAX_LENGTH)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 100_000:
+        limit = min(limit, tok_max)
+    return limit
 
 
 def _check_long_documents(mode: str, prompt: PromptFormat | None) -> None:
