@@ -6,7 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from crossrank.files import STALE_TEMP_AGE_S, remove_stale_temp_dirs, temp_dir_pattern
+import pytest
+
+from crossrank.files import STALE_TEMP_AGE_S, remove_stale_temp_dirs, staged_dir, temp_dir_pattern
 
 OLD = time.time() - 2 * STALE_TEMP_AGE_S
 
@@ -62,3 +64,22 @@ def test_any_name_for_a_folder_that_is_ours_alone_and_errors_never_raise(tmp_pat
     assert remove_stale_temp_dirs(tmp_path / "missing", "idx") == []
     assert temp_dir_pattern("a.b").match(".a.b.tmp-1") and not temp_dir_pattern("a.b").match(".axb.tmp-1")
     assert remove_stale_temp_dirs(tmp_path, max_age_s=0, now=time.time() + 10) == []  # nothing else of ours there
+
+
+def test_staged_dir_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    with staged_dir(target) as tmp:
+        assert tmp.parent == tmp_path and temp_dir_pattern("model").match(tmp.name)
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    assert (target.stat().st_mode & 0o777) == 0o755 and ((target / "a.txt").stat().st_mode & 0o044) == 0o044
+
+    with pytest.raises(RuntimeError, match="crash"):
+        with staged_dir(target) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "one"  # the previous folder, untouched
+    with staged_dir(target) as tmp:
+        (tmp / "b.txt").write_text("three")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the new folder whole, nothing of the old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left behind

@@ -11,10 +11,13 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +183,26 @@ def swap_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
             raise
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(parent)
+
+
+@contextmanager
+def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Write the folder ``target`` atomically: the block writes into the hidden sibling ``.<name>.tmp-*`` this
+    yields (0755; stale ones of earlier crashed writes are removed first). When the block ends without an error its
+    top-level files get a plain write's permissions, everything is fsynced and the folder is swapped into place
+    (:func:`swap_into_place`); on an error it is removed and ``target`` is as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
+    try:
+        yield tmp
+        share_files(tmp)
+        fsync_tree(tmp)
+        swap_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a swap: gone, or the previous folder
 
 
 # ---------------------------------------------------------------------------------------------------- hashes

@@ -22,13 +22,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
 from crossrank.errors import ModelLoadError
-from crossrank.files import file_sha256, fsync_tree, remove_stale_temp_dirs, share_files, swap_into_place
+from crossrank.files import file_sha256, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +172,7 @@ def pack_bundle(
 
     config["architectures"] = [a for a in archs if a.endswith("ForSequenceClassification")][:1]
     config.pop("_name_or_path", None)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(out_dir.parent, out_dir.name)  # what earlier crashed writes of out_dir left
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal directory
-    try:
+    with staged_dir(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(delta, str(tmp / DELTA), metadata={"format": "pt"})
         manifest = {
@@ -198,12 +193,6 @@ def pack_bundle(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card if model_card is not None else _default_card(manifest), encoding="utf-8")
-        share_files(tmp)
-        fsync_tree(tmp)
-        swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -383,20 +372,10 @@ def export_bundle(out_dir: str | os.PathLike, bundle_dir: str | os.PathLike = DE
     """
     out_dir = Path(out_dir)
     model, tokenizer = load_bundle(bundle_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(out_dir.parent, out_dir.name)  # what earlier crashed writes of out_dir left
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal directory
-    try:
+    with staged_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         card = Path(bundle_dir) / "README.md"
         if card.is_file():
             shutil.copyfile(card, tmp / "README.md")
-        share_files(tmp)
-        fsync_tree(tmp)
-        swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

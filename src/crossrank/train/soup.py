@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -89,18 +87,14 @@ def write_soup(folders: Sequence[str | Path], out: str | Path, weights: Sequence
     ingredients and their weights. Written atomically (see the module docstring)."""
     from safetensors.torch import save_file
 
-    from crossrank.files import file_sha256, fsync_tree, remove_stale_temp_dirs, share_files, swap_into_place
+    from crossrank.files import file_sha256, staged_dir
 
     folders = [Path(f) for f in folders]
     for f in folders:
         if not f.is_dir():
             raise InputError(f"{f}: not a checkpoint folder")
     state = average_state(folders, weights)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(out.parent, out.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as staging:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         for name in _COPIED_FILES:
             if (folders[0] / name).is_file():
@@ -109,14 +103,8 @@ def write_soup(folders: Sequence[str | Path], out: str | Path, weights: Sequence
                             "sha256": file_sha256(f / WEIGHTS_FILE)}
                            for f, w in zip(folders, _mixing_weights(len(folders), weights), strict=True)]}
         (staging / "soup.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
-        share_files(staging)
-        fsync_tree(staging)
-        swap_into_place(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("soup of %d checkpoints written to %s", len(folders), out)
-    return out
+    return Path(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

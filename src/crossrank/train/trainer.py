@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from crossrank.errors import InputError, ModelLoadError
-from crossrank.files import fsync_tree, share_files, swap_into_place
+from crossrank.files import staged_dir
 from crossrank.hardware import cpu_flags
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe, interleave
@@ -182,36 +182,24 @@ def _encode(tokenizer, queries: Sequence[str], texts: Sequence[str], max_length:
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_dir_replace(tmp: Path, final: Path) -> None:
-    fsync_tree(tmp)
-    swap_into_place(tmp, final)
-
-
 def _save_hf(model, tokenizer, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    share_files(tmp)
-    _atomic_dir_replace(tmp, path)
+    with staged_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 def _save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, scaler, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save({
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }, tmp / "trainer_state.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    _atomic_dir_replace(tmp, path)
+    with staged_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save({
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }, tmp / "trainer_state.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
@@ -564,14 +552,10 @@ def _export_final(run: _Run) -> tuple[Path, bool]:
     final = run.out / "model"
     from_best = (run.out / "best").is_dir()
     src_dir = run.out / "best" if from_best else run.last_dir
-    tmp = final.with_name("model.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for f in src_dir.iterdir():
-        if f.name not in ("trainer_state.pt", "state.json"):
-            shutil.copy2(f, tmp / f.name)
-    _atomic_dir_replace(tmp, final)
+    with staged_dir(final) as tmp:
+        for f in src_dir.iterdir():
+            if f.name not in ("trainer_state.pt", "state.json"):
+                shutil.copy2(f, tmp / f.name)
     return final, from_best
 
 
