@@ -233,7 +233,6 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.passes = 0
         self.busy = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -568,7 +567,6 @@ class DynamicBatcher:
             seconds = time.monotonic() - start
             self._measure(sum(job.est_tokens[i] for job, i in taken), seconds)
             self._deliver(taken, result, seconds)
-            self.passes += 1
             if self.observer:
                 tokens = result.tokens or sum(job.est_tokens[i] for job, i in taken)
                 self.observer.on_pass(len(taken), len(jobs), tokens, seconds)

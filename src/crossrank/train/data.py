@@ -63,42 +63,15 @@ def _doc_text(title: str, text: str) -> str:
 
 
 def read_beir(path: Path, split: str) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, dict[str, int]]]:
-    """(corpus id -> (title, text), queries id -> text, qrels qid -> {doc_id: grade}) for ``split``.
+    """(corpus id -> (title, text), queries id -> text, qrels qid -> {doc_id: grade > 0}) for ``split``, read by
+    :func:`crossrank.corpus.load_beir`. Judgments of grade 0 (judged not relevant) are no positives: they are
+    dropped here, and a query left without a positive is not a training query."""
+    from crossrank.corpus import load_beir
 
-    Uses ``crossrank.corpus.load_beir`` when it is available; reads the standard layout directly otherwise."""
-    try:
-        from crossrank.corpus import load_beir  # type: ignore[attr-defined]
-    except ImportError:
-        load_beir = None
-    if load_beir is not None:
-        ds = load_beir(path, split)
-        corpus_obj = ds.corpus
-        docs = corpus_obj.values() if isinstance(corpus_obj, dict) else corpus_obj
-        corpus = {d.id: (d.title, d.text) for d in docs}
-        queries = dict(ds.queries)
-        qrels = {q: {d: int(g) for d, g in rel.items()} for q, rel in ds.qrels.items()}
-        return corpus, queries, qrels
-    corpus, queries, qrels = {}, {}, {}
-    with open(path / "corpus.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                corpus[str(d["_id"])] = (d.get("title", "") or "", d.get("text", "") or "")
-    with open(path / "queries.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                queries[str(d["_id"])] = d["text"]
-    qrels_path = path / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        raise InputError(f"no qrels for split {split!r}: {qrels_path}")
-    with open(qrels_path, encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f, delimiter="\t")):
-            if i == 0 and row and row[0] == "query-id":
-                continue
-            if len(row) >= 3 and int(row[2]) > 0:
-                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
-    return corpus, queries, qrels
+    ds = load_beir(path, split)
+    corpus = {d.id: (d.title, d.text) for d in ds.corpus}
+    qrels = {q: {d: int(g) for d, g in rel.items() if int(g) > 0} for q, rel in ds.qrels.items()}
+    return corpus, dict(ds.queries), {q: rel for q, rel in qrels.items() if rel}
 
 
 def read_tsv_groups(path: Path) -> list[Group]:

@@ -133,11 +133,8 @@ def _selection_md(sel: dict[str, Any] | None) -> str:
 
 def pack(model_dir: Path, out_dir: Path, selection: dict[str, Any] | None, config: TrainConfig) -> Path | None:
     """Pack ``model_dir`` as a crossrank bundle (fp16 tensors, word embeddings rebuilt from the base)."""
-    try:
-        from crossrank.rerank.bundled import pack_bundle
-    except ImportError as e:  # rerank/bundled not there (yet)
-        log.warning("cannot pack: %s", e)
-        return None
+    from crossrank.rerank.bundled import pack_bundle
+
     settings = dict(selection["settings"]) if selection else {"fusion": "none", "max_length": config.max_length}
     card = (model_dir / "README.md").read_text(encoding="utf-8")
     # the bundle loader warns when a user asks for longer inputs than training saw (measured to hurt the ranking)
