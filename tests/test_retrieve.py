@@ -203,7 +203,7 @@ def test_index_roundtrip_identical_results(built):
     index, path = built
     loaded = load_index(path, verify=True)
     assert isinstance(loaded, Index) and len(loaded) == len(index) == 6
-    assert loaded.passages == index.passages
+    assert list(loaded.passages) == index.passages  # read on demand from passages.jsonl
     assert isinstance(loaded.embeddings, np.memmap)
     m = loaded.manifest
     assert m["format_version"] == 1 and m["methods"] == ["bm25", "dense"]

@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from crossrank.corpus.chunking import as_passages
 from crossrank.errors import IndexLoadError, InputError, check_query
 from crossrank.retrieve._common import REBUILD, check_k, make_candidates, passage_text, top_k
+from crossrank.retrieve.passages import as_passage_sequence
 from crossrank.types import Candidate, Document, Passage
 
 DEFAULT_PARAMS = {"k1": 0.9, "b": 0.4, "method": "lucene", "stopwords": "en", "stemmer": "english"}
@@ -79,7 +79,7 @@ class BM25Retriever:
     ):
         import bm25s
 
-        self.passages = as_passages(passages)
+        self.passages = as_passage_sequence(passages)
         if not self.passages:
             raise InputError("cannot build a BM25 index over an empty corpus")
         self.params = {"k1": k1, "b": b, "method": method, "stopwords": stopwords, "stemmer": stemmer}

@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from crossrank.corpus.chunking import as_passages
 from crossrank.errors import InputError, ModelLoadError, check_query
 from crossrank.retrieve._common import check_k, make_candidates, passage_text, top_k
+from crossrank.retrieve.passages import as_passage_sequence
 from crossrank.types import Candidate, Document, Passage
 
 DEFAULT_MODEL = "default"
@@ -278,7 +278,7 @@ class DenseRetriever(QueryEncoder):
         super().__init__(model, device=device, batch_size=batch_size, query_backend=query_backend)
         self._matrix_t = None
         self._matrix_lock = threading.Lock()
-        self.passages = as_passages(passages)
+        self.passages = as_passage_sequence(passages)
         if not self.passages:
             raise InputError("cannot build a dense index over an empty corpus")
         if embeddings is None:

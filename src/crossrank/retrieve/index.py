@@ -53,6 +53,7 @@ from crossrank.retrieve.dense import (
     model_name_of,
 )
 from crossrank.retrieve.hybrid import HybridRetriever
+from crossrank.retrieve.passages import PassageTable, write_passages
 from crossrank.types import Document, Passage
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ class Index:
         path: Path | None = None,
         ann: AnnIndex | None = None,
     ):
-        self.passages = list(passages)
+        # a saved index's passages stay on disk until a search returns them (retrieve/passages.py)
+        self.passages = passages if isinstance(passages, PassageTable) else list(passages)
         self.manifest = manifest
         self.path = path
         self._bm25 = bm25
@@ -166,7 +168,7 @@ class Index:
         tmp.mkdir()
         try:
             manifest = dict(self.manifest)
-            _write_passages(tmp / "passages.jsonl", self.passages)
+            write_passages(tmp / "passages.jsonl", self.passages)
             if self._bm25 is not None:
                 self._bm25.save(tmp / "bm25")
             if self._embeddings is not None:
@@ -404,9 +406,8 @@ def load_index(directory: str | os.PathLike, *, mmap: bool = True, verify: bool 
     against the manifest, once per load. The dense model is loaded lazily, on the first dense search."""
     d = Path(directory).absolute()
     manifest = read_manifest(d)
-    for rel, info in manifest["files"].items():
-        _check_file(d, rel, info, verify)
-    passages = _read_passages(d / "passages.jsonl")
+    _check_files(d, manifest["files"], verify)
+    passages = PassageTable(d / "passages.jsonl", in_memory=not mmap)
     if len(passages) != manifest["counts"]["passages"]:
         raise IndexLoadError(f"index {d}: passages.jsonl holds {len(passages)} passages, manifest says "
                              f"{manifest['counts']['passages']}; " + REBUILD)
@@ -457,6 +458,17 @@ def _load_ann(d: Path, manifest: dict[str, Any], *, view: bool) -> AnnIndex | No
 
 
 # ------------------------------------------------------------------------------------------------- file helpers
+def _check_files(d: Path, files: dict[str, dict[str, Any]], verify: bool) -> None:
+    """Every file of the manifest present with its size and (``verify``) sha256; hashed in parallel, largest
+    first (hashlib releases the GIL), since hashing a large index is most of what opening it costs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    order = sorted(files.items(), key=lambda kv: -int(kv[1].get("bytes") or 0))
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for done in [pool.submit(_check_file, d, rel, info, verify) for rel, info in order]:
+            done.result()  # the first damaged file's IndexLoadError, in size order
+
+
 def _check_file(d: Path, rel: str, info: dict[str, Any], verify: bool) -> None:
     """``IndexLoadError`` naming ``rel`` when it is missing, or its size or sha256 differs from the manifest's."""
     f = d / rel
@@ -467,27 +479,6 @@ def _check_file(d: Path, rel: str, info: dict[str, Any], verify: bool) -> None:
     if verify and file_sha256(f) != info.get("sha256"):
         raise IndexLoadError(f"index {d} is damaged: {rel} changed since the index was built (sha256 differs "
                              "from the manifest's); " + REBUILD)
-
-
-def _write_passages(path: Path, passages: Sequence[Passage]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for p in passages:
-            f.write(json.dumps({"id": p.id, "doc_id": p.doc_id, "index": p.index, "title": p.title, "text": p.text},
-                               ensure_ascii=False))
-            f.write("\n")
-
-
-def _read_passages(path: Path) -> list[Passage]:
-    out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                o = json.loads(line)
-                out.append(Passage(id=o["id"], doc_id=o["doc_id"], text=o["text"], title=o.get("title", ""),
-                                   index=o.get("index", 0)))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise IndexLoadError(f"{path} is unreadable or corrupt ({type(e).__name__}: {e}); " + REBUILD) from None
-    return out
 
 
 def _write_dense(path: Path, embeddings: np.ndarray, dtype: np.dtype) -> None:
