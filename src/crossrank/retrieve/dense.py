@@ -116,6 +116,9 @@ def encode_passages_with_stats(
     return np.ascontiguousarray(emb, dtype=np.float32), stats
 
 
+QUERY_THREADS = 1  # ONNX Runtime intra-op threads of the query encoder
+
+
 class OnnxQueryEncoder:
     """Encodes texts like ``SentenceTransformer.encode(..., normalize_embeddings=True)`` but runs the transformer
     through ONNX Runtime: the model's own preprocessing (so the same tokens), the ``last_hidden_state`` graph of
@@ -226,7 +229,9 @@ class QueryEncoder:
                 raise InputError("query_backend='onnx' needs a CPU model and onnxruntime + onnx installed")
             return None
         try:
-            return OnnxQueryEncoder(model)
+            # one thread: a hybrid search encodes the query while BM25 scores on the other core, which beats two
+            # threads each waiting on the other (benchmarks/results/bench_scale_1000000.md)
+            return OnnxQueryEncoder(model, num_threads=QUERY_THREADS)
         except (ValueError, RuntimeError) as e:
             if self.query_backend == "onnx":
                 raise ModelLoadError(str(e)) from e

@@ -13,6 +13,8 @@ broken by the best rank any retriever gave, then by id, so output is determinist
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, Sequence
 
 from crossrank.errors import InputError, check_query
@@ -70,6 +72,18 @@ def weighted_fusion(
     return fused
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _sub_search_pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crossrank-hybrid")
+        return _POOL
+
+
 class HybridRetriever:
     """Fuses the results of several ``Retriever``s (typically BM25 + dense) into one ranking."""
 
@@ -121,7 +135,14 @@ class HybridRetriever:
         check_query(query)
         k = check_k(k)
         depth = self._depth(k)
-        return self.fuse([r.search(query, depth) for r in self.retrievers], k)
+        if len(self.retrievers) == 1:
+            return self.fuse([self.retrievers[0].search(query, depth)], k)
+        # the sub-searches overlap (BM25's numpy and the query encoder's ONNX Runtime both release the GIL): the
+        # first runs here, the others in a shared pool
+        pool = _sub_search_pool()
+        others = [pool.submit(r.search, query, depth) for r in self.retrievers[1:]]
+        first = self.retrievers[0].search(query, depth)
+        return self.fuse([first, *(f.result() for f in others)], k)
 
     def search_batch(self, queries: Sequence[str], k: int = 100) -> list[list[Candidate]]:
         k = check_k(k)

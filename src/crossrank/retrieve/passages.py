@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, overload
 
 import numpy as np
+import orjson
 
 from crossrank.corpus.chunking import as_passages
 from crossrank.errors import IndexLoadError
@@ -80,10 +81,10 @@ class PassageTable(Sequence[Passage]):
     def _parse(self, j: int) -> Passage:
         line = self._buf[int(self._starts[j]) : int(self._ends[j])]
         try:
-            o = json.loads(line)
+            o = orjson.loads(line)
             return Passage(id=o["id"], doc_id=o["doc_id"], text=o["text"], title=o.get("title", ""),
                            index=o.get("index", 0))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
             raise IndexLoadError(f"{self.path} is corrupt at passage {j} ({type(e).__name__}: {e}); "
                                  + REBUILD) from None
 
