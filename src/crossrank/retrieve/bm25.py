@@ -28,10 +28,11 @@ class _Analyzer:
     progress-bar and vocabulary overhead (a query costs a few microseconds)."""
 
     def __init__(self, stopwords: str | None = "en", stemmer: str | None = "english"):
-        from bm25s.tokenization import _infer_stopwords
+        from bm25s.tokenization import Tokenizer
 
         self.stopwords_name, self.stemmer_name = stopwords, stemmer
-        self.stopwords = frozenset(_infer_stopwords(stopwords)) if stopwords else frozenset()
+        # bm25s' own name -> list rule (its public Tokenizer resolves it), so both analyzers drop the same words
+        self.stopwords = frozenset(Tokenizer(stopwords=stopwords).stopwords) if stopwords else frozenset()
         if stemmer:
             import Stemmer
 
