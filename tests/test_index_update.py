@@ -126,7 +126,8 @@ KILLER = textwrap.dedent('''
     elif point == "manifest":  # every data file written, the manifest not yet
         ix._write_manifest = lambda root, manifest: die()
     elif point == "swap":  # the complete new index on disk, killed just before the swap
-        ix.swap_into_place = lambda tmp, target: die()
+        import crossrank.files
+        crossrank.files.swap_into_place = lambda tmp, target: die()  # what staged_dir swaps with
     from crossrank.cli import main
     sys.exit(main(sys.argv[2:]))
 ''')

@@ -28,7 +28,6 @@ import shutil
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -38,7 +37,7 @@ import numpy as np
 from crossrank.corpus.chunking import as_passages, chunk_documents
 from crossrank.corpus.loaders import load_corpus
 from crossrank.errors import IndexLoadError, InputError
-from crossrank.files import file_sha256, fsync_dir, fsync_file, remove_stale_temp_dirs, swap_into_place
+from crossrank.files import file_sha256, fsync_dir, fsync_file, staged_dir
 from crossrank.retrieve import ann as ann_module
 from crossrank.retrieve._common import REBUILD
 from crossrank.retrieve.ann import ANN_MIN_PASSAGES, AnnIndex
@@ -162,11 +161,7 @@ class Index:
         An existing crossrank index there is replaced only once the new one is complete."""
         target = Path(directory).absolute()
         _check_replaceable(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_dirs(target.parent, target.name)  # what earlier crashed saves of this index left
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with staged_dir(target) as tmp:  # readers see the old index or the new one, whole
             manifest = dict(self.manifest)
             write_passages(tmp / "passages.jsonl", self.passages)
             if self._bm25 is not None:
@@ -180,12 +175,7 @@ class Index:
                 if self._ann is not None:
                     self._ann.save(tmp)
             manifest["files"] = _file_table(tmp)
-            _write_manifest(tmp, manifest)
-            fsync_dir(tmp)
-            swap_into_place(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            _write_manifest(tmp, manifest)  # last: an index folder without its manifest is never complete
         self.manifest = manifest
         self.path = target
         return target
