@@ -610,7 +610,7 @@ def test_frontier_labels_of_close_points_do_not_overlap():
 
 
 def test_atomic_writes_get_a_plain_files_permissions(tmp_path):
-    from crossrank.evaluate._util import atomic_write_text
+    from crossrank.files import atomic_write_text
 
     atomic_write_text(tmp_path / "report.json", "{}")  # through mkstemp, which creates 0600
     (tmp_path / "plain.txt").write_text("x")

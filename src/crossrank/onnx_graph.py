@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from crossrank.files import remove_stale_temp_dirs
+from crossrank.files import fsync_tree, remove_stale_temp_dirs
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,8 @@ def build_graph(model: Any, input_names: list[str], quantize: bool, root: Path |
             meta["build_s"] = round(time.perf_counter() - t0, 2)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             os.chmod(tmp, 0o755)
-            try:
+            fsync_tree(tmp)
+            try:  # write-once: entries are named by content, so the first complete one stays (no swap)
                 os.rename(tmp, entry)
             except OSError:
                 if not _complete(entry):

@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -17,7 +16,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from crossrank.errors import InputError
-from crossrank.files import plain_file_mode
+from crossrank.files import atomic_write_text
 from crossrank.hardware import cpu_model
 from crossrank.progress import LineProgress
 from crossrank.rerank.base import as_reranker
@@ -48,24 +47,6 @@ def short_hash(*parts: Any) -> str:
         h.update(json.dumps(p, sort_keys=True, default=str).encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()[:10]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, plain_file_mode(path.parent))  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

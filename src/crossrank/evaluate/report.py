@@ -8,8 +8,8 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from crossrank.evaluate._util import atomic_write_text
 from crossrank.evaluate.schema import SCHEMA_DOC
+from crossrank.files import atomic_write_text
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22"]

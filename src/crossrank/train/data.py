@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from crossrank.errors import InputError
+from crossrank.files import atomic_write_text
 from crossrank.retrieve.base import KIND_METHODS
 from crossrank.train.config import SourceSpec, TrainConfig
 
@@ -162,10 +163,7 @@ def mine(spec: SourceSpec, corpus: dict[str, tuple[str, str]], queries: dict[str
                 seen.add(c.doc_id)
                 row.append((c.doc_id, float(c.score)))
         out[q] = row[:k]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out), encoding="utf-8")
-    tmp.replace(cache)
+    atomic_write_text(cache, json.dumps(out))
     return out
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from crossrank.errors import CrossrankError, InputError
 from crossrank.evaluate.metrics import paired_bootstrap
+from crossrank.files import atomic_write_text
 from crossrank.rerank.calibration import (
     Calibration,
     expected_calibration_error,
@@ -181,10 +182,7 @@ class ScoreStore:
             if cached.get("format") == SCORES_FORMAT and cached.get("key") == key:
                 return cached["scores"]
         scores = self._score(label, source, items, engine_factory())
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"format": SCORES_FORMAT, "key": key, "spec": spec, "scores": scores}),
-                       encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps({"format": SCORES_FORMAT, "key": key, "spec": spec, "scores": scores}))
         return scores
 
     @staticmethod
