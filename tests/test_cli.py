@@ -153,6 +153,14 @@ def test_train_help_lists_the_training_options():
         assert option in proc.stdout
 
 
+def test_every_train_option_says_what_it_does():
+    from crossrank.train.cli import build_parser
+
+    bare = [a.option_strings[-1] for a in build_parser()._actions
+            if a.option_strings and (not a.help or a.help.strip().lower().startswith("default"))]
+    assert bare == []  # a help text that is only the default says nothing
+
+
 def test_every_option_has_help_and_batching_is_one_flag_pair():
     import typer
 

@@ -59,15 +59,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
                    help="distil: learn this reranker's scores ('default', a bundle or checkpoint folder) with "
                         "--loss distill (listwise KL + MSE) or margin-mse; no labels are needed for that")
     g.add_argument("--output", "-o", dest="output_dir", default=d.output_dir, help="run folder (default: %(default)s)")
-    g.add_argument("--loss", choices=LOSSES, default=d.loss, help="default: %(default)s")
+    g.add_argument("--loss", choices=LOSSES, default=d.loss,
+                   help="training objective over each group of 1 positive + negatives (listwise: softmax over the "
+                        "group; +bce adds pointwise BCE; distill / margin-mse learn a --teacher; default: %(default)s)")
     g.add_argument("--steps", dest="max_steps", type=int, default=d.max_steps, help="optimizer steps (default: %(default)s)")
-    g.add_argument("--groups-per-batch", type=int, default=d.groups_per_batch, help="default: %(default)s")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="default: %(default)s")
-    g.add_argument("--lr", type=float, default=d.lr, help="default: %(default)s")
+    g.add_argument("--groups-per-batch", type=int, default=d.groups_per_batch,
+                   help="query groups per optimizer step, all from one source (default: %(default)s)")
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="batches accumulated per optimizer step (a larger effective batch; default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (default: %(default)s)")
     g.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult,
                    help="LR multiplier for newly initialised weights (the head; default: %(default)s)")
-    g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="default: %(default)s")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
+    g.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio,
+                   help="share of --steps with a linear warm-up, then linear decay to 0 (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default: %(default)s)")
     g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 = no clipping (default: %(default)s)")
     g.add_argument("--margin", dest="pairwise_margin", type=float, default=d.pairwise_margin,
                    help="pairwise loss margin (default: %(default)s)")
@@ -75,27 +80,32 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
                    help="also train the word-embedding matrix (the bundle format needs it frozen)")
     g.add_argument("--autocast", choices=AUTOCAST, default=d.autocast,
                    help="auto: bf16 only on CPUs with AMX/AVX512-BF16, bf16/fp16 on CUDA, else fp32 (default)")
-    g.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of batch order and initialisation (the held-out split has --split-seed; default: %(default)s)")
     g.add_argument("--threads", type=int, default=d.threads, help="torch threads; 0 = all cores (default)")
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="dev evaluation every N steps (0 = end only)")
-    g.add_argument("--dev-queries", type=int, default=d.dev_queries, help="default: %(default)s")
+    g.add_argument("--dev-queries", type=int, default=d.dev_queries,
+                   help="held-out train queries the dev nDCG@10 is measured on (default: %(default)s)")
     g.add_argument("--dev-k", type=int, default=d.dev_k, help="rerank the first-stage top K on dev (default: %(default)s)")
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (default: %(default)s)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="default: %(default)s")
+    g.add_argument("--log-every", type=int, default=d.log_every,
+                   help="a progress line (loss, rate, ETA) every N steps (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last")
     g.add_argument("--stop-after", dest="stop_after_step", type=int, default=None,
                    help="stop after this step (checkpoint written), as an interruption would")
     g.add_argument("--no-select", dest="select", action="store_false",
                    help="skip choosing the fusion setting on held-out train queries")
     g.add_argument("--select-k", type=int, default=d.select_k, help="candidates per query for selection (default: %(default)s)")
-    g.add_argument("--select-queries", type=int, default=d.select_queries, help="default: %(default)s")
+    g.add_argument("--select-queries", type=int, default=d.select_queries,
+                   help="held-out train queries the fusion setting is chosen on (default: %(default)s)")
     g.add_argument("--select-retriever", choices=MINE_RETRIEVERS, default=None,
                    help="first stage whose top-K the selection reranks (default: the --mine one)")
     g.add_argument("--select-index", default=None, metavar="DIR", help="saved index for --select-retriever")
     g.add_argument("--index-wait", type=int, default=0, metavar="SECONDS",
                    help="wait this long for an --index / --select-index that another process is still building")
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: %(default)s")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+                   help="pairs per forward pass when scoring dev and selection queries (default: %(default)s)")
     g.add_argument("--pack", dest="pack_to", default=None, metavar="DIR",
                    help="also pack the result as a crossrank bundle into DIR (e.g. src/crossrank/rerank/models/default)")
     return p
