@@ -522,3 +522,46 @@ def test_search_loads_its_models_at_startup(engine, small_corpus):
         r = _post(s.url, "/search", {"query": "how do cells get energy", "k": 4, "n": 2})
         assert r.status_code == 200, r.text
         assert app.state.crossrank.search.get(None).retriever is dense  # the warmed-up one serves it
+
+
+@pytest.mark.slow
+def test_search_ranks_as_the_pipeline_and_the_cli_do(small_corpus, tmp_path):
+    """One final order everywhere: POST /search, Pipeline(fusion="auto", unit="document") and `crossrank search
+    --json` return the same documents in the same order with the bundled default (its recommended fusion); the
+    body's `fusion` and `unit` change what /search returns."""
+    from conftest import run_cli
+    from crossrank.corpus import load_corpus
+    from crossrank.pipeline import Pipeline
+    from crossrank.rerank import load_reranker
+    from crossrank.rerank.bundled import bundle_available
+    from crossrank.retrieve import build_index
+
+    if not bundle_available():
+        pytest.skip("the bundled default reranker is not in this checkout")
+    reranker = load_reranker("default")
+    assert reranker.info()["recommended"]["fusion"]["method"] != "none"  # auto then differs from CE order
+    # short passages, so documents span several of them
+    index = build_index(load_corpus(small_corpus), tmp_path / "idx", methods=["bm25"], chunk_tokens=8,
+                        chunk_overlap=0, progress=False)
+    query = "what do plants, cells, mitochondria and the pancreas do with glucose, oxygen, ATP and light?"
+    with Pipeline(index.retriever("bm25"), reranker, k=12, n=5, fusion="auto", unit="document") as pipe:
+        want = [h.doc_id for h in pipe.search(query).hits]
+    assert len(want) == len(set(want)) > 1
+    cli = run_cli("search", str(tmp_path / "idx"), query, "--retriever", "bm25", "--k", "12", "--n", "5", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert [h["doc_id"] for h in json.loads(cli.stdout)["hits"]] == want
+
+    app = create_app(reranker, index=index, retriever="bm25")
+    with ServerThread(app) as s:
+        def search(**extra):
+            r = _post(s.url, "/search", {"query": query, "k": 12, "n": 5, **extra})
+            assert r.status_code == 200, r.text
+            return r.json()["hits"]
+
+        assert [h["doc_id"] for h in search()] == want
+        passages = search(unit="passage")
+        assert len({h["doc_id"] for h in passages}) < len(passages)  # a document takes several passage hits
+        by_relevance = search(unit="passage", fusion="none")
+        scores = [h["rerank_score"] for h in by_relevance]
+        assert scores == sorted(scores, reverse=True)  # fusion none: the cross-encoder's own order
+        assert [h["id"] for h in by_relevance] != [h["id"] for h in passages]  # and the fusion changed it

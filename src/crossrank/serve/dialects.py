@@ -405,6 +405,10 @@ class SearchRequest(BaseModel):
                                   "recommended 'nothing relevant' threshold.")
     instruction: Instruction | None = Field(
         default=None, description="Task instruction for LLM rerankers whose prompt takes one.")
+    unit: Literal["document", "passage"] = Field(
+        default="document", description="document: one hit per document, shown by its best passage (as "
+                                        "`crossrank search` lists them); passage: every matching passage, so a "
+                                        "long document can take several hits.")
 
 
 def text_of(doc: Any) -> str:

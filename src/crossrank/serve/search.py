@@ -111,7 +111,8 @@ async def search_route(body: d.SearchRequest, request: Request) -> Response:
     def run_search():
         with scope.active():
             return pipe.search(body.query, k=body.k, n=body.n, deadline_ms=deadline, rerank=body.rerank,
-                               fusion=body.fusion, min_score=body.min_score, instruction=body.instruction)
+                               fusion=body.fusion, min_score=body.min_score, instruction=body.instruction,
+                               unit=body.unit)
 
     try:
         pipe = await run_in_threadpool(state.search.get, body.retriever)
