@@ -159,6 +159,20 @@ def test_train_help_lists_the_training_options():
         assert option in proc.stdout
 
 
+@pytest.mark.parametrize("option, line", [
+    (("--unit", "x"), "error: invalid value for '--unit': unit must be 'passage' or 'document', got 'x'"),
+    (("--fusion", "bogus"),
+     "error: invalid value for '--fusion': bad fusion spec 'bogus': expected e.g. 'rrf' or 'interpolate:0.6'"),
+    (("--min-score", "high"), "error: invalid value for '--min-score': min_score must be a number or 'auto', got 'high'"),
+    (("--deadline-ms", "-5"),
+     "error: invalid value for '--deadline-ms': deadline_ms must be a positive number of milliseconds, got -5.0"),
+])
+def test_search_options_fail_before_the_index_or_a_model_is_opened(tmp_path, option, line):
+    """The index does not exist: the option's error comes first, so nothing was opened or loaded."""
+    proc = run_cli("search", str(tmp_path / "no-index"), "q", *option)
+    assert assert_one_error_line(proc, 2) == line
+
+
 def test_every_train_option_says_what_it_does():
     from crossrank.train.cli import build_parser
 

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -247,6 +247,19 @@ def _warm_up_bound(deadline_ms: float | None) -> float:
     return min(WARM_UP_TIMEOUT_S, max(deadline_ms / 1000.0, _WARM_UP_MIN_S))
 
 
+def _check_search_options(**options: Any) -> None:
+    """The pipeline's own option checks (:func:`crossrank.pipeline.check_options`), run before anything loads,
+    each error naming the command-line option."""
+    from crossrank.errors import InputError
+    from crossrank.pipeline import check_options
+
+    for name, value in options.items():
+        try:
+            check_options(**{name: value})
+        except InputError as e:
+            raise InputError(f"invalid value for '--{name.replace('_', '-')}': {e}") from None
+
+
 @app.command()
 def search(
     index_dir: str = typer.Argument(..., help="Index directory made by 'crossrank index --out', or a Milvus store URI made by 'crossrank index --store' (milvus:///ABS/PATH.db, milvus://HOST:PORT, http(s)://HOST:PORT)."),
@@ -276,6 +289,7 @@ def search(
     check_query(query)  # bad input fails before seconds of model loading
     n = min(DEFAULT_N, k) if n is None else n
     check_k_n(k, n)
+    _check_search_options(fusion=fusion, min_score=min_score, unit=unit, deadline_ms=deadline_ms)
     start = time.perf_counter()
     idx = open_index(index_dir)
     rr = _load_reranker_option(reranker, **_model_options(prompt_format, trust_remote_code))

@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from crossrank.errors import InputError, RerankTimeout, check_query
 from crossrank.rerank import recommendation
@@ -211,11 +211,11 @@ class Pipeline:
         rerank_depth: "int | str | None" = "auto",
     ) -> None:
         check_k_n(k, n)
+        check_options(fusion=fusion if isinstance(fusion, str) else "auto", min_score=min_score, unit=unit,
+                      deadline_ms=deadline_ms)
         reranker = as_reranker(reranker)  # the full protocol from here on, whatever the caller passed
         self.rerank_depth = resolve_rerank_depth(rerank_depth, reranker)
         self.instruction = check_instruction(reranker, instruction)
-        if unit not in ("passage", "document"):
-            raise InputError(f"unit must be 'passage' or 'document', got {unit!r}")
         self.retriever = retriever
         self.reranker = reranker
         self.k = k
@@ -310,8 +310,7 @@ class Pipeline:
         n = min(self.n, k) if n is None else n  # a small k asks for at most k results; only an explicit n > k errs
         check_k_n(k, n)
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
-        if deadline_ms is not None and deadline_ms <= 0:
-            raise InputError(f"deadline_ms must be positive, got {deadline_ms}")
+        check_deadline_ms(deadline_ms)
         if deadline_ms is not None and rerank and self.reranker is not None:
             self._auto_warm_up(deadline_ms)
         start = time.perf_counter()
@@ -458,6 +457,27 @@ def resolve_min_score(spec: "float | str | None", reranker: Reranker | None) -> 
     if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not math.isfinite(spec):
         raise InputError(f"min_score must be a finite number or 'auto', got {spec!r}")
     return float(spec)
+
+
+def check_deadline_ms(deadline_ms: float | None) -> None:
+    """A time budget: None (none) or a positive, finite number of milliseconds."""
+    if deadline_ms is None:
+        return
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) or not math.isfinite(deadline_ms) \
+            or deadline_ms <= 0:
+        raise InputError(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms!r}")
+
+
+def check_options(*, fusion: Any = "auto", min_score: Any = None, unit: Any = "passage",
+                  deadline_ms: Any = None) -> None:
+    """The search options' syntax, checked without a reranker (so a command line fails before any model loads);
+    :class:`Pipeline` applies the same checks, and resolves ``auto`` against the reranker afterwards."""
+    if not (isinstance(fusion, str) and fusion.strip().lower() == "auto"):
+        Fusion.parse(fusion)
+    resolve_min_score(min_score, None)
+    if unit not in ("passage", "document"):
+        raise InputError(f"unit must be 'passage' or 'document', got {unit!r}")
+    check_deadline_ms(deadline_ms)
 
 
 def check_k_n(k: int, n: int) -> None:
