@@ -14,6 +14,8 @@ from crossrank.retrieve import MilvusStore, Retriever, build_index, is_store_uri
 from crossrank.retrieve.milvus import DEFAULT_COLLECTION, parse_store_uri
 from crossrank.types import Document
 
+pytestmark = pytest.mark.slow  # a real Milvus Lite server per module (the marker: tests that start servers)
+
 MORE_DOCS = [
     {"_id": "d7", "title": "Vaccines", "text": "A vaccine trains the immune system to recognise a pathogen without causing the disease."},
     {"_id": "d8", "title": "Glaciers", "text": "Glaciers form where snow accumulates faster than it melts and slowly flows downhill as ice."},

@@ -14,6 +14,8 @@ import pytest
 from crossrank.errors import InputError
 from crossrank.serve import ServeConfig, ServerThread, create_app
 
+pytestmark = pytest.mark.slow  # hostile clients against real servers (the marker: tests that start servers)
+
 QUERY = "what do plants make from sunlight"
 DOCS = ["Plants convert sunlight into glucose.", "Volcanoes erupt when magma rises."]
 BAD = "a\ud800"  # a lone surrogate: valid JSON ("\ud800" escape), not encodable as UTF-8
