@@ -111,10 +111,10 @@ def test_the_cascade_implements_the_contract(engine):
 
 
 def test_the_servers_batched_reranker_implements_the_contract(engine):
-    from crossrank.serve.app import _Engines
     from crossrank.serve.batcher import BatchedReranker, DynamicBatcher
+    from crossrank.serve.engines import Engines
 
-    engines = _Engines(engine, None)
+    engines = Engines(engine, None)
     batcher = DynamicBatcher(engines.score_pairs, max_length=engines.max_length)
     batcher.start()
     try:
@@ -129,9 +129,9 @@ def test_the_servers_batched_reranker_implements_the_contract(engine):
 
 
 def test_the_servers_engine_side_gets_variants_through_with_options(engine):
-    from crossrank.serve.app import _Engines
+    from crossrank.serve.engines import Engines
 
-    engines = _Engines(CachedReranker(engine), None)
+    engines = Engines(CachedReranker(engine), None)
     assert engines.supports("truncate") and engines.supports("chunk")
     assert engines.get("chunk") is engines.get("chunk") and engines.get(None) is engines.base
     assert engines.get("chunk").info()["long_documents"] == "chunk"
