@@ -772,3 +772,7 @@ class BatchedReranker:
     def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
         """None: the engine behind the batcher counts what it runs."""
         return None
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        """None: the engine behind the batcher cuts texts itself (a job's ``max_tokens_per_doc``)."""
+        return None

@@ -49,7 +49,7 @@ def build_app(
     if config.cache is not None:
         options.setdefault("cache", config.cache)
     reranker = load_reranker(model, **options)
-    config.model_name = str(getattr(reranker, "name", model))
+    config.model_name = reranker.name
     if not remote and config.tokens_per_s is None:
         config.tokens_per_s = measured_tokens_per_s(reranker)
     loaded_index = None
@@ -75,10 +75,11 @@ def measured_tokens_per_s(reranker: Any, pairs: int = 4) -> float | None:
     admits everything until its worker has timed a step: a burst of clients at startup would all be admitted and
     most would expire. A pass this small understates the rate (fixed overhead), so the prior errs on the side of
     refusing; measurements of real steps take over within a few steps. None if the warm-up fails."""
+    from crossrank.rerank.base import as_reranker
     from crossrank.serve.batcher import estimate_tokens
 
-    info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
-    max_length = int(info.get("max_length") or 512)
+    reranker = as_reranker(reranker)
+    max_length = int(reranker.info().get("max_length") or 512)
     # distinct texts: a score cache (or deduplication) must not answer the timed pass
     query, texts = "warm-up query", [f"Passage {i}. {WARM_UP_TEXT}" for i in range(pairs)]
     try:
