@@ -372,19 +372,18 @@ def serve(
     from crossrank import serve as serve_mod
     from crossrank.serve.config import config_from_settings
 
-    # bad options fail before seconds of model loading (K and N: ServeConfig checks them)
-    _check_serve_options(retriever, port, index_dir, settings["long_documents"], settings["deadline_ms"])
-    config_from_settings(settings)
+    # bad options fail before seconds of model loading (the settings, K and N, a key file: ServeConfig's checks)
+    _check_serve_options(retriever, port, index_dir, settings["deadline_ms"])
+    config = config_from_settings(settings)
     serve_mod.run(model=model, host=host, port=port, index=index_dir, retriever=retriever,
-                  reranker_options=_model_options(prompt_format, trust_remote_code) or None, **settings)
+                  reranker_options=_model_options(prompt_format, trust_remote_code) or None, config=config,
+                  **settings)
 
 
-def _check_serve_options(retriever, port, index_dir, long_documents, deadline_ms) -> None:
+def _check_serve_options(retriever, port, index_dir, deadline_ms) -> None:
     _check_retrievers([retriever])
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
-    if long_documents not in ("truncate", "chunk"):
-        raise InputError(f"--long-documents must be 'truncate' or 'chunk', got {long_documents!r}")
     if deadline_ms is not None and not deadline_ms > 0:
         raise InputError(f"--deadline-ms must be positive, got {deadline_ms:g}")
     if index_dir is not None:
