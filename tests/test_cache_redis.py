@@ -149,6 +149,9 @@ class Counting:
     def count_inputs(self, query, texts, instruction=None):
         return None
 
+    def token_spans(self, texts):
+        return None
+
 
 def replica(url: str, inner: Counting | None = None, **store_options) -> CachedReranker:
     """One "replica": its own engine and its own connection to the shared Redis."""

@@ -219,6 +219,8 @@ def test_both_serve_command_lines_take_the_server_settings_as_defined_once(monke
         seen.clear()
         assert start(["--max-documents", "7", "--no-dynamic-batching"]) == 0
         assert {s.name: seen[s.name] for s in SETTINGS} == expected
+    # `crossrank serve` (the last start) also hands down the ServeConfig it checked them with, built once
+    assert seen["config"].max_documents == 7 and seen["config"].batching is False
 
 
 @pytest.mark.slow

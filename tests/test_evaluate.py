@@ -361,6 +361,21 @@ def test_rerank_max_k_caps_scoring_and_configs(tmp_path, tiny_reranker, shared_i
                       out_dir=out, index_dir=shared_index, progress=False, write_reports=False)
 
 
+def test_rerank_max_k_is_parsed_and_checked_in_one_place():
+    from crossrank.evaluate import parse_rerank_max_k
+
+    assert parse_rerank_max_k(" bm25=100, dense = 50,", ["bm25", "dense"]) == {"bm25": 100, "dense": 50}
+    assert parse_rerank_max_k({"bm25": 3}) == {"bm25": 3} and parse_rerank_max_k(None) == parse_rerank_max_k("") == {}
+    with pytest.raises(InputError, match="RETRIEVER=K pairs"):
+        parse_rerank_max_k("bm25:100")
+    with pytest.raises(InputError, match="bm25 must be positive"):
+        parse_rerank_max_k("bm25=0")
+    with pytest.raises(InputError, match="not among the retrievers"):
+        parse_rerank_max_k("dense=5", ["bm25"])
+    with pytest.raises(InputError, match=r"--rerank-max-k names 'dense', which is not among --retrievers \(bm25\)"):
+        parse_rerank_max_k("dense=5", ["bm25"], option="--rerank-max-k", among="--retrievers")
+
+
 @pytest.mark.slow
 def test_interrupted_scoring_resumes_without_rescoring(tmp_path, tiny_reranker, shared_index):
     ds = write_beir(tmp_path / "tiny", with_answers=False)

@@ -51,6 +51,8 @@ def check_contract(reranker, variant_options: dict, *, flags: bool = True) -> Re
         assert got.truncated == [t == LONG for _, t in PAIRS]
     info = reranker.info()
     assert info["model"] and "activation" in info
+    spans = reranker.token_spans([DOCS[0]])  # a tokenizer's spans, or None where it has none to offer
+    assert spans is None or (len(spans) == 1 and spans[0] and all(DOCS[0][a:b].strip() for a, b in spans[0]))
     assert reranker.with_options() is reranker
     with pytest.raises(InputError):
         reranker.with_options(no_such_option=1)
@@ -82,6 +84,8 @@ def test_the_cache_implements_the_contract(engine):
     assert first.cache_hits == 0 and chunked.score(Q2, [LONG]).cache_hits == 1
     assert first.scores == pytest.approx(engine.with_options(long_documents="chunk").score(Q2, [LONG]).scores)
     assert cached.count_inputs(Q1, DOCS) == engine.count_inputs(Q1, DOCS)
+    assert cached.token_spans(DOCS) == engine.token_spans(DOCS) and engine.token_spans(DOCS) is not None
+    assert cached.info()["special_tokens"] == engine.template.n_special and cached.info()["id2label"]
 
 
 def test_the_remote_client_implements_the_contract(engine):
@@ -111,10 +115,10 @@ def test_the_cascade_implements_the_contract(engine):
 
 
 def test_the_servers_batched_reranker_implements_the_contract(engine):
-    from crossrank.serve.app import _Engines
     from crossrank.serve.batcher import BatchedReranker, DynamicBatcher
+    from crossrank.serve.engines import Engines
 
-    engines = _Engines(engine, None)
+    engines = Engines(engine, None)
     batcher = DynamicBatcher(engines.score_pairs, max_length=engines.max_length)
     batcher.start()
     try:
@@ -129,9 +133,9 @@ def test_the_servers_batched_reranker_implements_the_contract(engine):
 
 
 def test_the_servers_engine_side_gets_variants_through_with_options(engine):
-    from crossrank.serve.app import _Engines
+    from crossrank.serve.engines import Engines
 
-    engines = _Engines(CachedReranker(engine), None)
+    engines = Engines(CachedReranker(engine), None)
     assert engines.supports("truncate") and engines.supports("chunk")
     assert engines.get("chunk") is engines.get("chunk") and engines.get(None) is engines.base
     assert engines.get("chunk").info()["long_documents"] == "chunk"

@@ -214,9 +214,9 @@ def test_cohere_wire_format(client):
 def test_usage_is_what_the_engine_ran_after_the_servers_cuts(engine):
     """Usage comes from the engine's own count (``count_inputs``) of the pairs as scored: Cohere's
     max_tokens_per_doc and left truncation applied first."""
-    from crossrank.serve.app import _Engines
+    from crossrank.serve.engines import Engines
 
-    engines = _Engines(engine, None)
+    engines = Engines(engine, None)
     texts = DOCS + [LONG]
     for options in ({}, {"max_tokens_per_doc": 4}, {"truncation_direction": "left"}):
         result = engines.score_pairs([(QUERY, t) for t in texts], options)

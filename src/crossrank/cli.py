@@ -386,19 +386,18 @@ def serve(
     from crossrank import serve as serve_mod
     from crossrank.serve.config import config_from_settings
 
-    # bad options fail before seconds of model loading (K and N: ServeConfig checks them)
-    _check_serve_options(retriever, port, index_dir, settings["long_documents"], settings["deadline_ms"])
-    config_from_settings(settings)
+    # bad options fail before seconds of model loading (the settings, K and N, a key file: ServeConfig's checks)
+    _check_serve_options(retriever, port, index_dir, settings["deadline_ms"])
+    config = config_from_settings(settings)
     serve_mod.run(model=model, host=host, port=port, index=index_dir, retriever=retriever,
-                  reranker_options=_model_options(prompt_format, trust_remote_code) or None, **settings)
+                  reranker_options=_model_options(prompt_format, trust_remote_code) or None, config=config,
+                  **settings)
 
 
-def _check_serve_options(retriever, port, index_dir, long_documents, deadline_ms) -> None:
+def _check_serve_options(retriever, port, index_dir, deadline_ms) -> None:
     _check_retrievers([retriever])
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
-    if long_documents not in ("truncate", "chunk"):
-        raise InputError(f"--long-documents must be 'truncate' or 'chunk', got {long_documents!r}")
     if deadline_ms is not None and not deadline_ms > 0:
         raise InputError(f"--deadline-ms must be positive, got {deadline_ms:g}")
     if index_dir is not None:
@@ -408,7 +407,7 @@ def _check_serve_options(retriever, port, index_dir, long_documents, deadline_ms
 
 
 def _check_eval_options(dataset: Path, split, retrievers: list[str], ks: list[int], ns: list[int], fusion: str,
-                        caps: dict | None, backend, max_length, max_queries, index_dir) -> None:
+                        backend, max_length, max_queries, index_dir) -> None:
     """The cheap checks of ``eval``'s arguments, before any index build or model load."""
     from crossrank.evaluate.beir import parse_fusions
     from crossrank.evaluate.runner import detect_dataset
@@ -424,10 +423,6 @@ def _check_eval_options(dataset: Path, split, retrievers: list[str], ks: list[in
             raise InputError(f"{option} must be positive, got {value}")
     if backend is not None and backend not in BACKENDS:
         raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    for name in caps or {}:
-        if name not in retrievers:
-            raise InputError(f"--rerank-max-k names {name!r}, which is not among --retrievers "
-                             f"({', '.join(retrievers)})")
     parse_fusions(_csv(fusion))
     if index_dir is not None:
         from crossrank.retrieve import read_manifest
@@ -455,19 +450,11 @@ def eval_cmd(
     max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first M queries (quick look)."),
 ) -> None:
     """Does reranking help on this data? Metrics, K/N sweeps with latency, report.md/report.html."""
-    from crossrank.evaluate import run_eval
+    from crossrank.evaluate import parse_rerank_max_k, run_eval
 
-    caps = None
-    if rerank_max_k:
-        caps = {}
-        for item in _csv(rerank_max_k):
-            name, sep, depth = item.partition("=")
-            if not sep or not depth.strip().isdigit():
-                raise InputError(f"--rerank-max-k expects RETRIEVER=K pairs, got {item!r}")
-            caps[name.strip()] = int(depth)
+    caps = parse_rerank_max_k(rerank_max_k, _csv(retrievers), option="--rerank-max-k", among="--retrievers") or None
     ks, ns = _int_csv(k, "--k"), _int_csv(n, "--n")
-    _check_eval_options(dataset, split, _csv(retrievers), ks, ns, fusion, caps, backend, max_length, max_queries,
-                        index_dir)
+    _check_eval_options(dataset, split, _csv(retrievers), ks, ns, fusion, backend, max_length, max_queries, index_dir)
     reranker_options = {key: v for key, v in (("backend", backend), ("max_length", max_length)) if v is not None}
     path = run_eval(
         dataset,

@@ -99,6 +99,33 @@ def parse_fusions(specs: Any) -> list[Any]:
     return out
 
 
+def parse_rerank_max_k(spec: str | Mapping[str, int] | None, retrievers: Sequence[str] | None = None, *,
+                       option: str = "rerank_max_k", among: str = "the retrievers") -> dict[str, int]:
+    """``rerank_max_k`` (``{retriever: K}``, see :func:`evaluate_beir`) from a mapping or from the CLI's
+    ``"bm25=100,dense=100"`` (``crossrank eval --rerank-max-k``), checked: every K a positive integer and, when
+    ``retrievers`` is given, every name one of them. None or empty: ``{}``. ``option`` and ``among`` name the
+    setting and the retrievers in the messages (the CLI's ``--rerank-max-k`` and ``--retrievers``)."""
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        caps: dict[str, Any] = {}
+        for item in (v.strip() for v in spec.split(",")):
+            if not item:
+                continue
+            name, sep, depth = item.partition("=")
+            if not sep or not depth.strip().isdigit():
+                raise InputError(f"{option} expects RETRIEVER=K pairs, got {item!r}")
+            caps[name.strip()] = int(depth)
+    else:
+        caps = dict(spec)
+    for name, cap in caps.items():
+        if retrievers is not None and name not in retrievers:
+            raise InputError(f"{option} names {name!r}, which is not among {among} ({', '.join(retrievers)})")
+        if int(cap) < 1:
+            raise InputError(f"{option} for {name} must be positive, got {cap}")
+    return {name: int(cap) for name, cap in caps.items()}
+
+
 def recommended_fusion(reranker: Any) -> tuple[Any, str]:
     """``(Fusion, why)``: the final order ``reranker`` recommends (:func:`crossrank.rerank.recommendation`, the
     same rule as the pipeline's ``fusion="auto"``), or the cross-encoder's order when it recommends none."""
@@ -238,7 +265,7 @@ def evaluate_beir(
     ks: Any = (10, 20, 50, 100, 200),
     ns: Any = (5, 10, 20),
     fusions: Any = ("none",),
-    rerank_max_k: Mapping[str, int] | None = None,
+    rerank_max_k: str | Mapping[str, int] | None = None,
     out_dir: str | os.PathLike,
     index_dir: str | os.PathLike | None = None,
     max_queries: int | None = None,
@@ -261,8 +288,8 @@ def evaluate_beir(
         ks: first-stage depths K (the reranker reorders the top-K). ``ns``: passages handed on (answer accuracy).
         fusions: "none" (cross-encoder order), "rrf", "interpolate[:w]" (w on the cross-encoder), "confidence[:w]"
             (w times the best relevance), "auto" (the reranker's recommended setting).
-        rerank_max_k: ``{retriever: K}``: rerank that first stage only at depths up to K (its first-stage rows
-            are still reported at every K). Scoring cost is the union of every first stage's reranked top-K, so
+        rerank_max_k: ``{retriever: K}`` (or ``"bm25=100,dense=100"``, :func:`parse_rerank_max_k`): rerank that
+            first stage only at depths up to K (its first-stage rows are still reported at every K). Scoring cost is the union of every first stage's reranked top-K, so
             capping the first stages you care less about keeps a deep sweep of the main one affordable.
         max_queries: evaluate the first M judged queries only. ``latency_queries``: rerank timing sample per K.
         llm: None (off), True (configure from the environment) or a dict (``base_url``, ``model``, ``api_key``,
@@ -401,7 +428,8 @@ def _prepare(dataset_dir: str | os.PathLike, *, split: str, retrievers: Any, rer
 
 
 # ---- stage 1: first-stage runs
-def _first_stages(sweep: _Sweep, rerank_max_k: Mapping[str, int] | None, index_dir: Path | None) -> _FirstStages:
+def _first_stages(sweep: _Sweep, rerank_max_k: str | Mapping[str, int] | None,
+                  index_dir: Path | None) -> _FirstStages:
     """Every first stage's top-``max(ks)`` for every query, each query timed on its own after a warm-up call."""
     retr_objs, index_info = _retrievers(sweep, index_dir)
     caps = _rerank_caps(list(retr_objs), rerank_max_k, sweep.max_k)
@@ -443,15 +471,11 @@ def _retrievers(sweep: _Sweep, index_dir: Path | None) -> tuple[dict[str, Any], 
     return retr_objs, index_info
 
 
-def _rerank_caps(names: list[str], rerank_max_k: Mapping[str, int] | None, max_k: int) -> dict[str, int]:
+def _rerank_caps(names: list[str], rerank_max_k: str | Mapping[str, int] | None, max_k: int) -> dict[str, int]:
     """``{retriever: deepest K reranked}``: ``max_k`` unless ``rerank_max_k`` caps it."""
     caps = {r: max_k for r in names}
-    for r, cap in dict(rerank_max_k or {}).items():
-        if r not in caps:
-            raise InputError(f"rerank_max_k names {r!r}, which is not among the retrievers ({', '.join(names)})")
-        if int(cap) < 1:
-            raise InputError(f"rerank_max_k for {r} must be positive, got {cap}")
-        caps[r] = min(int(cap), max_k)
+    for r, cap in parse_rerank_max_k(rerank_max_k, names).items():
+        caps[r] = min(cap, max_k)
     return caps
 
 

@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from crossrank.errors import InputError
+from crossrank.rerank.base import Reranker, as_reranker
 
 
 def require(module: str, package: str, adapter: str) -> ModuleType:
@@ -39,15 +40,18 @@ class LazyReranker:
         if isinstance(reranker, str):
             if not reranker.strip():
                 raise InputError("reranker is empty: pass 'default', a model folder or an http(s) URL")
-        elif not callable(getattr(reranker, "score", None)):
-            raise InputError(
-                f"reranker must be a spec string or an object with .score(), not {type(reranker).__name__}"
-            )
         self.spec = reranker
-        self._loaded = None if isinstance(reranker, str) else reranker
+        self._loaded: Reranker | None = None
+        if not isinstance(reranker, str):
+            try:
+                self._loaded = as_reranker(reranker)  # the full protocol, whatever the caller passed
+            except InputError:
+                raise InputError(
+                    f"reranker must be a spec string or an object with .score(), not {type(reranker).__name__}"
+                ) from None
         self._lock = threading.Lock()
 
-    def get(self) -> Any:
+    def get(self) -> Reranker:
         """The reranker, loading it on the first call."""
         if self._loaded is None:
             with self._lock:
@@ -59,7 +63,7 @@ class LazyReranker:
 
     @property
     def name(self) -> str:
-        return self.spec if isinstance(self.spec, str) else str(getattr(self.spec, "name", type(self.spec).__name__))
+        return self.spec if isinstance(self.spec, str) else self.get().name
 
 
 def top_n_scores(
@@ -72,8 +76,7 @@ def top_n_scores(
     texts = list(texts)
     if not texts:
         return []
-    result = reranker.get().score(query, texts)
-    scores = [float(s) for s in getattr(result, "scores", result)]
+    scores = [float(s) for s in reranker.get().score(query, texts).scores]
     if len(scores) != len(texts):
         raise RuntimeError(f"reranker {reranker.name!r} returned {len(scores)} scores for {len(texts)} texts")
     order = sorted(range(len(texts)), key=lambda i: -scores[i])  # stable: ties keep input order

@@ -84,7 +84,9 @@ class Reranker(Protocol):
         ...
 
     def info(self) -> dict[str, Any]:
-        """What scores: at least ``model``; ``activation``, ``max_length``, ``recommended`` where known."""
+        """What scores: at least ``model``; ``activation``, ``max_length``, ``recommended`` where known; a local
+        model also names ``special_tokens`` (how many its pair template adds to a query and a text) and
+        ``id2label`` (its output labels, ``{"0": "LABEL_0"}``)."""
         ...
 
     def with_options(self, **options: Any) -> "Reranker":
@@ -95,6 +97,13 @@ class Reranker(Protocol):
     def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
         """What :meth:`score` would run for these pairs, without running it; None where the reranker cannot know
         (a remote service, a cascade whose second pass depends on the first)."""
+        ...
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        """How the model's tokenizer splits each text: one ``(start, end)`` character span per token, no special
+        tokens added (what cutting a text to a token budget needs, e.g. the server's ``max_tokens_per_doc``);
+        None where the reranker has no tokenizer of its own to offer (a remote service, a cascade of two
+        models)."""
         ...
 
 
@@ -181,8 +190,10 @@ def as_reranker(reranker: Any) -> Reranker:
 
 class ScoreOnlyReranker:
     """The full :class:`Reranker` around an object that has ``score(query, texts)`` and maybe some of the rest
-    (``score_pairs``, ``info``, a ``timeout_s`` keyword, ``takes_instruction``): what it has is found out once,
-    here, so no caller probes. Results that are plain lists of scores become :class:`RerankScores`."""
+    (``score_pairs``, ``info``, ``with_options``, ``count_inputs``, ``token_spans``, a ``timeout_s`` keyword,
+    ``takes_instruction``): what it has is found out once, here, so no caller probes (an object written to an
+    earlier version of the protocol keeps all it had). Results that are plain lists of scores become
+    :class:`RerankScores`."""
 
     def __init__(self, scorer: Any) -> None:
         if not callable(getattr(scorer, "score", None)):
@@ -191,12 +202,12 @@ class ScoreOnlyReranker:
         self.name = str(getattr(scorer, "name", type(scorer).__name__))
         self.takes_instruction = getattr(scorer, "takes_instruction", False) is True
         self._timeout = _takes_keyword(scorer.score, "timeout_s")
-        pairs = getattr(scorer, "score_pairs", None)
-        self._pairs = pairs if callable(pairs) else None
-        info = getattr(scorer, "info", None)
-        self._info = info if callable(info) else None
-        count = getattr(scorer, "count_inputs", None)
-        self._count = count if callable(count) else None
+        self._pairs = _method(scorer, "score_pairs")
+        self._pairs_timeout = self._pairs is not None and _takes_keyword(self._pairs, "timeout_s")
+        self._info = _method(scorer, "info")
+        self._count = _method(scorer, "count_inputs")
+        self._options = _method(scorer, "with_options")
+        self._spans = _method(scorer, "token_spans")
 
     def score(self, query: str, texts: Sequence[str], *, timeout_s: float | None = None,
               instruction: str | None = None) -> RerankScores:
@@ -213,7 +224,11 @@ class ScoreOnlyReranker:
                     instruction: str | None = None) -> RerankScores:
         if self._pairs is None:
             return score_by_query(lambda q, t: self.score(q, t, timeout_s=timeout_s, instruction=instruction), pairs)
-        extra = {"instruction": instruction} if check_instruction(self, instruction) is not None else {}
+        extra: dict[str, Any] = {}
+        if timeout_s is not None and self._pairs_timeout:
+            extra["timeout_s"] = timeout_s
+        if check_instruction(self, instruction) is not None:
+            extra["instruction"] = instruction
         return _scores(self._pairs(list(pairs), **extra))
 
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
@@ -224,12 +239,18 @@ class ScoreOnlyReranker:
         return dict(self._info()) if self._info is not None else {"model": self.name}
 
     def with_options(self, **options: Any) -> Reranker:
-        if options:
+        if not options:
+            return self
+        if self._options is None:
             raise InputError(f"{self.name!r} takes no options ({', '.join(sorted(options))})")
-        return self
+        return as_reranker(self._options(**options))
 
     def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
-        return None if self._count is None else InputCount(*self._count(query, texts, instruction))
+        got = None if self._count is None else self._count(query, texts, instruction)
+        return None if got is None else InputCount(*got)
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        return None if self._spans is None else self._spans(texts)
 
     def __repr__(self) -> str:
         return f"ScoreOnlyReranker({self.scorer!r})"
@@ -238,6 +259,12 @@ class ScoreOnlyReranker:
 def _scores(result: Any) -> RerankScores:
     """A scorer's answer as :class:`RerankScores` (a plain sequence of scores: no flags, no counts)."""
     return result if isinstance(result, RerankScores) else RerankScores(scores=list(result))
+
+
+def _method(obj: Any, name: str) -> Callable[..., Any] | None:
+    """``obj``'s method ``name``, or None where it has none."""
+    fn = getattr(obj, name, None)
+    return fn if callable(fn) else None
 
 
 def _takes_keyword(fn: Any, name: str) -> bool:

@@ -85,7 +85,9 @@ class MemoryStore:
 # info() entries that do not change a score: where and how fast it runs, counters, advice about using it.
 _NOT_SCORING = frozenset({"device", "threads", "batch_tokens", "pass_tokens", "max_batch_size", "backend_info",
                           "recommended", "cache", "circuit", "timeout_s", "retries", "max_documents_per_request",
-                          "takes_instruction"})
+                          "takes_instruction",
+                          # fixed by the model the name already keys (and left out, so keys stay as they were)
+                          "id2label", "special_tokens"})
 
 
 def scorer_fingerprint(reranker: Reranker) -> bytes:
@@ -139,6 +141,11 @@ class CachedReranker:
         return self.hits / total if total else 0.0
 
     @property
+    def max_length(self) -> int | None:
+        """The inner reranker's longest pair in tokens (its ``info()["max_length"]``; None where it names none)."""
+        return self.inner.info().get("max_length")
+
+    @property
     def max_entries(self) -> int | None:
         """The in-memory store's bound (None for a store without one)."""
         return getattr(self.store, "max_entries", None)
@@ -170,6 +177,10 @@ class CachedReranker:
     def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
         """The inner reranker's count: what scoring these pairs runs with no cache in front."""
         return self.inner.count_inputs(query, texts, instruction)
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        """The inner reranker's token spans."""
+        return self.inner.token_spans(texts)
 
     # ---------------------------------------------------------------- keys
 
@@ -255,12 +266,6 @@ class CachedReranker:
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         texts = list(texts)
         return rank_by_scores(texts, self.score(query, texts).scores, top_n)
-
-    def __getattr__(self, item: str) -> Any:
-        # Anything else (max_length, device, close, ...) comes from the wrapped reranker.
-        if item in ("inner", "store", "_lock", "_variant"):
-            raise AttributeError(item)
-        return getattr(self.inner, item)
 
     def __repr__(self) -> str:
         return f"CachedReranker({self.inner!r}, store={self.store!r})"

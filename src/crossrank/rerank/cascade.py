@@ -173,6 +173,10 @@ class CascadeReranker:
         """None: what the second model runs depends on the first model's scores."""
         return None
 
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        """None: two models, two tokenizers."""
+        return None
+
     def info(self) -> dict[str, Any]:
         second = dict(self.second.info())
         return {

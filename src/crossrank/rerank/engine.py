@@ -408,6 +408,14 @@ class CrossEncoderReranker:
     def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None) -> list[RankedText]:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
 
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        """Each text's tokens as ``(start, end)`` character spans (no special tokens), from the tokenizer's offset
+        mapping; None for a tokenizer without one (not a fast tokenizer)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            return None
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [list(map(tuple, o)) for o in enc["offset_mapping"]]
+
     def pair_inputs(self, query: str, text: str, instruction: str | None = None) -> list[dict[str, list[int]]]:
         """What the model is fed for one pair: ``input_ids`` and ``token_type_ids`` per window (one unless
         ``long_documents="chunk"`` splits the text). For debugging and tests."""
@@ -418,6 +426,7 @@ class CrossEncoderReranker:
         return [dict(zip(("input_ids", "token_type_ids"), self.template.build(q, w), strict=True)) for w in windows]
 
     def info(self) -> dict[str, Any]:
+        labels = getattr(self.model.config, "id2label", None)
         return {
             "model": self.name,
             "architecture": (getattr(self.model.config, "architectures", None) or [type(self.model).__name__])[0],
@@ -425,6 +434,8 @@ class CrossEncoderReranker:
             "device": str(self.device),
             "max_length": self.max_length,
             "num_labels": self.num_labels,
+            "id2label": {str(k): str(v) for k, v in labels.items()} if labels else None,
+            "special_tokens": self.template.n_special,
             "activation": self.activation,
             "backend": self.backend,
             "backend_info": dict(self._backend_info or {}),

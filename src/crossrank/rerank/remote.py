@@ -230,6 +230,10 @@ class RemoteReranker:
         """None: only the service knows what it runs."""
         return None
 
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        """None: the tokenizer is the service's."""
+        return None
+
     def _score(self, query: str, texts: Sequence[str], deadline: float | None) -> RerankScores:
         check_query(query)
         texts = check_texts(texts)

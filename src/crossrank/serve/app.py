@@ -26,7 +26,6 @@ from crossrank.serve.batcher import BatchedReranker, DynamicBatcher
 from crossrank.serve.config import ServeConfig
 from crossrank.serve.docs import install_docs
 from crossrank.serve.engines import Engines, engine_info
-from crossrank.serve.engines import Engines as _Engines  # noqa: F401  # the tests' import path
 from crossrank.serve.errors import install_handlers
 from crossrank.serve.gate import OPEN_PATHS, Gate
 from crossrank.serve.metrics import Metrics

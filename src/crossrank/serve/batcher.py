@@ -87,7 +87,6 @@ class JobResult:
     scores: RerankScores
     queue_ms: float
     inference_ms: float
-    passes: int
 
 
 @dataclass(eq=False)
@@ -107,7 +106,6 @@ class Job:
     tokens: int = 0
     cache_hits: int = 0
     inference_s: float = 0.0
-    passes: int = 0
     cancelled: bool = False
     failed: bool = False
     seq: int = 0  # arrival order (ties in the queue order)
@@ -197,7 +195,6 @@ class DynamicBatcher:
         max_queue_requests: int = _SERVER.max_queue_requests,
         batch_wait_ms: float = _SERVER.batch_wait_ms,
         max_length: int = 512,
-        count_tokens: Callable[[str, str], int] | None = None,
         observer: BatchObserver | None = None,
         name: str = "crossrank-batcher",
         tokens_per_s: float | None = None,
@@ -216,7 +213,6 @@ class DynamicBatcher:
         self.max_queue_requests = max_queue_requests
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.max_length = max_length
-        self.count_tokens = count_tokens
         self.observer = observer
         self.name = name
         self.admission_safety = admission_safety
@@ -309,7 +305,7 @@ class DynamicBatcher:
         job = Job(query=query, texts=texts, deadline=deadline, options=dict(options or {}), est_tokens=est,
                   enqueued=now)
         if not texts:
-            job.future.set_result(JobResult(RerankScores(scores=[], truncated=[]), 0.0, 0.0, 0))
+            job.future.set_result(JobResult(RerankScores(scores=[], truncated=[]), 0.0, 0.0))
             return job
         if not self.alive and not self._stopping:
             self.start()
@@ -454,11 +450,6 @@ class DynamicBatcher:
             fn(reason)
 
     def _estimate(self, query: str, text: str) -> int:
-        if self.count_tokens is not None:
-            try:
-                return max(1, min(self.max_length, int(self.count_tokens(query, text))))
-            except Exception:  # an estimate only; never fail a request over it
-                pass
         return estimate_tokens(query, text, self.max_length)
 
     def _report_depth(self) -> None:
@@ -643,7 +634,6 @@ class DynamicBatcher:
             if id(job) not in seen:
                 seen.add(id(job))
                 job.inference_s += seconds
-                job.passes += 1
         # Tokens and cache hits are reported per pass; share them out by pair count.
         counts: dict[int, int] = {}
         for job, _ in taken:
@@ -656,7 +646,7 @@ class DynamicBatcher:
                 queue_ms = ((job.started or job.enqueued) - job.enqueued) * 1000
                 scores = RerankScores(scores=job.scores, truncated=job.truncated, cache_hits=job.cache_hits,
                                       tokens=job.tokens)
-                _resolve(job, JobResult(scores, queue_ms, job.inference_s * 1000, job.passes))
+                _resolve(job, JobResult(scores, queue_ms, job.inference_s * 1000))
 
 
 def _resolve(job: Job, result: JobResult) -> None:
@@ -781,4 +771,8 @@ class BatchedReranker:
 
     def count_inputs(self, query: str, texts: Sequence[str], instruction: str | None = None) -> InputCount | None:
         """None: the engine behind the batcher counts what it runs."""
+        return None
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]] | None:
+        """None: the engine behind the batcher cuts texts itself (a job's ``max_tokens_per_doc``)."""
         return None

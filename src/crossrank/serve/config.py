@@ -297,11 +297,17 @@ SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 
 def resolve_settings(given: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting by name: ``given``'s value, else the option's default; a name not in :data:`SETTINGS` is a
-    ``TypeError`` (as an unknown keyword argument is)."""
+    ``TypeError`` (as an unknown keyword argument is), a value outside a setting's ``choices`` (``long_documents``)
+    an ``InputError``."""
     unknown = sorted(set(given) - SETTING_NAMES)
     if unknown:
         raise TypeError(f"unknown serve setting(s): {', '.join(unknown)}; known: {', '.join(sorted(SETTING_NAMES))}")
-    return {s.name: given.get(s.name, s.default) for s in SETTINGS}
+    values = {s.name: given.get(s.name, s.default) for s in SETTINGS}
+    for s in SETTINGS:
+        if s.choices is not None and values[s.name] not in s.choices:
+            raise InputError(f"{s.flag} must be {' or '.join(map(repr, s.choices))}, got {values[s.name]!r} "
+                             f"(serve setting {s.name})")
+    return values
 
 
 def config_from_settings(given: Mapping[str, Any]) -> ServeConfig:

@@ -51,9 +51,10 @@ class Engines:
         self.default_mode = default_mode or self.base_mode or "truncate"
         self._variants: dict[str, Reranker] = {}
         self._lock = threading.Lock()
-        # the text cutting's tokenizer: a local engine's own (a remote reranker has none: words stand in)
-        self.tokenizer = getattr(self.base, "tokenizer", None)
-        self.n_special = int(getattr(getattr(self.base, "template", None), "n_special", 3))
+        # the text cutting's tokens: a local engine's own (``token_spans``; a remote reranker has none: words stand
+        # in), and what its pair template adds around a query and a text ([CLS]/[SEP]/[SEP] where it does not say)
+        special = self.info.get("special_tokens")
+        self.n_special = 3 if special is None else int(special)
         if self.default_mode != (self.base_mode or "truncate"):
             self.get(self.default_mode)  # fail at start, not on the first request
 
@@ -138,11 +139,10 @@ class Engines:
         return max(1, avail - min(q, avail // 2))
 
     def _token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
-        tok = self.tokenizer
-        if tok is not None and getattr(tok, "is_fast", False):
-            enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-            return [list(map(tuple, o)) for o in enc["offset_mapping"]]
-        # No fast tokenizer (e.g. a remote reranker): whitespace words stand in for tokens.
+        spans = self.base.token_spans(texts)
+        if spans is not None:
+            return spans
+        # No tokenizer to ask (e.g. a remote reranker): whitespace words stand in for tokens.
         out = []
         for t in texts:
             spans, pos = [], 0

@@ -200,12 +200,16 @@ def run_ray(
     index: str | os.PathLike | None = None,
     retriever: str = "hybrid",
     reranker_options: dict[str, Any] | None = None,
+    config: ServeConfig | None = None,
     **settings: Any,
 ) -> None:
-    """``server.run`` on Ray Serve: serve until SIGINT or SIGTERM, then shut down what was started."""
+    """``server.run`` on Ray Serve: serve until SIGINT or SIGTERM, then shut down what was started. ``config``:
+    what ``settings`` describe, where the caller has built it (None: built here); each replica builds its own
+    from ``settings``, in its own process."""
     from crossrank.serve.server import warn_exposed
 
-    config = config_from_settings(settings)  # a bad setting or key file fails before Ray starts
+    if config is None:
+        config = config_from_settings(settings)  # a bad setting or key file fails before Ray starts
     import_ray()
     warn_exposed(host, config)
     cluster = start_ray()

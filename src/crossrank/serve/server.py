@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossrank.errors import InputError
 from crossrank.serve.config import WILDCARD_HOSTS, ServeConfig, config_from_settings, resolve_settings
 from crossrank.threads import lower_other_threads
 
@@ -25,31 +24,31 @@ def build_app(
     retriever: str = "hybrid",
     host: str | None = None,
     reranker_options: dict[str, Any] | None = None,
+    config: ServeConfig | None = None,
     **settings: Any,
 ):
     """Load the reranker (and the index), and return the FastAPI app ``run`` serves (``host``: the address it
     will bind, accepted as a Host header). ``settings``: the server's settings by name (``config.SETTINGS``:
     ``max_documents``, ``api_key_file``, ``dynamic_batching``, ``deadline_ms``...; unknown names are a
-    ``TypeError``)."""
+    ``TypeError``). ``config``: the :class:`ServeConfig` they describe where the caller has built it already
+    (``config_from_settings(settings)``, as ``run`` does); None: built here, before the model loads."""
     from crossrank.rerank import load_reranker
     from crossrank.serve.app import create_app
 
     values = resolve_settings(settings)
-    long_documents = values["long_documents"]
-    if long_documents not in ("truncate", "chunk"):
-        raise InputError(f"long_documents must be 'truncate' or 'chunk', got {long_documents!r}")
+    if config is None:
+        config = config_from_settings(values)  # before the model loads: a bad key file fails fast
     options = dict(reranker_options or {})
     remote = is_remote(model)
     if not remote:
-        options.setdefault("long_documents", long_documents)
-        options.setdefault("batch_tokens", values["batch_tokens"])
-    config = config_from_settings(values)  # before the model loads: a bad key file fails fast
+        options.setdefault("long_documents", values["long_documents"])
+        options.setdefault("batch_tokens", config.batch_tokens)
     if host is not None:
         config.allow_bound(host)
     if config.cache is not None:
         options.setdefault("cache", config.cache)
     reranker = load_reranker(model, **options)
-    config.model_name = str(getattr(reranker, "name", model))
+    config.model_name = reranker.name
     if not remote and config.tokens_per_s is None:
         config.tokens_per_s = measured_tokens_per_s(reranker)
     loaded_index = None
@@ -75,10 +74,11 @@ def measured_tokens_per_s(reranker: Any, pairs: int = 4) -> float | None:
     admits everything until its worker has timed a step: a burst of clients at startup would all be admitted and
     most would expire. A pass this small understates the rate (fixed overhead), so the prior errs on the side of
     refusing; measurements of real steps take over within a few steps. None if the warm-up fails."""
+    from crossrank.rerank.base import as_reranker
     from crossrank.serve.batcher import estimate_tokens
 
-    info = reranker.info() if callable(getattr(reranker, "info", None)) else {}
-    max_length = int(info.get("max_length") or 512)
+    reranker = as_reranker(reranker)
+    max_length = int(reranker.info().get("max_length") or 512)
     # distinct texts: a score cache (or deduplication) must not answer the timed pass
     query, texts = "warm-up query", [f"Passage {i}. {WARM_UP_TEXT}" for i in range(pairs)]
     try:
@@ -103,6 +103,7 @@ def run(
     retriever: str = "hybrid",
     log_level: str = "info",
     reranker_options: dict[str, Any] | None = None,
+    config: ServeConfig | None = None,
     **settings: Any,
 ) -> None:
     """Serve ``model`` over HTTP until interrupted (binds loopback unless ``host`` says otherwise).
@@ -119,21 +120,25 @@ def run(
     ``deadline_ms``: default time budget per request (30 s when unset) and the search pipeline's deadline.
     ``reranker_options``: extra keyword arguments for ``load_reranker`` (``dtype``, ``device``, ``max_length``...).
     ``ray=True``: the same app on Ray Serve, ``replicas`` copies (``ray_deploy.run_ray``).
+    ``config``: the :class:`ServeConfig` the settings describe where the caller has built it already
+    (``crossrank serve`` does, to fail before anything loads); None: built here (``config_from_settings``).
     """
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if resolve_settings(settings)["ray"]:
+    if config is None:
+        config = config_from_settings(settings)  # a bad setting or key file fails before anything loads
+    if config.ray:
         from crossrank.serve.ray_deploy import run_ray
 
         run_ray(model, host=host, port=port, index=index, retriever=retriever, reranker_options=reranker_options,
-                **settings)
+                config=config, **settings)
         return
     import uvicorn
 
     from crossrank.serve.engines import engine_info
 
     app = build_app(model, index=index, retriever=retriever, host=host, reranker_options=reranker_options,
-                    **settings)
+                    config=config, **settings)
     state = app.state.crossrank
     warn_exposed(host, state.config)
     log.info("crossrank: serving %s on http://%s:%d (batching %s%s, score cache %s)", state.model_name, host, port,

@@ -70,8 +70,7 @@ async def info(request: Request) -> Response:
 def _tei_info(state: State, einfo: dict[str, Any]) -> dict[str, Any]:
     """text-embeddings-inference's ``Info`` schema (router/src/lib.rs), for a reranker."""
     config, engines = state.config, state.engines
-    id2label = getattr(getattr(getattr(engines.base, "model", None), "config", None), "id2label", None)
-    id2label = {str(k): str(v) for k, v in (id2label or {0: "LABEL_0"}).items()}
+    id2label = {str(k): str(v) for k, v in (einfo.get("id2label") or {0: "LABEL_0"}).items()}
     dtype = str(einfo.get("dtype") or "float32")
     return {
         "model_id": state.model_name,

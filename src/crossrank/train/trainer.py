@@ -39,7 +39,6 @@ from crossrank.train.scoring import dev_ndcg, training_engine
 log = logging.getLogger("crossrank.train")
 
 HEAD_PREFIXES = ("classifier.",)
-FROZEN_WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 
 
 # ---------------------------------------------------------------------------------------------------- setup
