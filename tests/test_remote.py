@@ -339,3 +339,25 @@ def test_pipeline_falls_back_while_the_service_is_down_and_recovers(engine, smal
             back = pipe.search(query)
             assert back.reranked and back.reason is None
             assert [h.doc_id for h in back.hits] == [h.doc_id for h in up.hits]
+
+
+def test_auto_fusion_over_a_remote_crossrank_server_is_the_server_recommendation(tiny_model_dir):
+    """A crossrank server's /info carries its engine's recommendation; the remote client reports it, so
+    fusion="auto" orders as the server's own /search would. Another service (no /info) recommends nothing."""
+    from crossrank.pipeline import Fusion, resolve_fusion
+    from crossrank.rerank.engine import CrossEncoderReranker
+
+    served = CrossEncoderReranker(str(tiny_model_dir), dtype="fp32", device="cpu", activation="sigmoid")
+    served.recommended = {"fusion": {"method": "confidence", "weight": 0.2}, "min_score": 0.06}
+    with ServerThread(create_app(served)) as s:
+        for url in (s.url, s.url + "/v2/rerank"):
+            remote = RemoteReranker(url)
+            assert remote.info()["recommended"] == served.recommended
+            assert resolve_fusion("auto", remote) == Fusion("confidence", 0.2)
+    fake = Fake((200, {}, {"results": []}))  # a service without GET /info (it answers 501)
+    try:
+        other = RemoteReranker(fake.url, api="cohere")
+        assert "recommended" not in other.info()
+        assert resolve_fusion("auto", other) == Fusion.parse(None)  # the cross-encoder's order
+    finally:
+        fake.close()

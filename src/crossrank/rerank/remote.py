@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import email.utils
 import json
+import math
 import random
 import threading
 import time
@@ -44,6 +45,7 @@ from crossrank.wire import RERANK_PATHS, TEI, dialect_at
 APIS = ("auto", *RERANK_PATHS)
 # TEI's default --max-client-batch-size is 32; Cohere recommends at most 1000 documents per call.
 _DEFAULT_BATCH = {"tei": 32, "cohere": 1000, "jina": 1000}
+_RECOMMENDATION_RETRY_S = 30.0  # after /info could not be reached
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _BODY_SNIPPET = 300
 
@@ -183,6 +185,8 @@ class RemoteReranker:
         )
         self.calls = 0
         self.attempts = 0
+        self._recommended: dict[str, Any] | None = None
+        self._recommended_at = -math.inf
 
     takes_instruction = False  # the wire formats have no field for one
 
@@ -250,7 +254,9 @@ class RemoteReranker:
         return rank_by_scores(list(texts), self.score(query, texts).scores, top_n)
 
     def info(self) -> dict[str, Any]:
+        recommended = self.server_recommendation()
         return {
+            **({"recommended": recommended} if recommended else {}),
             "model": self.name,
             "remote": self.endpoint,
             "api": self.api,
@@ -260,6 +266,33 @@ class RemoteReranker:
             "retries": self.retries,
             "max_documents_per_request": self.batch,
         }
+
+    def server_recommendation(self) -> dict[str, Any]:
+        """What the service recommends around its scores, so ``fusion="auto"`` over a remote crossrank server
+        orders as the server's own ``/search`` does: the ``engine.recommended`` of a crossrank server's
+        ``GET /info`` when it serves calibrated relevances (activation sigmoid), else ``{}`` (another service,
+        raw scores, or ``/info`` unreadable: the cross-encoder's order). Read once; a failed read is retried
+        after ``_RECOMMENDATION_RETRY_S``."""
+        now = time.monotonic()
+        if self._recommended is None and now - self._recommended_at >= _RECOMMENDATION_RETRY_S:
+            self._recommended_at = now
+            self._recommended = self._read_recommendation()
+        return dict(self._recommended or {})
+
+    def _read_recommendation(self) -> dict[str, Any] | None:
+        parts = urlsplit(self.endpoint)
+        root = parts.path.removesuffix(RERANK_PATHS[self.api])  # a server mounted under a prefix keeps it
+        url = urlunsplit((parts.scheme, parts.netloc, root + "/info", "", ""))
+        try:
+            resp = self._client.get(url, timeout=min(self.timeout, 2.0))
+            body = resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None  # unreachable now: retried later
+        engine = body.get("engine") if isinstance(body, dict) else None
+        if not isinstance(engine, dict) or body.get("activation") != "sigmoid":
+            return {}  # not a crossrank server, or one serving raw logits: nothing to apply
+        rec = engine.get("recommended")
+        return dict(rec) if isinstance(rec, dict) else {}
 
     def close(self) -> None:
         self._client.close()
