@@ -24,7 +24,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
         prog=prog,
         description="Train a cross-encoder reranker: BEIR datasets (negatives mined from the first stage) and "
                     "answer-selection TSVs, listwise / pairwise / BCE loss, dev selection on held-out train queries.")
-    g = p.add_argument_group("data")
+    _data_options(p.add_argument_group("data"), d)
+    _model_options(p.add_argument_group("model and optimisation"), d)
+    _evaluation_options(p.add_argument_group("evaluation and checkpoints"), d)
+    return p
+
+
+def _data_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--beir", action="append", default=[], metavar="DIR[@WEIGHT]",
                    help="BEIR dataset folder (train qrels give positives); repeatable; @WEIGHT = share of batches")
     g.add_argument("--index", action="append", default=[], metavar="DIR",
@@ -50,7 +56,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
     g.add_argument("--max-length", type=int, default=d.max_length, help="tokens per BEIR pair (default: %(default)s)")
     g.add_argument("--qa-max-length", type=int, default=d.qa_max_length,
                    help="tokens per TSV pair (default: %(default)s)")
-    g = p.add_argument_group("model and optimisation")
+
+
+def _model_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--init", dest="init_model", default=d.init_model,
                    help="local model folder to start from; 'default' = bundled all-MiniLM-L6-v2 (default)")
     g.add_argument("--init-layers", default=None, metavar="I,J,...",
@@ -83,7 +91,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
     g.add_argument("--seed", type=int, default=d.seed,
                    help="seed of batch order and initialisation (the held-out split has --split-seed; default: %(default)s)")
     g.add_argument("--threads", type=int, default=d.threads, help="torch threads; 0 = all cores (default)")
-    g = p.add_argument_group("evaluation and checkpoints")
+
+
+def _evaluation_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="dev evaluation every N steps (0 = end only)")
     g.add_argument("--dev-queries", type=int, default=d.dev_queries,
                    help="held-out train queries the dev nDCG@10 is measured on (default: %(default)s)")
@@ -108,7 +118,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None, prog: str = "pyt
                    help="pairs per forward pass when scoring dev and selection queries (default: %(default)s)")
     g.add_argument("--pack", dest="pack_to", default=None, metavar="DIR",
                    help="also pack the result as a crossrank bundle into DIR (e.g. src/crossrank/rerank/models/default)")
-    return p
 
 
 def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None) -> TrainConfig:
