@@ -167,6 +167,7 @@ def test_train_help_lists_the_training_options():
     (("--deadline-ms", "-5"),
      "error: invalid value for '--deadline-ms': deadline_ms must be a positive number of milliseconds, got -5.0"),
 ])
+@pytest.mark.slow
 def test_search_options_fail_before_the_index_or_a_model_is_opened(tmp_path, option, line):
     """The index does not exist: the option's error comes first, so nothing was opened or loaded."""
     proc = run_cli("search", str(tmp_path / "no-index"), "q", *option)

@@ -341,6 +341,7 @@ def test_pipeline_falls_back_while_the_service_is_down_and_recovers(engine, smal
             assert [h.doc_id for h in back.hits] == [h.doc_id for h in up.hits]
 
 
+@pytest.mark.slow
 def test_auto_fusion_over_a_remote_crossrank_server_is_the_server_recommendation(tiny_model_dir):
     """A crossrank server's /info carries its engine's recommendation; the remote client reports it, so
     fusion="auto" orders as the server's own /search would. Another service (no /info) recommends nothing."""
