@@ -73,6 +73,7 @@ def weighted_fusion(
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PREFIX = "crossrank-hybrid"
 _POOL_LOCK = threading.Lock()
 
 
@@ -80,7 +81,7 @@ def _sub_search_pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crossrank-hybrid")
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix=_POOL_PREFIX)
         return _POOL
 
 
@@ -135,8 +136,10 @@ class HybridRetriever:
         check_query(query)
         k = check_k(k)
         depth = self._depth(k)
-        if len(self.retrievers) == 1:
-            return self.fuse([self.retrievers[0].search(query, depth)], k)
+        if len(self.retrievers) == 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
+            # one retriever, or a hybrid inside a hybrid's sub-search: sequential (waiting on the pool from one
+            # of its own threads could deadlock it)
+            return self.fuse([r.search(query, depth) for r in self.retrievers], k)
         # the sub-searches overlap (BM25's numpy and the query encoder's ONNX Runtime both release the GIL): the
         # first runs here, the others in a shared pool
         pool = _sub_search_pool()
