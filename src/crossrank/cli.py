@@ -398,8 +398,7 @@ def _check_serve_options(retriever, port, index_dir, deadline_ms) -> None:
     _check_retrievers([retriever])
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {port}")
-    if deadline_ms is not None and not deadline_ms > 0:
-        raise InputError(f"--deadline-ms must be positive, got {deadline_ms:g}")
+    _check_search_options(deadline_ms=deadline_ms)  # the /search pipelines' deadline: the pipeline's rule
     if index_dir is not None:
         from crossrank.retrieve import read_manifest
 

@@ -211,8 +211,7 @@ class Pipeline:
         rerank_depth: "int | str | None" = "auto",
     ) -> None:
         check_k_n(k, n)
-        check_options(fusion=fusion if isinstance(fusion, str) else "auto", min_score=min_score, unit=unit,
-                      deadline_ms=deadline_ms)
+        check_options(min_score=min_score, unit=unit, deadline_ms=deadline_ms)  # the fusion: resolve_fusion below
         reranker = as_reranker(reranker)  # the full protocol from here on, whatever the caller passed
         self.rerank_depth = resolve_rerank_depth(rerank_depth, reranker)
         self.instruction = check_instruction(reranker, instruction)
