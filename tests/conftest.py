@@ -156,6 +156,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+# One query and candidates for the rerank-service tests (server, wire clients, remote client, Ray Serve).
+RERANK_QUERY = "what do plants make from sunlight"
+RERANK_DOCS = [
+    "Volcanoes erupt when magma rises through the crust.",
+    "Plants convert sunlight, water and carbon dioxide into glucose and oxygen.",
+    "Insulin lets cells absorb glucose from the blood.",
+    "Black holes bend light.",
+]
+
+
 SAMPLE_DOCS = [
     {"_id": "d1", "title": "Photosynthesis", "text": "Plants convert sunlight, water and carbon dioxide into glucose and oxygen in chloroplasts."},
     {"_id": "d2", "title": "Mitochondria", "text": "Mitochondria produce ATP through oxidative phosphorylation; they are the powerhouse of the cell."},

@@ -15,18 +15,12 @@ import time
 import httpx
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import RERANK_DOCS, RERANK_QUERY, assert_clean_error, run_cli
 from crossrank.errors import InputError
 from crossrank.serve import ServeConfig, ServerThread
 from crossrank.serve.config import config_from_settings
 
-QUERY = "what do plants make from sunlight"
-DOCS = [
-    "Volcanoes erupt when magma rises through the crust.",
-    "Plants convert sunlight, water and carbon dioxide into glucose and oxygen.",
-    "Insulin lets cells absorb glucose from the blood.",
-    "Black holes bend light.",
-]
+DOCS, QUERY = RERANK_DOCS, RERANK_QUERY
 SETTINGS = {"ray": True, "replicas": 2}
 START_TIMEOUT_S = 90.0  # Ray, its proxy and two replicas (each loading torch) on two shared cores
 

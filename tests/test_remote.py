@@ -12,18 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import RERANK_DOCS, RERANK_QUERY
 from crossrank.errors import InputError, RerankerUnavailable, RerankTimeout
 from crossrank.rerank.remote import CircuitBreaker, RemoteReranker
 from crossrank.serve import ServeConfig, ServerThread, create_app
 
-QUERY = "what do plants make from sunlight"
-DOCS = [
-    "Volcanoes erupt when magma rises through the crust.",
-    "Plants convert sunlight, water and carbon dioxide into glucose and oxygen.",
-    "Insulin lets cells absorb glucose from the blood.",
-    "Black holes bend light.",
-    "Mitochondria make ATP.",
-]
+QUERY = RERANK_QUERY
+DOCS = [*RERANK_DOCS, "Mitochondria make ATP."]
 KEY = "remote-key"
 
 

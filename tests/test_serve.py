@@ -11,16 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import Gated
+from conftest import RERANK_DOCS, RERANK_QUERY, Gated
 from crossrank.serve import ServeConfig, ServerThread, create_app
 
-QUERY = "what do plants make from sunlight"
-DOCS = [
-    "Volcanoes erupt when magma rises through the crust.",
-    "Plants convert sunlight, water and carbon dioxide into glucose and oxygen.",
-    "Insulin lets cells absorb glucose from the blood.",
-    "Black holes bend light.",
-]
+DOCS, QUERY = RERANK_DOCS, RERANK_QUERY
 LONG = " ".join(f"word{i % 50}" for i in range(900))  # well over 512 tokens
 KEY = "s3cret-key"
 

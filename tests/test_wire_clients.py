@@ -12,16 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import RERANK_DOCS, RERANK_QUERY
 from crossrank.rerank.cache import CachedReranker
 from crossrank.serve import ServeConfig, ServerThread, create_app
 
-QUERY = "what do plants make from sunlight"
-DOCS = [
-    "Volcanoes erupt when magma rises through the crust.",
-    "Plants convert sunlight, water and carbon dioxide into glucose and oxygen.",
-    "Insulin lets cells absorb glucose from the blood.",
-    "Black holes bend light.",
-]
+DOCS, QUERY = RERANK_DOCS, RERANK_QUERY
 LONG = " ".join(f"word{i % 50}" for i in range(900))  # over the tiny model's 512 tokens
 KEY = "wire-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
