@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,21 +140,52 @@ def indexed_passages(folders: list[str]) -> tuple[list[tuple[str, str, str]], np
     return docs, np.concatenate(vecs)
 
 
-def compare_encoding(model: Any, texts: list[str], backend: str) -> dict[str, Any]:
-    """Bulk encoder vs sentence-transformers on the same texts, same run (bulk first: its ONNX graph is cached)."""
+def compare_encoding(model: Any, texts: list[str], backend: str, runs: int = 1) -> dict[str, Any]:
+    """Bulk encoder vs sentence-transformers on the same texts, same run, ``runs`` alternating rounds (medians)."""
     from crossrank.retrieve import encode_bulk
 
     encode_bulk(model, texts[:8], backend=backend)  # builds or loads the ONNX graph outside the timing
-    t = time.perf_counter()
-    bulk, stats = encode_bulk(model, texts, backend=backend)
-    bulk_s = time.perf_counter() - t
-    t = time.perf_counter()
-    ref = model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
-    st_s = time.perf_counter() - t
+    bulk_times, st_times = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        bulk, stats = encode_bulk(model, texts, backend=backend)
+        bulk_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ref = model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+        st_times.append(time.perf_counter() - t)
+    bulk_s, st_s = statistics.median(bulk_times), statistics.median(st_times)
     cos = np.sum(bulk * ref, axis=1) / np.linalg.norm(bulk, axis=1) / np.linalg.norm(ref, axis=1)
-    return {"texts": len(texts), "bulk_backend": stats["backend"], "bulk_passages_per_s": round(len(texts) / bulk_s, 1),
-            "st_passages_per_s": round(len(texts) / st_s, 1), "ratio": round(st_s / bulk_s, 3),
+    return {"texts": len(texts), "runs": runs, "bulk_backend": stats["backend"],
+            "bulk_passages_per_s": round(len(texts) / bulk_s, 1), "st_passages_per_s": round(len(texts) / st_s, 1),
+            "ratio": round(st_s / bulk_s, 3), "ratios_per_run": [round(b / a, 3) for a, b in zip(bulk_times, st_times, strict=True)],
             "min_cosine": round(float(cos.min()), 7)}
+
+
+def encode_only(args: argparse.Namespace) -> int:
+    """``--encode-only``: the bulk-encoding row alone (no index), written as ``bench_encode[_TAG].json`` / ``.md``."""
+    from crossrank.retrieve.dense import load_bi_encoder
+
+    machine = cpu_info()
+    docs = corpus_texts(args.encode_sample)
+    texts = [f"{title} {text}" if title else text for _, title, text in docs]
+    enc = compare_encoding(load_bi_encoder("default"), texts, args.encode_backend, runs=args.encode_runs)
+    machine["loadavg_end"] = list(os.getloadavg())
+    name = "bench_encode" + (f"_{args.tag}" if args.tag else "")
+    out = Path(args.out)
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine, "encoding": enc}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(
+        f"# Bulk encoding vs sentence-transformers ({_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')})\n\n"
+        f"{machine['model']}, {machine['cores']} cores, load {machine['loadavg_start']} at start, "
+        f"{machine['loadavg_end']} at end. {enc['texts']} SciFact documents (title + text), all-MiniLM-L6-v2, "
+        f"medians of {enc['runs']} alternating rounds.\n\n"
+        "| encode_bulk backend | passages/s | sentence-transformers `encode` passages/s | ratio (per run) | min cosine |\n"
+        "|---|---|---|---|---|\n"
+        f"| {enc['bulk_backend']} | {enc['bulk_passages_per_s']} | {enc['st_passages_per_s']} | "
+        f"{enc['ratio']:.2f}x ({', '.join(f'{r:.2f}' for r in enc['ratios_per_run'])}) | {enc['min_cosine']} |\n"
+        f"\nCommand: `python benchmarks/bench_scale.py --encode-only --encode-backend {args.encode_backend} "
+        f"--encode-sample {args.encode_sample} --encode-runs {args.encode_runs}`\n")
+    print(f"encoding: {enc}\nwrote {out / name}.json and .md", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(instead of encoding --real-text SciFact documents)")
     ap.add_argument("--encode-sample", type=int, default=1000, help="texts for the bulk vs sentence-transformers run")
     ap.add_argument("--encode-backend", default="onnx", help="encode_bulk backend compared with sentence-transformers")
+    ap.add_argument("--encode-runs", type=int, default=1, help="alternating bulk / sentence-transformers rounds")
+    ap.add_argument("--encode-only", action="store_true", help="only the bulk-encoding comparison (no index)")
     ap.add_argument("--noise", type=float, default=0.3, help="resampling noise, as a fraction of the unit norm")
     ap.add_argument("--queries", type=int, default=0, help="SciFact test queries (0: all)")
     ap.add_argument("--train-queries", type=int, default=300, help="SciFact train queries that choose expansion_search")
@@ -177,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
+    if args.encode_only:
+        return encode_only(args)
 
     from crossrank.retrieve import AnnIndex, BM25Retriever, DenseRetriever, Index, build_index, encode_bulk
     from crossrank.retrieve.dense import load_bi_encoder
@@ -189,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = corpus_texts(min(args.real_text, args.n))
     texts = [f"{title} {text}" if title else text for _, title, text in docs]
     model = load_bi_encoder("default")
-    enc = compare_encoding(model, texts[: args.encode_sample], args.encode_backend)
+    enc = compare_encoding(model, texts[: args.encode_sample], args.encode_backend, runs=args.encode_runs)
     print(f"encoding: {enc}", flush=True)
 
     t = time.perf_counter()

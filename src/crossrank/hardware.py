@@ -1,5 +1,5 @@
 """What /proc/cpuinfo says about this CPU (Linux; elsewhere nothing): one reader for the engine's and the
-trainer's bf16 decisions and for the machine line of evaluation reports."""
+trainer's bf16 decisions, the bulk encoder's, and the machine line of evaluation reports."""
 
 from __future__ import annotations
 
@@ -27,3 +27,8 @@ def cpu_flags() -> set[str]:
 def cpu_model() -> str | None:
     """The CPU's marketing name (``platform.processor()`` only says "x86_64" on Linux)."""
     return cpuinfo_field("model name") or platform.processor() or None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from crossrank.errors import InputError
-from crossrank.hardware import cpu_flags
+from crossrank.hardware import cpu_has_fast_bf16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -17,11 +17,6 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     if isinstance(dtype, torch.dtype):
         return DTYPE_NAMES.get(dtype, str(dtype))
     return _DTYPE_ALIASES.get(str(dtype), str(dtype))
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when this CPU runs bf16 matmuls natively (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
-    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -6,9 +6,11 @@ on probe texts), computed thus:
 
 * **backend**: ``"onnx"`` runs the transformer through the ONNX Runtime graph the dense query encoder already uses
   (:class:`crossrank.retrieve.dense.OnnxQueryEncoder`; CPU, plain transformer + mean/CLS pooling only);
-  ``"torch"`` through sentence-transformers itself. ``"auto"`` (the default) is torch, as before: the bulk
-  measurements so far (benchmarks/bench_scale.py, on a 2-core CPU starved by training jobs) did not show the
-  ONNX graph faster on long, full batches, so it stays opt-in until a quiet run does.
+  ``"torch"`` through sentence-transformers itself; ``"bf16"`` through sentence-transformers on a bfloat16 copy of
+  the model (vectors returned as float32). ``"auto"`` (the default) is bf16 on CPUs with native bf16 (AMX /
+  AVX512-BF16: ``hardware.cpu_has_fast_bf16``) and torch elsewhere: there bf16 measured over twice
+  sentence-transformers' fp32 rate with every vector within 1e-3 cosine of it, while on AVX2-only CPUs bf16 is
+  emulated and slow, and the ONNX graph was not faster than torch on long, full batches (benchmarks/bench_scale.py).
 * **length-sorted batches**: texts are ordered by length (longest first, as sentence-transformers orders them), so
   a batch pads to nearly its own length, and cut into shards of ``shard_size`` passages, each encoded in batches of
   ``batch_size``.
@@ -22,6 +24,7 @@ on probe texts), computed thus:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -35,7 +38,7 @@ import numpy as np
 from crossrank.errors import InputError, ModelLoadError
 from crossrank.progress import progress_bar
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "bf16", "onnx")
 SHARD_PASSAGES = 4096  # passages per resumable shard: small enough that a crash loses little work
 
 
@@ -68,16 +71,36 @@ def _torch_encoder(model: Any) -> Callable[[list[str]], np.ndarray]:
     return encode
 
 
+def _bf16_encoder(model: Any) -> Callable[[list[str]], np.ndarray]:
+    import torch
+
+    # a copy, so the caller's model (the query encoder's, say) stays fp32
+    half = copy.deepcopy(model).to(torch.bfloat16)
+
+    def encode(batch: list[str]) -> np.ndarray:
+        emb = half.encode(batch, batch_size=len(batch), show_progress_bar=False, convert_to_tensor=True,
+                          normalize_embeddings=True)
+        return emb.float().cpu().numpy()
+
+    return encode
+
+
 def pick_encoder(model: Any, backend: str = "auto") -> tuple[str, Callable[[list[str]], np.ndarray]]:
     """``(backend_used, encode_batch)`` for ``model`` (see the module docstring for the choice)."""
     if backend not in BACKENDS:
         raise InputError(f"unknown encoding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend in ("torch", "auto"):  # auto: see the module docstring
+    on_cpu = str(getattr(model, "device", "cpu")).startswith("cpu")
+    if backend == "auto":
+        from crossrank.hardware import cpu_has_fast_bf16
+
+        backend = "bf16" if on_cpu and cpu_has_fast_bf16() else "torch"
+    if backend == "torch":
         return "torch", _torch_encoder(model)
+    if backend == "bf16":
+        return "bf16", _bf16_encoder(model)
     from crossrank.onnx_graph import onnx_available
     from crossrank.retrieve.dense import OnnxQueryEncoder
 
-    on_cpu = str(getattr(model, "device", "cpu")).startswith("cpu")
     if on_cpu and onnx_available():
         try:
             return "onnx", OnnxQueryEncoder(model).encode
