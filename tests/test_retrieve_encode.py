@@ -33,6 +33,7 @@ def test_vectors_match_sentence_transformers(backend):
     got, stats = encode_bulk(model, sample, batch_size=16, backend=backend)
     assert stats["backend"] == backend and stats["encoded"] == 48 and stats["passages_per_s"] > 0
     assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # unit vectors whatever the compute dtype
     cosine = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert float(cosine.min()) >= 1 - 1e-3, cosine.min()
 
