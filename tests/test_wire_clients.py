@@ -109,7 +109,16 @@ def test_voyage_async_sdk_and_raw_shape(server):
 # ------------------------------------------------------------------------------------------------ TEI /info
 
 
-def test_tei_client_and_hf_hub_read_info(server, engine):
+@pytest.fixture
+def hub_online(monkeypatch):
+    """huggingface_hub refuses every request under HF_HUB_OFFLINE=1 (which the README suggests for machines
+    without a network), even to a loopback server: these tests talk only to loopback, so they lift it."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def test_tei_client_and_hf_hub_read_info(server, engine, hub_online):
     from huggingface_hub import InferenceClient
     from tei_client import HttpClient
     from tei_client.models import ModelType
@@ -275,7 +284,7 @@ def test_readme_tei_client(server, engine):
     assert ns["ranks"][0].text == README_DOCS[ns["best"]]
 
 
-def test_readme_huggingface_hub(server):
+def test_readme_huggingface_hub(server, hub_online):
     info = _run_against(server, "huggingface_hub InferenceClient")["info"]
     assert info["max_client_batch_size"] == server.app.state.crossrank.config.max_documents
     assert set(info["model_type"]) == {"reranker"}
