@@ -48,7 +48,8 @@ def test_training_scores_equal_inference_scores_on_the_same_weights(sharp_model_
     before = score_texts(engine, QUERY, TEXTS)
     assert model.training  # scoring too (it runs in eval mode: dropout off)
     assert score_texts(engine, QUERY, TEXTS) == before
-    served = load_reranker(str(sharp_model_dir), max_length=MAX_LENGTH, activation="raw", cache_size=0)
+    # fp32 like the training engine (the auto dtype is bf16 on CPUs with native bf16)
+    served = load_reranker(str(sharp_model_dir), max_length=MAX_LENGTH, activation="raw", dtype="fp32", cache_size=0)
     result = served.score(QUERY, TEXTS)
     assert before == pytest.approx(list(result.scores), abs=1e-3)
     assert result.truncated[1]  # the rule under test did cut something
@@ -61,13 +62,13 @@ def test_training_scores_equal_inference_scores_on_the_same_weights(sharp_model_
     assert after != pytest.approx(before, abs=1.0)
     model.save_pretrained(tmp_path / "step", safe_serialization=True)
     tokenizer.save_pretrained(tmp_path / "step")
-    stepped = load_reranker(str(tmp_path / "step"), max_length=MAX_LENGTH, activation="raw", cache_size=0)
+    stepped = load_reranker(str(tmp_path / "step"), max_length=MAX_LENGTH, activation="raw", dtype="fp32", cache_size=0)
     assert after == pytest.approx(list(stepped.score(QUERY, TEXTS).scores), abs=1e-3)
 
 
 def test_selection_sigmoid_is_the_engines_activation(tiny_model_dir):
-    raw = load_reranker(str(tiny_model_dir), max_length=MAX_LENGTH, activation="raw", cache_size=0)
-    sig = load_reranker(str(tiny_model_dir), max_length=MAX_LENGTH, activation="sigmoid", cache_size=0)
+    raw = load_reranker(str(tiny_model_dir), max_length=MAX_LENGTH, activation="raw", dtype="fp32", cache_size=0)
+    sig = load_reranker(str(tiny_model_dir), max_length=MAX_LENGTH, activation="sigmoid", dtype="fp32", cache_size=0)
     logits = list(raw.score(QUERY, TEXTS).scores) + [-40.0, 40.0]
     assert list(_sigmoid(logits))[:4] == pytest.approx(list(sig.score(QUERY, TEXTS).scores), abs=1e-7)
     assert list(_sigmoid(logits))[4:] == pytest.approx([0.0, 1.0], abs=1e-12)
@@ -81,7 +82,7 @@ def test_dev_ndcg_orders_by_the_engine_scores(sharp_model_dir):
     engine = training_engine(model, tokenizer, MAX_LENGTH, batch_size=8, device=torch.device("cpu"))
     ids = [f"d{i}" for i in range(len(TEXTS))]
     dev = [DevQuery("q", QUERY, ids, TEXTS, [1.0] * len(TEXTS), {"d2": 1})]
-    served = load_reranker(str(sharp_model_dir), max_length=MAX_LENGTH, activation="raw", cache_size=0)
+    served = load_reranker(str(sharp_model_dir), max_length=MAX_LENGTH, activation="raw", dtype="fp32", cache_size=0)
     want = ndcg_at_k(order_by(ids[:3], list(served.score(QUERY, TEXTS[:3]).scores)), {"d2": 1}, 10)
     assert dev_ndcg(engine, dev, k=3) == pytest.approx(want)
     assert math.isnan(dev_ndcg(engine, [], k=3))
