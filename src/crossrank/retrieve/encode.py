@@ -1,8 +1,9 @@
 """Bulk passage encoding for index builds: length-sorted batches, progress, resumable shards, ONNX Runtime on CPU.
 
-``encode_bulk(model, texts)`` returns the same L2-normalised float32 vectors as
-``SentenceTransformer.encode(texts, normalize_embeddings=True)`` (checked at start-up against sentence-transformers
-on probe texts), computed thus:
+``encode_bulk(model, texts)`` returns the L2-normalised float32 vectors of
+``SentenceTransformer.encode(texts, normalize_embeddings=True)``: the same up to float rounding on torch and ONNX
+(the ONNX graph is checked at start-up against sentence-transformers on probe texts), within 1e-3 cosine in bf16,
+computed thus:
 
 * **backend**: ``"onnx"`` runs the transformer through the ONNX Runtime graph the dense query encoder already uses
   (:class:`crossrank.retrieve.dense.OnnxQueryEncoder`; CPU, plain transformer + mean/CLS pooling only);
