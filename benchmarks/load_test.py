@@ -257,6 +257,7 @@ class LevelResult:
     statuses: dict[int, int] = field(default_factory=dict)
     ok_latencies: list[float] = field(default_factory=list)
     rejected_latencies: list[float] = field(default_factory=list)
+    rejected_at: list[float] = field(default_factory=list)  # seconds into the level each 429 was sent
     good_pairs: int = 0
     late: int = 0
     transport_errors: list[str] = field(default_factory=list)
@@ -332,6 +333,7 @@ def run_level(args, docs: list[str], queries: list[str], clients: int) -> LevelR
                                 res.late += 1
                         elif resp.status_code == 429:
                             res.rejected_latencies.append(dt)
+                            res.rejected_at.append(time.monotonic() - dt - (stop_at[0] - args.duration))
                     if resp.status_code == 429:
                         time.sleep(min(retry_after_s(resp), max(0.0, stop_at[0] - time.monotonic())))
 
@@ -383,6 +385,10 @@ def sweep(args, docs: list[str], queries: list[str]) -> int:
                         "p95_ms": r.pct(r.ok_latencies, 0.95), "p99_ms": r.pct(r.ok_latencies, 0.99),
                         "slowest_429_ms": r.pct(r.rejected_latencies, 1.0),
                         "p50_429_ms": r.pct(r.rejected_latencies, 0.5), "p95_429_ms": r.pct(r.rejected_latencies, 0.95),
+                        "slowest_429_after_2s_ms": r.pct([dt for dt, at in zip(r.rejected_latencies, r.rejected_at,
+                                                                               strict=True) if at >= 2.0], 1.0),
+                        "rejected_timeline": [[round(at, 3), round(dt * 1000, 1)]
+                                              for at, dt in zip(r.rejected_at, r.rejected_latencies, strict=True)],
                         "rejected_by_reason": r.rejected_by_reason,
                         "errors": r.transport_errors[:10]} for r in results]}, indent=2))
     return 1 if any(k >= 500 and k != 504 for r in results for k in r.statuses) else 0

@@ -90,6 +90,26 @@ def test_search_has_the_rerank_limits(server):
     assert r.status_code == 422
 
 
+def test_an_oversized_body_still_gets_its_413_when_the_client_sends_it_all(server):
+    """The 413 is decided from Content-Length before the body arrives; closing at once with the body unread made
+    the kernel reset the connection, so a client that sends its whole body first (as httpx does) lost the answer
+    (seen as "peer closed connection" on a loaded machine). Sent here after the server has had time to answer."""
+    limit = server.app.state.crossrank.config.max_body_bytes
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /search HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {limit + 10}\r\n\r\n".encode())
+        time.sleep(0.5)  # the old code answered and closed here
+        sock.sendall(b"x" * (limit + 10))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
 # ------------------------------------------------------------------------------------------------ Host allowlist
 
 

@@ -25,6 +25,9 @@ ARRIVED = "crossrank_arrived"  # request.state key: time.monotonic() when the re
 OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"} | DOC_PATHS)
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _OVER_LIMIT = object()  # _read_body: the body went over the limit
+# A refused body is read and dropped up to this much before the answer, then the connection closes: closing a
+# socket with unread bytes makes the kernel reset it, and the client loses the 413 it was about to read.
+DRAIN_BYTES = 64 * 1024 * 1024
 
 
 class Gate:
@@ -96,6 +99,7 @@ class Gate:
             await _json(scope, receive, send, 400, d.error_body(dialect, "bad Content-Length", "validation"))
             return
         if size is not None and size > limit:
+            await _drain(receive, DRAIN_BYTES)
             await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
             return
         shed = self._shed(headers, dialect, size)
@@ -108,6 +112,7 @@ class Gate:
         if body is None:  # the client went away
             return
         if body is _OVER_LIMIT:
+            await _drain(receive, DRAIN_BYTES)
             await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
             return
         await self.app(scope, _replay(body, receive), send)
@@ -159,6 +164,17 @@ async def _read_body(receive: Callable, limit: int) -> Any:
         chunks.append(body)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _drain(receive: Callable, cap: int) -> None:
+    """Read and drop what is left of a request body, up to ``cap`` bytes (the header and body timeouts bound
+    the time a slow client can take)."""
+    seen = 0
+    while seen <= cap:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        seen += len(message.get("body", b""))
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:
