@@ -112,7 +112,6 @@ class Gate:
         if body is None:  # the client went away
             return
         if body is _OVER_LIMIT:
-            await _drain(receive, DRAIN_BYTES)
             await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
             return
         await self.app(scope, _replay(body, receive), send)
@@ -150,7 +149,8 @@ def body_bytes(declared: bytes | str | None) -> int | None:
 
 
 async def _read_body(receive: Callable, limit: int) -> Any:
-    """The request body; None when the client disconnected first, ``_OVER_LIMIT`` once it is over ``limit``."""
+    """The request body; None when the client disconnected first, ``_OVER_LIMIT`` once it is over ``limit`` (the
+    rest then drained, see :data:`DRAIN_BYTES`)."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -160,6 +160,8 @@ async def _read_body(receive: Callable, limit: int) -> Any:
         body = message.get("body", b"")
         size += len(body)
         if size > limit:
+            if message.get("more_body", False):
+                await _drain(receive, DRAIN_BYTES)
             return _OVER_LIMIT
         chunks.append(body)
         if not message.get("more_body", False):
