@@ -90,8 +90,7 @@ class Gate:
     async def _with_body(self, scope: dict, receive: Callable, send: Callable, headers: dict[bytes, bytes],
                          dialect: str) -> None:
         """Read the whole body within the limit (a declared Content-Length over it is refused without being kept:
-        drained, see :data:`DRAIN_BYTES`), then hand
-        the request on with the body replayed."""
+        drained, see :data:`DRAIN_BYTES`), then hand the request on with the body replayed."""
         limit = self.state.config.max_body_bytes
         too_big = d.error_body(dialect, f"request body is larger than the limit of {limit} bytes", "payload_too_large")
         declared = headers.get(b"content-length")
