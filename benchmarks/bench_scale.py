@@ -124,6 +124,33 @@ def corpus_texts(limit: int) -> list[tuple[str, str, str]]:
     return out
 
 
+BEIR_CORPORA = ("scifact", "cranfield", "nq-qed", "squad", "xquad-en")
+ANSWER_TSVS = ("wikiqa/train.tsv", "wikiqa/dev.tsv", "trecqa/train.tsv", "trecqa/dev.tsv", "cqa/train.tsv",
+               "selqa/train.tsv")
+
+
+def shared_passages() -> list[tuple[str, str, str]]:
+    """(id, title, text) of every passage-like text in ``../shared/data``: the BEIR corpora's documents and the
+    answer-selection files' candidate sentences (unique texts, ids prefixed with their source). More distinct real
+    passages means fewer noisy copies of each in the resampled part of a large index."""
+    out, seen = [], set()
+    for name in BEIR_CORPORA:
+        with open(SHARED / name / "corpus.jsonl", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    d = json.loads(line)
+                    out.append((f"{name}:{d['_id']}", d.get("title", ""), d["text"]))
+    for rel in ANSWER_TSVS:
+        with open(SHARED / rel, encoding="utf-8") as f:
+            next(f)  # header: qid question sentence label (unquoted: split on tabs)
+            for i, line in enumerate(f):
+                sentence = line.rstrip("\n").split("\t")[2].strip()
+                if sentence and sentence not in seen:
+                    seen.add(sentence)
+                    out.append((f"{rel.split('/')[0]}:{i}", "", sentence))
+    return out
+
+
 def indexed_passages(folders: list[str]) -> tuple[list[tuple[str, str, str]], np.ndarray]:
     """(id, title, text) and the stored dense vectors of every passage of these built indexes (ids prefixed with
     the folder's name, so collections cannot collide)."""
@@ -138,6 +165,18 @@ def indexed_passages(folders: list[str]) -> tuple[list[tuple[str, str, str]], np
         docs += [(f"{name}:{p.id}", p.title or "", p.text) for p in index.passages]
         vecs.append(np.asarray(index.embeddings, dtype=np.float32))
     return docs, np.concatenate(vecs)
+
+
+def encoded_shared(model: Any, workdir: Path | None) -> tuple[list[tuple[str, str, str]], np.ndarray, dict]:
+    """:func:`shared_passages` and their vectors from ``encode_bulk``, resumable in ``workdir/shared_real`` (a
+    rerun picks up the finished shards)."""
+    from crossrank.retrieve import encode_bulk
+
+    docs = shared_passages()
+    texts = [f"{title} {text}" if title else text for _, title, text in docs]
+    vecs, stats = encode_bulk(model, texts, progress=True,
+                              resume_dir=workdir / "shared_real" if workdir else None)
+    return docs, vecs, stats
 
 
 def compare_encoding(model: Any, texts: list[str], backend: str, runs: int = 1) -> dict[str, Any]:
@@ -195,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-from", type=lambda v: v.split(","), default=None,
                     help="comma-separated built index folders whose passages and stored vectors are the real part "
                          "(instead of encoding --real-text SciFact documents)")
+    ap.add_argument("--real-shared", action="store_true",
+                    help="encode every passage-like text in ../shared/data for the real part (BEIR corpora and "
+                         "answer sentences; cached in --workdir) instead of --real-text SciFact documents")
     ap.add_argument("--encode-sample", type=int, default=1000, help="texts for the bulk vs sentence-transformers run")
     ap.add_argument("--encode-backend", default="onnx", help="encode_bulk backend compared with sentence-transformers")
     ap.add_argument("--encode-runs", type=int, default=1, help="alternating bulk / sentence-transformers rounds")
@@ -233,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_from:  # real passages and their stored vectors from built indexes (same bi-encoder), not re-encoded
         docs, real_vecs = indexed_passages(args.real_from)
         real_stats = {"reused_from": args.real_from}
+    elif args.real_shared:
+        docs, real_vecs, real_stats = encoded_shared(model, Path(args.workdir) if args.workdir else None)
     else:
         real_vecs, real_stats = encode_bulk(model, texts)
     real_s = time.perf_counter() - t
@@ -297,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {**versions(), "usearch": _version("usearch"), "bm25s": _version("bm25s")},
         "n_passages": args.n, "real_passages": len(docs),
         "real_source": (f"stored vectors of the built indexes {args.real_from}" if args.real_from
-                        else "SciFact documents encoded for real"), "resampled_passages": n_fake, "noise": args.noise,
+                        else "every passage-like text in ../shared/data (BEIR corpora, answer sentences), encoded"
+                        if args.real_shared else "SciFact documents encoded for real"), "resampled_passages": n_fake, "noise": args.noise,
         "queries": len(queries), "encoding": enc, "index_files_mb": size_mb,
         "build_s": {"encode_real": round(real_s, 1), "bm25": round(bm25_s, 1), "ann": round(ann_s, 1),
                     "save": round(save_s, 1)},

@@ -263,6 +263,8 @@ class LevelResult:
     transport_errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)  # the server's count (/metrics)
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)  # admitted, then shed (/metrics)
+    timeouts: list[tuple[float, float, int]] = field(default_factory=list)  # 504s: (sent at s, took s, texts)
 
     def goodput(self) -> float:
         return self.good_pairs / self.wall_s if self.wall_s else 0.0
@@ -278,11 +280,12 @@ class LevelResult:
         return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] * 1000
 
 
-def rejected_by_reason(url: str) -> dict[str, int]:
-    """``crossrank_rejected_requests_total`` by reason: ``*_early`` were refused before their body was read."""
+def by_reason(url: str, metric: str) -> dict[str, int]:
+    """A ``crossrank_<metric>_total`` counter by reason: ``rejected_requests`` (``*_early`` were refused before
+    their body was read) or ``dropped_requests`` (admitted, then shed: ``deadline``, ``cancelled``)."""
     text = httpx.get(url + "/metrics", timeout=10).text
     return {m.group(1): int(float(m.group(2)))
-            for m in re.finditer(r'^crossrank_rejected_requests_total\{reason="([^"]+)"\} ([\d.e+]+)$', text, re.M)}
+            for m in re.finditer(rf'^crossrank_{metric}_total\{{reason="([^"]+)"\}} ([\d.e+]+)$', text, re.M)}
 
 
 def request_body(rng: random.Random, docs: list[str], queries: list[str]) -> dict:
@@ -334,6 +337,9 @@ def run_level(args, docs: list[str], queries: list[str], clients: int) -> LevelR
                         elif resp.status_code == 429:
                             res.rejected_latencies.append(dt)
                             res.rejected_at.append(time.monotonic() - dt - (stop_at[0] - args.duration))
+                        elif resp.status_code == 504:
+                            res.timeouts.append((time.monotonic() - dt - (stop_at[0] - args.duration), dt,
+                                                 len(body["texts"])))
                     if resp.status_code == 429:
                         time.sleep(min(retry_after_s(resp), max(0.0, stop_at[0] - time.monotonic())))
 
@@ -346,7 +352,8 @@ def run_level(args, docs: list[str], queries: list[str], clients: int) -> LevelR
         for t in threads:
             t.join()
         res.wall_s = time.perf_counter() - t0
-        res.rejected_by_reason = rejected_by_reason(url)
+        res.rejected_by_reason = by_reason(url, "rejected_requests")
+        res.dropped_by_reason = by_reason(url, "dropped_requests")
     finally:
         stop_server(proc)
     return res
@@ -389,7 +396,8 @@ def sweep(args, docs: list[str], queries: list[str]) -> int:
                                                                                strict=True) if at >= 2.0], 1.0),
                         "rejected_timeline": [[round(at, 3), round(dt * 1000, 1)]
                                               for at, dt in zip(r.rejected_at, r.rejected_latencies, strict=True)],
-                        "rejected_by_reason": r.rejected_by_reason,
+                        "rejected_by_reason": r.rejected_by_reason, "dropped_by_reason": r.dropped_by_reason,
+                        "timeouts_504": [[round(at, 3), round(dt * 1000, 1), n] for at, dt, n in r.timeouts],
                         "errors": r.transport_errors[:10]} for r in results]}, indent=2))
     return 1 if any(k >= 500 and k != 504 for r in results for k in r.statuses) else 0
 

@@ -240,13 +240,42 @@ def test_screen_refuses_from_the_size_alone_only_what_submit_would(engine):
         assert refused.value.reason == "deadline_early" and refused.value.retry_after_s >= 1
         assert "before its body was read" in str(refused.value)
         small = json.dumps({"query": "small", "texts": SHORT[:5]})
-        b.screen(3.0, len(small))  # fits ahead, in the queued one's slack...
-        b.submit("small", SHORT[:5], deadline_s=3.0, body_bytes=len(small))  # ...and submit agrees
+        held = b.screen(3.0, len(small))  # fits ahead, in the queued one's slack...
+        b.submit("small", SHORT[:5], deadline_s=3.0, body_bytes=len(small), reservation=held)  # ...submit agrees
         assert seen.rejected == ["deadline_early"]
     finally:
         gated.gate.set()
         b.stop()
         fresh.stop()
+
+
+def test_a_burst_is_screened_against_the_requests_let_in_ahead_of_it(engine):
+    """Requests the screen let in whose bodies are still being read hold a reservation, so a burst arriving at
+    once cannot all see the same empty queue; before any body has taught the batcher its tokens per byte, the
+    lower bound ``PER_BYTE_FLOOR`` sizes them. A reservation released (submitted, refused, or the client gone)
+    frees its place."""
+    gated = Gated(engine)
+    b, seen = _batcher(gated, tokens_per_s=2000.0)
+    try:
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        size = 24_000  # at the floor: 1,000 estimated tokens, ~0.5 s at the prior
+        held = []
+        with pytest.raises(Overloaded) as refused:
+            for _ in range(20):
+                held.append(b.screen(3.0, size))
+        assert 3 <= len(held) <= 6  # ~3 s of reserved work ahead: the next would finish after its deadline
+        assert refused.value.reason == "deadline_early" and seen.rejected == ["deadline_early"]
+        assert b.depth() == (0, 0)  # reservations are not queued jobs (the parked one is running)
+        b.release(held.pop())
+        again = b.screen(3.0, size)  # the released place is free again
+        b.release(again)
+        b.release(again)  # idempotent
+        for r in held:  # submitting with its reservation releases it: the real job takes its place
+            b.submit("burst", SHORT[:1], deadline_s=3.0, reservation=r)
+        b.screen(3.0, size)
+    finally:
+        gated.gate.set()
+        b.stop()
 
 
 def test_a_cancelled_scope_sheds_its_jobs_at_once(engine):
@@ -534,6 +563,33 @@ def test_the_gate_sizes_a_body_by_its_content_length(gated_server):
     assert not {"too big", "unsized"} & gated.queries_seen()
     assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline_early"}') == 1
     assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline"}') == 1
+
+
+@pytest.mark.parametrize("gated_server", [{"tokens_per_s": 1000.0, "admission_safety": 1.0}], indirect=True)
+def test_a_body_still_being_read_holds_its_place_in_the_screen(gated_server):
+    """A burst's first request is let in while its body is still arriving: the next one as big is refused unread,
+    because the first one's work is counted although it has not reached the queue yet; once that client goes
+    away its place is free, and the same request is admitted and scored."""
+    server, gated = gated_server
+    batcher = server.app.state.crossrank.batcher
+    big = {"query": "big", "texts": SHORT[:900]}  # ~22.5 s at the prior: two do not fit a 30 s deadline
+    raw = json.dumps(big).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with ThreadPoolExecutor(2) as pool:
+        first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
+        with socket.create_connection((host, int(port)), timeout=20) as slow:
+            slow.sendall(f"POST /rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw[:100])
+            _wait_for(lambda: batcher.reserved() == 1, what="the slow body screened in")
+            r = _post(server.url, "/rerank", {**big, "query": "second"})
+            assert r.status_code == 429 and "before its body was read" in r.json()["error"], r.text
+        _wait_for(lambda: batcher.reserved() == 0, what="the slow client's reservation released")
+        second = pool.submit(_post, server.url, "/rerank", {**big, "query": "second"})
+        _wait_for(lambda: _health(server.url)["queue_requests"] == 1, what="the second one admitted")
+        gated.gate.set()
+        assert [f.result().status_code for f in (first, second)] == [200, 200]
+    assert batcher.reserved() == 0
+    assert _metric(server.url, 'crossrank_rejected_requests_total{reason="deadline_early"}') == 1
 
 
 # ------------------------------------------------------------------------------------------------ /search

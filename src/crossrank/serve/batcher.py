@@ -13,6 +13,7 @@ before it is scored.
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import itertools
 import logging
@@ -129,6 +130,17 @@ class Job:
             self.owner._cancel(self)
 
 
+@dataclass(eq=False, slots=True)
+class Reservation:
+    """A request :meth:`DynamicBatcher.screen` let in whose body is still being read and parsed: its estimated
+    work counts in the screening of requests that arrive meanwhile, until it is submitted or given up
+    (:meth:`DynamicBatcher.release`). ``left_tokens`` and ``deadline`` as a queued ``Job``'s."""
+
+    deadline: float
+    left_tokens: int
+    pairs: int
+
+
 def estimate_tokens(query: str, text: str, max_length: int = 512) -> int:
     """Cheap token estimate for packing (about 4 characters per WordPiece token, plus [CLS]/[SEP]/[SEP])."""
     return max(4, min(max_length, (len(query) + len(text)) // 4 + 3))
@@ -172,7 +184,10 @@ class DynamicBatcher:
     the deadline and the body size its headers give): a request that ``submit`` would refuse even at the
     fewest tokens its body is likely to hold is refused without being read or parsed (``reason=
     "deadline_early"`` / ``"queue_full_early"``), so under overload the CPU that parsing it would take stays
-    with the model. It errs on the side of admitting: what it lets through still meets ``submit``.
+    with the model. It errs on the side of admitting: what it lets through still meets ``submit``. What it lets
+    through is held as a :class:`Reservation` until ``submit(reservation=...)`` (or :meth:`release`), and counts
+    as queued in later screenings: when a burst of requests arrives at once, the first ones' bodies are still
+    being read while the rest are screened, and without it all of them would see an empty queue.
 
     Shedding. Before every step, jobs whose deadline has passed (``DeadlineExceeded``; reason ``"deadline"``) or
     that were cancelled are dropped, including what is left of a partly scored one, so no step is spent on work
@@ -182,6 +197,9 @@ class DynamicBatcher:
 
     RATE_DECAY = 0.7
     PER_BYTE_WINDOW = 64  # recent requests whose tokens per body byte screen() takes the lowest of
+    # screen()'s tokens per body byte before any request has taught it: a lower bound for JSON text (the token
+    # estimate is 4 characters a token, and a character is at most 6 bytes of JSON: a \\uXXXX escape)
+    PER_BYTE_FLOOR = 1 / 24
 
     def __init__(
         self,
@@ -223,6 +241,7 @@ class DynamicBatcher:
         self._rate_seconds = 1.0 if self._rate_tokens else 0.0  # decayed sums behind the throughput estimate
         # estimated tokens per body byte of recent requests (submit's body_bytes): screen() sizes a body by them
         self._per_byte: deque[float] = deque(maxlen=self.PER_BYTE_WINDOW)
+        self._reserved: list[Reservation] = []  # screened in, not yet submitted (by deadline)
         self._step_tokens_now = 0  # estimated tokens of the step the worker is running (0: none)
         self._step_started = 0.0
         self._steps_timed = 0
@@ -292,12 +311,16 @@ class DynamicBatcher:
         deadline_s: float | None = None,
         options: dict[str, Any] | None = None,
         body_bytes: int | None = None,
+        reservation: Reservation | None = None,
     ) -> Job:
         """Queue a request; its ``future`` resolves to a ``JobResult``. Raises ``Overloaded`` when the queue is full
         or the request is predicted to miss its deadline.
 
         ``deadline_s`` is the time budget in seconds from now (None: no deadline). ``body_bytes``: the size of
-        the HTTP body the request came in, if any; it teaches :meth:`screen` how many tokens a byte holds."""
+        the HTTP body the request came in, if any; it teaches :meth:`screen` how many tokens a byte holds.
+        ``reservation``: what :meth:`screen` returned for this request, released here (its real work replaces it)."""
+        if reservation is not None:
+            self.release(reservation)
         texts = list(texts)
         now = time.monotonic()
         deadline = now + deadline_s if deadline_s is not None else math.inf
@@ -329,30 +352,63 @@ class DynamicBatcher:
             self._cond.notify()
         return job
 
-    def screen(self, deadline_s: float, body_bytes: int | None = None) -> None:
+    def screen(self, deadline_s: float, body_bytes: int | None = None) -> Reservation | None:
         """Admission before a request's body is read (the HTTP gate calls it from the headers alone): raises
         ``Overloaded`` (reason ``"deadline_early"`` or ``"queue_full_early"``, counted by the observer) when
         ``submit`` would refuse a request with this deadline and a body of ``body_bytes`` bytes, so the server
-        spends nothing on reading and parsing it. The rule is ``submit``'s; the request's size is a low guess:
-        its tokens at the lowest tokens per byte of the last ``PER_BYTE_WINDOW`` requests (none before any, or
-        without ``body_bytes``: then only a request that could not even start in time is refused), in pairs of
-        the queue's mean size (the pairs only size the steps)."""
+        spends nothing on reading and parsing it. The rule is ``submit``'s, over the queue and the reservations
+        of requests screened in before it; the request's size is a low guess: its tokens at the lowest tokens
+        per byte of the last ``PER_BYTE_WINDOW`` requests (:data:`PER_BYTE_FLOOR` before any; without
+        ``body_bytes`` 0: then only a request that could not even start in time is refused), in pairs of the
+        queue's mean size (the pairs only size the steps). Returns the request's :class:`Reservation` (None
+        while stopping); pass it to ``submit``, or to :meth:`release` when the request ends without one."""
         now = time.monotonic()
         with self._cond:
             if self._stopping:
-                return  # submit answers that
+                return None  # submit answers that
+            self._reserved = [r for r in self._reserved if r.deadline > now]  # those past it cannot matter
             rate = self.tokens_per_s
-            own = math.floor(min(self._per_byte) * body_bytes) if body_bytes and self._per_byte else 0
-            queued = sum(j.left_tokens for j in self._queue)
-            pairs = max(1, round(own * self._pending_pairs / queued)) if queued else 1
+            per_byte = min(self._per_byte) if self._per_byte else self.PER_BYTE_FLOOR
+            own = math.floor(per_byte * body_bytes) if body_bytes else 0
+            queue = self._with_reserved()
+            pending = self._pending_pairs + sum(r.pairs for r in self._reserved)
+            queued = sum(j.left_tokens for j in queue)
+            pairs = max(1, round(own * pending / queued)) if queued else 1
             try:
                 self._check_bounds(0, now, rate)  # its own pairs unknown: only the bounds the queue is at already
-                self._place(now + deadline_s, own, pairs, now, self._safe(rate))
+                self._place(now + deadline_s, own, pairs, now, self._safe(rate), queue, pending)
             except Overloaded as exc:
                 reason = f"{exc.reason}_early"
                 self._reject(reason)
                 raise Overloaded(f"{exc} (refused before its body was read)", reason=reason,
                                  retry_after_s=exc.retry_after_s) from None
+            reservation = Reservation(now + deadline_s, own, pairs)
+            bisect.insort(self._reserved, reservation, key=lambda r: r.deadline)
+            return reservation
+
+    def release(self, reservation: Reservation | None) -> None:
+        """Forget a :meth:`screen` reservation (submitted, refused, or the request ended first); idempotent."""
+        if reservation is None:
+            return
+        with self._cond:
+            if reservation in self._reserved:
+                self._reserved.remove(reservation)
+
+    def reserved(self) -> int:
+        """Requests screened in whose bodies are still being read (their reservations held)."""
+        with self._cond:
+            return len(self._reserved)
+
+    def _with_reserved(self) -> list[Any]:
+        """The queue with the reservations placed in it by deadline, after queued jobs of the same deadline
+        (lock held): the work a screened request would find ahead of it once those bodies are parsed."""
+        merged: list[Any] = list(self._queue)
+        for r in self._reserved:
+            pos = len(merged)
+            while pos > 0 and merged[pos - 1].deadline > r.deadline:
+                pos -= 1
+            merged.insert(pos, r)
+        return merged
 
     def _safe(self, rate: float | None) -> float | None:
         """The rate admission predicts with: ``admission_safety`` of the measured one."""
@@ -376,11 +432,14 @@ class DynamicBatcher:
             reason="queue_full", retry_after_s=math.ceil(retry),
         )
 
-    def _place(self, deadline: float, own: int, pairs: int, now: float, rate: float | None) -> int:
-        """Where a request (``own`` estimated tokens in ``pairs`` pairs, due at ``deadline``) goes in the queue,
-        or ``Overloaded`` when it is predicted to miss its deadline there, or to make a queued request that is on
-        course miss its own (lock held; the rule is in the class docstring). O(queued requests)."""
-        queue = self._queue
+    def _place(self, deadline: float, own: int, pairs: int, now: float, rate: float | None,
+               queue: list[Any] | None = None, pending_pairs: int | None = None) -> int:
+        """Where a request (``own`` estimated tokens in ``pairs`` pairs, due at ``deadline``) goes in ``queue``
+        (default: the queue; ``pending_pairs``: its pairs), or ``Overloaded`` when it is predicted to miss its
+        deadline there, or to make a queued request that is on course miss its own (lock held; the rule is in
+        the class docstring). O(queued requests)."""
+        queue = self._queue if queue is None else queue
+        pending_pairs = self._pending_pairs if pending_pairs is None else pending_pairs
         pos = len(queue)
         while pos > 0 and queue[pos - 1].deadline > deadline:  # earliest deadline first, ties by arrival
             pos -= 1
@@ -393,7 +452,7 @@ class DynamicBatcher:
         start = now + self._running_left(now, rate)
         ends = list(itertools.accumulate(j.left_tokens for j in queue))  # tokens through each queued job
         total = ends[-1] if ends else 0
-        finish = self._finish_fn(start, rate, total + own, self._pending_pairs + pairs)
+        finish = self._finish_fn(start, rate, total + own, pending_pairs + pairs)
 
         def late(i: int, through: int, all_tokens: int) -> bool:
             return finish(through, all_tokens) > queue[i].deadline

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from crossrank.serve.state import State
 
 ARRIVED = "crossrank_arrived"  # request.state key: time.monotonic() when the request came in
+RESERVED = "crossrank_reserved"  # request.state key: the batcher's Reservation from the screen (jobs.run_job)
 OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"} | DOC_PATHS)
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _OVER_LIMIT = object()  # _read_body: the body went over the limit
@@ -102,12 +103,19 @@ class Gate:
             await _drain(receive, DRAIN_BYTES)
             await _json(scope, receive, send, 413, too_big, {"Connection": "close"})
             return
-        shed = self._shed(headers, dialect, size)
+        shed = self._shed(scope, headers, dialect, size)
         if shed is not None:
             # Unread: uvicorn discards the rest of the body as it arrives and keeps the connection (h11 reaches
             # the next request once the body has ended), so a keep-alive client just sends its next request.
             await _json(scope, receive, send, 429, d.error_body(dialect, shed.message, shed.error_type), shed.headers)
             return
+        try:
+            await self._read_and_pass(scope, receive, send, limit, too_big)
+        finally:  # submitted (run_job released it then), refused or gone: its place is free either way
+            self.state.batcher.release(scope["state"].pop(RESERVED, None))
+
+    async def _read_and_pass(self, scope: dict, receive: Callable, send: Callable, limit: int, too_big: dict,
+                             ) -> None:
         body = await _read_body(receive, limit)
         if body is None:  # the client went away
             return
@@ -116,12 +124,13 @@ class Gate:
             return
         await self.app(scope, _replay(body, receive), send)
 
-    def _shed(self, headers: dict[bytes, bytes], dialect: str, size: int | None) -> ApiError | None:
+    def _shed(self, scope: dict, headers: dict[bytes, bytes], dialect: str, size: int | None) -> ApiError | None:
         """The 429 of a rerank request the batcher refuses from its headers alone (``DynamicBatcher.screen``: the
         deadline from ``X-Crossrank-Deadline-Ms`` or the server's default, the size from Content-Length), else
         None. Only the rerank routes (``/search`` falls back to first-stage order instead of refusing); a body's
         own ``deadline_ms`` is not known yet, so a body asking for longer than the header or the default should
-        send the header too. A malformed header is left to the route's 400."""
+        send the header too. A malformed header is left to the route's 400. A request let through holds a
+        reservation in the batcher (``scope["state"][RESERVED]``) until the route submits it."""
         if dialect == d.NATIVE:
             return None
         raw = headers.get(d.DEADLINE_HEADER.encode())
@@ -131,7 +140,7 @@ class Gate:
         except ValueError:
             return None
         try:
-            self.state.batcher.screen(deadline_ms / 1000.0, size)
+            scope["state"][RESERVED] = self.state.batcher.screen(deadline_ms / 1000.0, size)
         except Overloaded as exc:
             return overloaded(exc)
         return None

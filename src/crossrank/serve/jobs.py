@@ -16,10 +16,18 @@ from fastapi import Request
 from crossrank.errors import InputError, RerankerUnavailable
 from crossrank.rerank.base import RerankScores, check_instruction
 from crossrank.serve import dialects as d
-from crossrank.serve.batcher import Cancelled, DeadlineExceeded, DynamicBatcher, Job, JobResult, Overloaded
+from crossrank.serve.batcher import (
+    Cancelled,
+    DeadlineExceeded,
+    DynamicBatcher,
+    Job,
+    JobResult,
+    Overloaded,
+    Reservation,
+)
 from crossrank.serve.config import ServeConfig
 from crossrank.serve.errors import CLIENT_CLOSED, ApiError, overloaded
-from crossrank.serve.gate import ARRIVED, body_bytes
+from crossrank.serve.gate import ARRIVED, RESERVED, body_bytes
 from crossrank.serve.state import State, state_of
 
 log = logging.getLogger("crossrank.serve")
@@ -41,7 +49,8 @@ async def run_job(request: Request, query: str, texts: list[str], *, deadline_ms
     left_s = budget_ms / 1000.0 - (time.monotonic() - getattr(request.state, ARRIVED, time.monotonic()))
     if left_s <= 0:  # reading and parsing the body took all of it
         raise ApiError(504, f"deadline of {budget_ms:g} ms exceeded before scoring", "timeout")
-    job = _submit(state.batcher, query, texts, left_s, options, body_bytes(request.headers.get("content-length")))
+    job = _submit(state.batcher, query, texts, left_s, options, body_bytes(request.headers.get("content-length")),
+                  request.scope["state"].pop(RESERVED, None))
     result = await _outcome(request, job, left_s, budget_ms)
     _check_scores(state, result.scores, dialect, too_long)
     return result
@@ -69,9 +78,10 @@ def _checked(state: State, dialect: str, query: str, texts: list[str], options: 
 
 
 def _submit(batcher: DynamicBatcher, query: str, texts: list[str], left_s: float, options: dict[str, Any],
-            size: int | None) -> Job:
+            size: int | None, reservation: Reservation | None) -> Job:
     try:
-        return batcher.submit(query, texts, deadline_s=left_s, options=options, body_bytes=size)
+        return batcher.submit(query, texts, deadline_s=left_s, options=options, body_bytes=size,
+                              reservation=reservation)
     except Overloaded as exc:
         raise overloaded(exc) from exc
     except RerankerUnavailable as exc:
