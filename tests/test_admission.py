@@ -204,6 +204,27 @@ def test_queue_order_short_requests_go_ahead_when_the_long_one_has_slack(engine)
         b.stop()
 
 
+def test_nothing_goes_ahead_of_a_request_predicted_to_miss_its_deadline(engine):
+    """A queued request whose slack is gone (here: the worker stayed busy longer than predicted) keeps its place:
+    a short one arriving later goes behind it. Letting it pass, as an earlier rule did ("late anyway"), spent
+    the headroom admission keeps for it, and it expired (504) although it might still have made it."""
+    gated = Gated(engine)
+    b, seen = _batcher(gated, tokens_per_s=2000.0)
+    try:
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        b.submit("snug", SHORT[:100], deadline_s=1.6)  # ~1.1 s of work at the prior: on course
+        time.sleep(0.8)  # the parked step overruns: snug is now predicted ~0.3 s late
+        assert b.backlog_s() > 0.8  # its ~1.1 s of work, and ~0.8 s left before its deadline
+        small = b.submit("small", SHORT[:5], deadline_s=60)
+        assert [j.query for j in b._queue] == ["snug", "small"]
+        gated.gate.set()
+        small.future.result(30)
+        assert seen.rejected == []
+    finally:
+        gated.gate.set()
+        b.stop()
+
+
 def test_expired_work_is_shed_between_steps_and_counted(engine):
     gated = Gated(engine)
     b, seen = _batcher(gated, max_batch_pairs=50)

@@ -293,3 +293,29 @@ def test_a_served_model_is_timed_at_startup_so_admission_predicts_from_the_first
         health = httpx.get(s.url + "/health").json()
         assert health["queue_seconds"] == 0  # a prediction exists before any request was scored
         assert _raw_post(s.url, "/rerank", {"query": QUERY, "texts": DOCS}).status_code == 200
+
+
+def test_the_server_freezes_its_startup_heap_before_it_serves(tiny_model_dir, monkeypatch):
+    """``run`` moves the heap built at startup (model, libraries, app) out of the garbage collector's reach
+    before uvicorn serves: full collections that walk it stopped the event loop for ~200 ms under a burst
+    (benchmarks/results/overload.md)."""
+    import gc
+
+    import uvicorn
+
+    from crossrank.serve import server as server_mod
+
+    seen = {}
+
+    def fake_run(app, **kw):  # instead of serving: what the server is about to serve with
+        seen["frozen"] = gc.get_freeze_count()
+        seen["app"] = app
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    gc.unfreeze()
+    try:
+        server_mod.run(str(tiny_model_dir), port=0, log_level="warning")
+        assert seen["app"].state.crossrank.model_name
+        assert seen["frozen"] > 10_000  # the model and its libraries, not a handful of objects
+    finally:
+        gc.unfreeze()  # the test process goes on collecting as before

@@ -166,8 +166,9 @@ class DynamicBatcher:
     Queue order (the scheduling rule). Earliest deadline first, ties by arrival. One exception, so a short
     request does not wait behind a long one: a new request moves ahead of each queued request that has more
     estimated tokens left than it has, as long as that request is still predicted to meet its deadline with the
-    new one's work added before it (or is predicted to miss it anyway). A long request therefore is only ever
-    delayed by work that fits in its slack, and a short one usually waits at most one step.
+    new one's work added before it; nothing goes ahead of one predicted to miss it (by then admission's
+    headroom is all it has left). A long request therefore is only ever delayed by work that fits in its slack,
+    and a short one usually waits at most one step.
 
     Admission (``submit``). Before any step has been measured, or when the worker is idle (nothing queued or
     running: trying costs nobody anything), every request is admitted, within the queue bounds. Otherwise each
@@ -457,12 +458,15 @@ class DynamicBatcher:
         def late(i: int, through: int, all_tokens: int) -> bool:
             return finish(through, all_tokens) > queue[i].deadline
 
-        while pos > 0:  # go ahead of longer ones that have the slack (or are late anyway)
+        while pos > 0:  # go ahead of longer ones that have the slack
             i = pos - 1
             if queue[i].left_tokens <= own:
                 break
-            if not late(i, ends[i], total) and late(i, ends[i] + own, total + own):
-                break  # it would make that one miss a deadline it is on course to meet
+            if late(i, ends[i] + own, total + own):
+                # it would make that one miss its deadline, or one predicted to miss it later still: that
+                # prediction counts on admission_safety of the rate, so such a request may still make it if
+                # nothing more goes ahead of it (letting others pass it made it expire: overload.md)
+                break
             pos -= 1
         ahead = ends[pos - 1] if pos > 0 else 0
         done = finish(ahead + own, total + own)

@@ -82,9 +82,10 @@ class CrossrankReplica:
         self._app: Any = None
 
     def __serve_build_asgi_app__(self) -> Any:
-        from crossrank.serve.server import build_app
+        from crossrank.serve.server import build_app, freeze_startup_heap
 
         self._app = build_app(self._model, **self._build_options)
+        freeze_startup_heap()
         _label_replica(self._app)
         return self._app
 

@@ -3,6 +3,7 @@ loopback port inside this process, for tests, benchmarks and notebooks)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -58,6 +59,17 @@ def build_app(
         loaded_index = load_index(Path(index))
     return create_app(reranker, config=config, index=loaded_index, retriever=retriever,
                       search_deadline_ms=values["deadline_ms"])
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive now (the model's modules, torch, transformers, the app) out of the garbage
+    collector's reach (``gc.freeze``), once the server is built and before it serves. A full collection
+    otherwise walks that whole heap and stops every Python thread while it does, the event loop included. Under
+    a burst of requests it ran often enough that 429s answered in about 20 ms took 200 ms
+    (benchmarks/results/overload.md). What the requests allocate later is still collected as usual. vLLM does
+    the same after its start-up."""
+    gc.collect()
+    gc.freeze()
 
 
 def is_remote(model: str) -> bool:
@@ -146,6 +158,7 @@ def run(
              _cache_label(engine_info(state.engines.base).get("cache")))
     # uvicorn runs its loop on this thread: with inference_nice the model's threads (started by build_app) yield to it
     lower_other_threads(state.config.inference_nice)
+    freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
                 **uvicorn_options(state.config))
 
