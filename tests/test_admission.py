@@ -593,19 +593,20 @@ def test_a_body_still_being_read_holds_its_place_in_the_screen(gated_server):
     away its place is free, and the same request is admitted and scored."""
     server, gated = gated_server
     batcher = server.app.state.crossrank.batcher
-    big = {"query": "big", "texts": SHORT[:900]}  # ~22.5 s at the prior: two do not fit a 30 s deadline
+    big = {"query": "big", "texts": SHORT[:900]}  # screened as ~15 s at the prior (~20 s once parsed): one fits 25 s
+    deadline = {"X-Crossrank-Deadline-Ms": "25000"}
     raw = json.dumps(big).encode()
     host, port = server.url.removeprefix("http://").split(":")
     with ThreadPoolExecutor(2) as pool:
         first = _park(gated, lambda: pool.submit(_post, server.url, "/rerank", {"query": "first", "texts": SHORT[:1]}))
         with socket.create_connection((host, int(port)), timeout=20) as slow:
             slow.sendall(f"POST /rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw[:100])
+                         f"X-Crossrank-Deadline-Ms: 25000\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw[:100])
             _wait_for(lambda: batcher.reserved() == 1, what="the slow body screened in")
-            r = _post(server.url, "/rerank", {**big, "query": "second"})
+            r = _post(server.url, "/rerank", {**big, "query": "second"}, headers=deadline)
             assert r.status_code == 429 and "before its body was read" in r.json()["error"], r.text
         _wait_for(lambda: batcher.reserved() == 0, what="the slow client's reservation released")
-        second = pool.submit(_post, server.url, "/rerank", {**big, "query": "second"})
+        second = pool.submit(_post, server.url, "/rerank", {**big, "query": "second"}, headers=deadline)
         _wait_for(lambda: _health(server.url)["queue_requests"] == 1, what="the second one admitted")
         gated.gate.set()
         assert [f.result().status_code for f in (first, second)] == [200, 200]

@@ -297,7 +297,7 @@ def test_a_served_model_is_timed_at_startup_so_admission_predicts_from_the_first
 
 def test_the_server_freezes_its_startup_heap_before_it_serves(tiny_model_dir, monkeypatch):
     """``run`` moves the heap built at startup (model, libraries, app) out of the garbage collector's reach
-    before uvicorn serves: full collections that walk it stopped the event loop for ~200 ms under a burst
+    before uvicorn serves: full collections that walk it stopped the event loop under a burst
     (benchmarks/results/overload.md)."""
     import gc
 

@@ -199,7 +199,7 @@ class DynamicBatcher:
     RATE_DECAY = 0.7
     PER_BYTE_WINDOW = 64  # recent requests whose tokens per body byte screen() takes the lowest of
     # screen()'s tokens per body byte before any request has taught it: a lower bound for JSON text (the token
-    # estimate is 4 characters a token, and a character is at most 6 bytes of JSON: a \\uXXXX escape)
+    # estimate is 4 characters a token, and a character is at most 6 bytes of JSON: a \uXXXX escape)
     PER_BYTE_FLOOR = 1 / 24
 
     def __init__(

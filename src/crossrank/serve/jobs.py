@@ -50,7 +50,7 @@ async def run_job(request: Request, query: str, texts: list[str], *, deadline_ms
     if left_s <= 0:  # reading and parsing the body took all of it
         raise ApiError(504, f"deadline of {budget_ms:g} ms exceeded before scoring", "timeout")
     job = _submit(state.batcher, query, texts, left_s, options, body_bytes(request.headers.get("content-length")),
-                  request.scope["state"].pop(RESERVED, None))
+                  request.scope.get("state", {}).pop(RESERVED, None))
     result = await _outcome(request, job, left_s, budget_ms)
     _check_scores(state, result.scores, dialect, too_long)
     return result

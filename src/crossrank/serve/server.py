@@ -64,10 +64,9 @@ def build_app(
 def freeze_startup_heap() -> None:
     """Move every object alive now (the model's modules, torch, transformers, the app) out of the garbage
     collector's reach (``gc.freeze``), once the server is built and before it serves. A full collection
-    otherwise walks that whole heap and stops every Python thread while it does, the event loop included. Under
-    a burst of requests it ran often enough that 429s answered in about 20 ms took 200 ms
-    (benchmarks/results/overload.md). What the requests allocate later is still collected as usual. vLLM does
-    the same after its start-up."""
+    otherwise walks that whole heap and stops every Python thread while it does, the event loop included, and a
+    burst of requests sets off several (benchmarks/results/overload.md). What the requests allocate later is
+    still collected as usual. vLLM does the same after its start-up."""
     gc.collect()
     gc.freeze()
 
