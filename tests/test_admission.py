@@ -299,6 +299,21 @@ def test_a_burst_is_screened_against_the_requests_let_in_ahead_of_it(engine):
         b.stop()
 
 
+def test_an_untaught_screen_does_not_refuse_one_long_document_that_submit_admits(engine):
+    """Before any body has taught it, the screen sizes a body at ``PER_BYTE_FLOOR`` but never above one pair's
+    cap: a 100 KB body may be a single document, which ``submit`` estimates at ``max_length`` tokens."""
+    gated = Gated(engine)
+    b, seen = _batcher(gated, tokens_per_s=2000.0)
+    try:
+        _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
+        held = b.screen(1.0, 100_000)
+        b.submit("long", ["word " * 20_000], deadline_s=1.0, reservation=held)
+        assert seen.rejected == []
+    finally:
+        gated.gate.set()
+        b.stop()
+
+
 def test_a_cancelled_scope_sheds_its_jobs_at_once(engine):
     gated = Gated(engine)
     b, seen = _batcher(gated)

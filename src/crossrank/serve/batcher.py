@@ -371,6 +371,8 @@ class DynamicBatcher:
             rate = self.tokens_per_s
             per_byte = min(self._per_byte) if self._per_byte else self.PER_BYTE_FLOOR
             own = math.floor(per_byte * body_bytes) if body_bytes else 0
+            if not self._per_byte:  # untaught, the body may be one long document: its estimate is capped per pair
+                own = min(own, self.max_length)
             queue = self._with_reserved()
             pending = self._pending_pairs + sum(r.pairs for r in self._reserved)
             queued = sum(j.left_tokens for j in queue)
