@@ -279,12 +279,12 @@ def test_a_burst_is_screened_against_the_requests_let_in_ahead_of_it(engine):
     b, seen = _batcher(gated, tokens_per_s=2000.0)
     try:
         _park(gated, lambda: b.submit("first", SHORT[:1], deadline_s=60))
-        size = 24_000  # at the floor: 1,000 estimated tokens, ~0.5 s at the prior
+        size = 12_000  # at the floor: 500 estimated tokens (under one pair's cap), ~0.25 s at the prior
         held = []
         with pytest.raises(Overloaded) as refused:
-            for _ in range(20):
+            for _ in range(40):
                 held.append(b.screen(3.0, size))
-        assert 3 <= len(held) <= 6  # ~3 s of reserved work ahead: the next would finish after its deadline
+        assert 8 <= len(held) <= 13  # ~3 s of reserved work ahead: the next would finish after its deadline
         assert refused.value.reason == "deadline_early" and seen.rejected == ["deadline_early"]
         assert b.depth() == (0, 0)  # reservations are not queued jobs (the parked one is running)
         b.release(held.pop())
