@@ -133,13 +133,11 @@ def shared_passages() -> list[tuple[str, str, str]]:
     """(id, title, text) of every passage-like text in ``../shared/data``: the BEIR corpora's documents and the
     answer-selection files' candidate sentences (unique texts, ids prefixed with their source). More distinct real
     passages means fewer noisy copies of each in the resampled part of a large index."""
+    from crossrank.corpus import load_corpus
+
     out, seen = [], set()
-    for name in BEIR_CORPORA:
-        with open(SHARED / name / "corpus.jsonl", encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    d = json.loads(line)
-                    out.append((f"{name}:{d['_id']}", d.get("title", ""), d["text"]))
+    for name in BEIR_CORPORA:  # crossrank's own reader (it skips empty documents)
+        out += [(f"{name}:{doc.id}", doc.title, doc.text) for doc in load_corpus(SHARED / name / "corpus.jsonl")]
     for rel in ANSWER_TSVS:
         with open(SHARED / rel, encoding="utf-8") as f:
             next(f)  # header: qid question sentence label (unquoted: split on tabs)

@@ -319,3 +319,5 @@ def test_the_server_freezes_its_startup_heap_before_it_serves(tiny_model_dir, mo
         assert seen["frozen"] > 10_000  # the model and its libraries, not a handful of objects
     finally:
         gc.unfreeze()  # the test process goes on collecting as before
+        if "app" in seen:
+            seen["app"].state.crossrank.batcher.stop()  # never served: nothing else stops its worker

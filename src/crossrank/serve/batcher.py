@@ -141,6 +141,15 @@ class Reservation:
     pairs: int
 
 
+def _by_deadline(queue: Sequence[Any], deadline: float) -> int:
+    """Where an entry due at ``deadline`` goes in ``queue`` by earliest deadline first, after entries due at the
+    same time (ties by arrival): scanning from the end, before every entry due later."""
+    pos = len(queue)
+    while pos > 0 and queue[pos - 1].deadline > deadline:
+        pos -= 1
+    return pos
+
+
 def estimate_tokens(query: str, text: str, max_length: int = 512) -> int:
     """Cheap token estimate for packing (about 4 characters per WordPiece token, plus [CLS]/[SEP]/[SEP])."""
     return max(4, min(max_length, (len(query) + len(text)) // 4 + 3))
@@ -320,8 +329,6 @@ class DynamicBatcher:
         ``deadline_s`` is the time budget in seconds from now (None: no deadline). ``body_bytes``: the size of
         the HTTP body the request came in, if any; it teaches :meth:`screen` how many tokens a byte holds.
         ``reservation``: what :meth:`screen` returned for this request, released here (its real work replaces it)."""
-        if reservation is not None:
-            self.release(reservation)
         texts = list(texts)
         now = time.monotonic()
         deadline = now + deadline_s if deadline_s is not None else math.inf
@@ -329,11 +336,13 @@ class DynamicBatcher:
         job = Job(query=query, texts=texts, deadline=deadline, options=dict(options or {}), est_tokens=est,
                   enqueued=now)
         if not texts:
+            self.release(reservation)
             job.future.set_result(JobResult(RerankScores(scores=[], truncated=[]), 0.0, 0.0))
             return job
         if not self.alive and not self._stopping:
             self.start()
         with self._cond:
+            self._forget(reservation)  # under the same lock as the job's queueing: no screen sees neither
             if self._stopping:
                 raise RerankerUnavailable("the server is shutting down")
             if body_bytes:
@@ -391,11 +400,12 @@ class DynamicBatcher:
 
     def release(self, reservation: Reservation | None) -> None:
         """Forget a :meth:`screen` reservation (submitted, refused, or the request ended first); idempotent."""
-        if reservation is None:
-            return
         with self._cond:
-            if reservation in self._reserved:
-                self._reserved.remove(reservation)
+            self._forget(reservation)
+
+    def _forget(self, reservation: Reservation | None) -> None:
+        if reservation is not None and reservation in self._reserved:  # lock held
+            self._reserved.remove(reservation)
 
     def reserved(self) -> int:
         """Requests screened in whose bodies are still being read (their reservations held)."""
@@ -407,10 +417,7 @@ class DynamicBatcher:
         (lock held): the work a screened request would find ahead of it once those bodies are parsed."""
         merged: list[Any] = list(self._queue)
         for r in self._reserved:
-            pos = len(merged)
-            while pos > 0 and merged[pos - 1].deadline > r.deadline:
-                pos -= 1
-            merged.insert(pos, r)
+            merged.insert(_by_deadline(merged, r.deadline), r)
         return merged
 
     def _safe(self, rate: float | None) -> float | None:
@@ -443,9 +450,7 @@ class DynamicBatcher:
         the class docstring). O(queued requests)."""
         queue = self._queue if queue is None else queue
         pending_pairs = self._pending_pairs if pending_pairs is None else pending_pairs
-        pos = len(queue)
-        while pos > 0 and queue[pos - 1].deadline > deadline:  # earliest deadline first, ties by arrival
-            pos -= 1
+        pos = _by_deadline(queue, deadline)
         if rate is None:  # nothing measured yet: admit; short ones still go ahead of long ones
             while pos > 0 and queue[pos - 1].left_tokens > own:
                 pos -= 1
