@@ -10,7 +10,7 @@ import pytest
 
 from crossrank.errors import InputError
 from crossrank.rerank import CrossEncoderReranker
-from crossrank.rerank.backends import BACKENDS, available_backends, onnx_available, resolve_backend
+from crossrank.rerank.backends import BACKENDS, available_backends, onnx_available, openvino_available, resolve_backend
 
 QUERY = "what do plants make from sunlight"
 DOCS = [
@@ -28,6 +28,7 @@ DOCS = [
     "The pancreas also makes digestive enzymes.",
 ]
 needs_onnx = pytest.mark.skipif(not onnx_available(), reason="onnxruntime / onnx not installed")
+needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,8 @@ def test_auto_resolves_to_an_available_backend(tiny_model_dir):
     assert rr.info()["backend"] == rr.backend
     assert resolve_backend("auto", "cuda") == "torch"  # CUDA keeps torch (fp16)
     assert resolve_backend("auto", "cpu", dtype_requested="bf16") == "torch"
-    assert resolve_backend("auto", "cpu", fast_bf16=True) == "torch"
+    fast_bf16_choice = "openvino" if "openvino" in available_backends("cpu") else "torch"
+    assert resolve_backend("auto", "cpu", fast_bf16=True) == fast_bf16_choice
     assert resolve_backend("auto", "cpu") in available_backends("cpu")
     with pytest.raises(ValueError):
         resolve_backend("onnx-int8", "cuda")
@@ -216,3 +218,75 @@ def test_from_model_shares_the_module_and_takes_backend(tiny_model_dir, referenc
                                         dtype="fp32")  # "auto" is bf16 on CPUs with fast bf16: not comparable at 1e-5
     assert rr.model is model and rr.backend == "torch"
     assert np.allclose(rr.score(QUERY, DOCS).scores, reference, atol=1e-5)
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_openvino_fp32_matches_torch_and_reads_the_cached_graph(tiny_model_dir, reference, cache_dir):
+    rr = _engine(tiny_model_dir, "openvino", dtype="fp32")
+    got = np.array(rr.score(QUERY, DOCS).scores)
+    assert np.allclose(got, reference, atol=1e-4)
+    info = rr.info()
+    assert info["backend"] == "openvino" and info["dtype"] == "fp32"
+    assert info["backend_info"]["inference_precision"] == "f32"
+    assert rr._runner.entry.parent == cache_dir / "onnx"  # the onnx backend's graph, not a second export
+    small = _engine(tiny_model_dir, "openvino", dtype="fp32", batch_tokens=64, max_batch_size=2)
+    assert np.allclose(small.score(QUERY, DOCS).scores, got, atol=1e-5)  # padding and batching change nothing
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_openvino_bf16_keeps_the_ranking(spread_model_dir):
+    reference = np.array(_engine(spread_model_dir, "torch", dtype="fp32").score(QUERY, DOCS).scores)
+    rr = _engine(spread_model_dir, "openvino", dtype="bf16")
+    assert rr.info()["dtype"] == "bf16" and rr.info()["backend_info"]["inference_precision"] == "bf16"
+    got = np.array(rr.score(QUERY, DOCS).scores)
+    spread = float(reference.max() - reference.min())
+    assert spread > 0.3
+    assert np.max(np.abs(got - reference)) < 0.1 * spread
+    assert _spearman(got, reference) > 0.95
+
+
+@needs_openvino
+def test_openvino_never_runs_the_converter_that_sends_telemetry(tiny_model_dir, monkeypatch):
+    """``openvino.convert_model`` reports usage over the network unless the user opted out; crossrank reads the
+    ONNX graph with the runtime instead, which sends nothing."""
+    import openvino
+    import openvino_telemetry
+
+    def refuse(*a, **k):
+        raise AssertionError("telemetry or the converter was used")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "__init__", refuse)
+    rr = _engine(tiny_model_dir, "openvino", dtype="fp32", num_threads=1)
+    assert len(rr.score(QUERY, DOCS[:3]).scores) == 3
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "openvino"), (False, "onnx-int8")])
+def test_a_bundle_can_prefer_one_backend_per_cpu_class(native_bf16, expected, monkeypatch):
+    import crossrank.hardware as hardware
+    from crossrank.rerank.bundled import _preferred_cpu_backend
+
+    if expected not in available_backends("cpu"):
+        pytest.skip(f"{expected} not available here")
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native_bf16)
+    settings = {"cpu_backend": {"native_bf16": "openvino", "other": "onnx-int8"}}
+    assert _preferred_cpu_backend(settings, {}) == expected
+    assert _preferred_cpu_backend(settings, {"dtype": "fp32"}) is None  # the caller's choice wins
+    assert _preferred_cpu_backend({"cpu_backend": "onnx-int8"}, {}) == "onnx-int8"
+
+
+def test_documents_cut_before_tokenising_give_exactly_the_whole_text_s_tokens(tiny_model_dir):
+    """Long documents are cut at whitespace before tokenising (a tenth of a small model's time); a text whose
+    words are long single tokens has more characters per token than the cut allows for, and is re-tokenised
+    whole: the tokens the model sees are the same either way."""
+    rr = _engine(tiny_model_dir, "torch", dtype="fp32")
+    need = rr._avail
+    dense = "photosynthesis chloroplast " * 40  # few characters per token
+    sparse = "understanding " * 200  # one token per 14 characters: the cut leaves too few, so it is redone
+    for text in (dense, sparse, "short text"):
+        got = rr._encode_docs([text])[0]
+        whole = rr._encode([text])[0]
+        assert len(got) >= min(need, len(whole))
+        assert got[:need] == whole[:need]

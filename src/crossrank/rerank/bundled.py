@@ -333,8 +333,15 @@ def bundled_reranker(bundle_dir: str | os.PathLike = DEFAULT_BUNDLE_DIR, **optio
 
 def _preferred_cpu_backend(settings: dict[str, Any], options: dict[str, Any]) -> str | None:
     """The bundle's ``cpu_backend`` (e.g. ``onnx-int8``, chosen for it on held-out queries) when the caller left
-    backend, dtype and device to the defaults, the model runs on a CPU and that backend is installed."""
+    backend, dtype and device to the defaults, the model runs on a CPU and that backend is installed.
+
+    ``cpu_backend`` is a backend name, or ``{"native_bf16": ..., "other": ...}``: one choice for CPUs with native
+    bf16 (AMX / AVX512-BF16), another for the rest, since which backend is fastest differs between them."""
     wanted = settings.get("cpu_backend")
+    if isinstance(wanted, dict):
+        from crossrank.hardware import cpu_has_fast_bf16
+
+        wanted = wanted.get("native_bf16" if cpu_has_fast_bf16() else "other")
     if not wanted or any(options.get(k, "auto") not in ("auto", None) for k in ("backend", "dtype", "device")):
         return None
     import torch

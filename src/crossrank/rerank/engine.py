@@ -72,8 +72,9 @@ _ACTIVATIONS = ("auto", "sigmoid", "raw")
 _LONG_DOCUMENTS = ("truncate", "chunk")
 _VARIANT_OPTIONS = ("long_documents", "chunk_overlap", "max_chunks")  # what with_options can change
 # A document longer than this many characters per token of budget is cut (at whitespace) before tokenising;
-# if the cut text turns out to have too few tokens it is re-tokenised whole, so the result is exact.
-_CHARS_PER_TOKEN = 12
+# if the cut text turns out to have too few tokens it is re-tokenised whole, so the result is exact. Tokenising
+# is a tenth of a small model's time: at 7, about 1 text in 1,000 of the corpora in ../shared/data is re-tokenised.
+_CHARS_PER_TOKEN = 7
 # On CPU, at most this many bytes of attention scores per batch (batch x heads x width^2 x 4): bounds peak memory
 # for long inputs (32 x 512-token pairs of a 12-head model would otherwise need 400 MB per layer's scores).
 ATTENTION_BUDGET_BYTES = 64 << 20
@@ -185,7 +186,10 @@ class CrossEncoderReranker:
         self.device = resolve_device(device)
         requested_backend = backend
         self.backend = self._resolve_backend(backend, dtype)
-        self.dtype = resolve_dtype(dtype, self.device) if self.backend == "torch" else torch.float32
+        # the dtype the arithmetic runs in: torch's own, or OpenVINO's inference precision (its graph is fp32)
+        own_dtype = self.backend in ("torch", "openvino")
+        self._compute_dtype = resolve_dtype(dtype, self.device) if own_dtype else torch.float32
+        self.dtype = self._compute_dtype if self.backend == "torch" else torch.float32
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self._num_threads = int(num_threads) if num_threads is not None else None
         self.tokenizer = tokenizer
@@ -238,7 +242,8 @@ class CrossEncoderReranker:
         from crossrank.rerank.backends import resolve_backend
 
         requested = dtype_name(dtype)
-        if requested not in ("auto", "fp32") and str(backend or "auto").lower() not in ("auto", "torch"):
+        allowed = ("auto", "fp32", "bf16") if str(backend or "").lower() == "openvino" else ("auto", "fp32")
+        if requested not in allowed and str(backend or "auto").lower() not in ("auto", "torch"):
             raise InputError(f"backend {backend!r} runs fp32 / int8; dtype={dtype!r} needs backend='torch'")
         if self.prompt is not None and str(backend or "auto").lower() == "auto":
             return "torch"  # LLM rerankers: no ONNX graph is built unasked (export of a decoder is slow and large)
@@ -255,15 +260,17 @@ class CrossEncoderReranker:
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self._use_token_types else [])
         try:
             return make_runner(self.backend, self.model, device=self.device, input_names=names,
-                               num_threads=self._num_threads, name=self.name)
+                               num_threads=self._num_threads, name=self.name,
+                               bf16=self._compute_dtype == torch.bfloat16)
         except Exception as e:
             if str(requested or "auto").lower() != "auto" or self.backend == "torch":
                 if isinstance(e, (InputError, ModelLoadError)):
                     raise
                 raise ModelLoadError(f"cannot set up backend {self.backend!r} for {self.name}: {first_line(e)}") from e
-            log.warning("backend %s unavailable for %s (%s); falling back to torch fp32", self.backend, self.name,
-                        first_line(e))
-            self.backend = "torch"
+            log.warning("backend %s unavailable for %s (%s); falling back to torch %s", self.backend, self.name,
+                        first_line(e), DTYPE_NAMES.get(self._compute_dtype, str(self._compute_dtype)))
+            self.backend, self.dtype = "torch", self._compute_dtype
+            self.model = self.model.to(dtype=self.dtype)
             return make_runner("torch", self.model, device=self.device, input_names=names,
                                num_threads=self._num_threads, name=self.name)
 
@@ -316,7 +323,7 @@ class CrossEncoderReranker:
             need = self._avail + (self.max_chunks - 1) * max(1, self._avail - self.chunk_overlap)
         else:
             need = self._avail
-        limit = max(2048, need * _CHARS_PER_TOKEN)
+        limit = need * _CHARS_PER_TOKEN
         clipped, cut = [], []
         for t in texts:
             c = _clip_at_whitespace(t, limit)
@@ -430,7 +437,7 @@ class CrossEncoderReranker:
         return {
             "model": self.name,
             "architecture": (getattr(self.model.config, "architectures", None) or [type(self.model).__name__])[0],
-            "dtype": DTYPE_NAMES.get(self.dtype, str(self.dtype)),
+            "dtype": DTYPE_NAMES.get(self._compute_dtype, str(self._compute_dtype)),
             "device": str(self.device),
             "max_length": self.max_length,
             "num_labels": self.num_labels,

@@ -12,9 +12,16 @@ the same inputs and the scores differ only by the arithmetic.
                attention, SkipLayerNorm, bias-GELU, embedding LayerNorm); needs ``onnxruntime`` + ``onnx``
 ``onnx-int8``  the optimised graph with ORT dynamic int8 quantisation (per-channel int8 weights, per-batch u8
                activations, MLAS u8s8 kernels); fastest, but see below
-``auto``       CUDA: ``torch`` (fp16). CPU with native bf16 (AMX / AVX512-BF16) and dtype auto: ``torch`` in bf16
-               (not measured here). Other CPUs: ``onnx`` when onnxruntime is importable, else ``torch``
+``openvino``   the same optimised fp32 graph compiled by OpenVINO's CPU plugin: bf16 arithmetic on CPUs with
+               native bf16 (AMX / AVX512-BF16) unless ``dtype="fp32"``, fp32 elsewhere; needs ``openvino``
+``auto``       CUDA: ``torch`` (fp16). CPU with native bf16 and dtype auto: ``openvino`` (bf16) when it is
+               importable, else ``torch`` in bf16. Other CPUs: ``onnx`` when onnxruntime is importable, else
+               ``torch``
 =============  ==========================================================================================
+
+On native-bf16 CPUs ``openvino`` was measured against ``torch`` bf16 on the same candidates, in the same process
+(``benchmarks/bench_rerank.py``; results in ``benchmarks/results/bench_openvino_amx.md``): faster, and closer to
+the fp32 scores.
 
 ``auto`` comes from measurements on a 2-core AMD EPYC (Zen 3, AVX2 only) with the bundled MiniLM-L6 on SciFact
 (``benchmarks/README.md``): ``onnx`` ~1.1-1.2x ``torch`` fp32 (1.3-1.45x sentence-transformers) with identical
@@ -32,8 +39,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from crossrank.onnx_graph import onnx_available
+from crossrank.rerank.backends.openvino_backend import openvino_available
 
-BACKENDS = ("auto", "torch", "torch-int8", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "torch-int8", "onnx", "onnx-int8", "openvino")
 ONNX_BACKENDS = ("onnx", "onnx-int8")
 
 Runner = Callable[..., Any]
@@ -51,6 +59,8 @@ def available_backends(device_type: str = "cpu") -> list[str]:
     out = ["torch", "torch-int8"]
     if onnx_available():
         out += list(ONNX_BACKENDS)
+    if openvino_available():
+        out.append("openvino")
     return out
 
 
@@ -58,7 +68,8 @@ def resolve_backend(backend: str, device_type: str, *, dtype_requested: str = "a
     """Turn ``backend`` (possibly ``auto``) into a concrete backend, or raise ValueError saying why not.
 
     ``auto``: CUDA -> ``torch``; an explicit bf16/fp16 -> ``torch`` (only it runs them); a CPU with native bf16 and
-    dtype ``auto`` -> ``torch`` (bf16, as before); an explicit ``dtype="fp32"`` -> the fastest fp32 backend
+    dtype ``auto`` -> ``openvino`` (bf16) when installed, else ``torch`` (bf16); an explicit ``dtype="fp32"`` -> the
+    fastest fp32 backend
     (``onnx`` when onnxruntime is installed, else ``torch``); otherwise the fastest backend that keeps agreement
     (:data:`CPU_AUTO`).
     """
@@ -71,13 +82,15 @@ def resolve_backend(backend: str, device_type: str, *, dtype_requested: str = "a
         if dtype_requested not in ("auto", "fp32", "float32"):
             return "torch"
         if fast_bf16 and dtype_requested == "auto":
-            return "torch"
+            return "openvino" if openvino_available() else "torch"
         choice = CPU_AUTO_FP32 if dtype_requested in ("fp32", "float32") else CPU_AUTO
         if choice in ONNX_BACKENDS and not onnx_available():
             choice = "torch"
         return choice
     if backend != "torch" and device_type != "cpu":
         raise ValueError(f"backend {backend!r} runs on CPU only; use backend='torch' on {device_type}")
+    if backend == "openvino" and not openvino_available():
+        raise ValueError(f"backend {backend!r} needs openvino, onnxruntime and onnx: pip install openvino")
     if backend in ONNX_BACKENDS and not onnx_available():
         raise ValueError(
             f"backend {backend!r} needs onnxruntime and onnx: pip install onnxruntime onnx, "
@@ -87,8 +100,9 @@ def resolve_backend(backend: str, device_type: str, *, dtype_requested: str = "a
 
 
 def make_runner(backend: str, model: Any, *, device: Any, input_names: list[str], num_threads: int | None,
-                name: str = "") -> tuple[Runner, dict[str, Any]]:
-    """``(runner, info)`` for a concrete backend; ``info`` describes it (merged into the engine's ``info()``)."""
+                name: str = "", bf16: bool = False) -> tuple[Runner, dict[str, Any]]:
+    """``(runner, info)`` for a concrete backend; ``info`` describes it (merged into the engine's ``info()``).
+    ``bf16``: the ``openvino`` backend computes in bf16 (the others take their dtype from ``model``)."""
     if backend == "torch":
         from crossrank.rerank.backends.torch_backend import TorchRunner
 
@@ -104,5 +118,11 @@ def make_runner(backend: str, model: Any, *, device: Any, input_names: list[str]
 
         r = OnnxRunner(model, input_names=input_names, quantize=backend == "onnx-int8", num_threads=num_threads,
                        name=name)
+        return r, r.info()
+    if backend == "openvino":
+        from crossrank.rerank.backends.openvino_backend import OpenVinoRunner
+
+        r = OpenVinoRunner(model, input_names=input_names, num_threads=num_threads,
+                           precision="bf16" if bf16 else "f32")
         return r, r.info()
     raise ValueError(f"not a concrete backend: {backend!r}")
