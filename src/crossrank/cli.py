@@ -441,7 +441,7 @@ def eval_cmd(
     rerank_max_k: Optional[str] = typer.Option(
         None, help="Rerank some first stages only up to a depth, e.g. 'bm25=100,dense=100' (saves scoring time)."),
     backend: Optional[str] = typer.Option(
-        None, help="Rerank backend: torch, torch-int8, onnx, onnx-int8, auto (default: the engine's)."),
+        None, help="Rerank backend: torch, torch-int8, onnx, onnx-int8, openvino, auto (default: the engine's)."),
     max_length: Optional[int] = typer.Option(None, help="Tokens per (query, document) pair (default: the model's)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and the reports (default: ./crossrank-eval/DATASET-SPLIT)."),
     index_dir: Optional[Path] = typer.Option(
