@@ -244,11 +244,11 @@ def test_fast_loads_offline_and_ranks_the_toy_example():
     from crossrank.retrieve import BM25Retriever
 
     assert bundle_available(FAST_BUNDLE_DIR), f"the bundled fast reranker is missing from {FAST_BUNDLE_DIR}"
-    assert fast_spec() == "fast-student>default@12:rrf"
+    assert fast_spec() == "fast-student>default@20:rrf"
     rr = load_reranker("fast", cache_size=0)
     default = load_reranker("default", cache_size=0)
     student = load_reranker("fast-student", cache_size=0)
-    assert isinstance(rr, CascadeReranker) and rr.top_m == 12
+    assert isinstance(rr, CascadeReranker) and rr.top_m == 20
     assert rr.info()["recommended"] == default.info()["recommended"]
     scores = rr.score(QUERY, DOCS).scores
     assert scores == pytest.approx(default.score(QUERY, DOCS).scores)  # 3 texts: all in the head
@@ -256,9 +256,9 @@ def test_fast_loads_offline_and_ranks_the_toy_example():
     scores = rr.score(COHERE_QUERY, COHERE_DOCS).scores
     assert scores[2] > max(scores[1], scores[3], scores[4])  # Washington above the three non-answers
     assert all(0.0 <= s <= 1.0 for s in scores)
-    texts = [f"{t} Note {i} on cells and energy." for i, t in enumerate(DOCS * 10)]  # 30 texts: a head of 12
+    texts = [f"{t} Note {i} on cells and energy." for i, t in enumerate(DOCS * 10)]  # 30 texts: a head of 20
     mixed = rr.score(QUERY, texts).scores
-    head = cascade_head(student.score(QUERY, texts).scores, 12, "rrf")
+    head = cascade_head(student.score(QUERY, texts).scores, 20, "rrf")
     full = default.score(QUERY, texts).scores
     assert [mixed[i] for i in head] == pytest.approx([full[i] for i in head])
     tail = [i for i in range(len(texts)) if i not in head]
