@@ -354,3 +354,20 @@ def test_a_depth_spec_recommends_reranking_only_the_first_stages_top_m(tiny_mode
     assert parse_depth_spec("a>b@3") is None
     with pytest.raises(InputError, match="depth"):
         parse_depth_spec("default@0")
+
+
+def test_a_cascade_whose_first_model_has_a_depth_recommends_that_depth(tiny_model_dir):
+    """``A@S>B@M``: pipelines hand the cascade only the first stage's top S; called directly it scores every text."""
+    from crossrank.pipeline import Pipeline
+    from crossrank.retrieve import BM25Retriever
+    from crossrank.types import Passage
+
+    deep = load_reranker(f"{tiny_model_dir}@5>{tiny_model_dir}@2:rrf", cache_size=0, max_length=64)
+    assert recommendation(deep)["rerank_depth"] == 5 and "@5>" in deep.name
+    assert "rerank_depth" not in recommendation(load_reranker(f"{tiny_model_dir}>{tiny_model_dir}@2", max_length=64))
+    texts = [f"plants sunlight glucose note {i}" for i in range(8)]
+    assert len(deep.score(QUERY, texts).scores) == 8
+    passages = [Passage(id=f"p{i}", doc_id=f"d{i}", text=t) for i, t in enumerate(texts)]
+    with Pipeline(BM25Retriever(passages), deep, k=8, n=8) as pipe:
+        result = pipe.search(QUERY)
+    assert result.n_candidates == 8 and result.n_reranked == 5

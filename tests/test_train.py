@@ -298,6 +298,22 @@ def test_heldout_cascade_scores_replace_the_first_models_top_m():
     assert cascade_scores(first, second, 10) == second
 
 
+def test_heldout_cascade_at_a_depth_sees_only_the_first_stages_top_s():
+    from crossrank.train.data import DevQuery
+    from crossrank.train.heldout import HeldOut, cascade_report, fusion_table
+
+    # the relevant d3 is last in first-stage order; both models put it first
+    q = DevQuery("q", "what?", ["d0", "d1", "d2", "d3"], ["a", "b", "c", "d"], [4.0, 3.0, 2.0, 1.0], {"d3": 1})
+    ho = HeldOut("src", "beir", [q])
+    first, second = {"q": [0.1, 0.2, 0.3, 0.9]}, {"q": [0.1, 0.1, 0.1, 0.9]}
+    tables = {"src": fusion_table(ho, second)}
+    r = cascade_report([ho], {"src": first}, {"src": second}, [1], "ce", tables, "student>teacher",
+                       heads=("score",), depths=(None, 2))
+    assert r["by_head"]["score"]["1"]["macro_ndcg@10"] == 1.0  # all 4: the head of 1 is d3
+    deep = r["by_head"]["score, first 2"]["1"]
+    assert deep["label"] == "student@2>teacher@1" and deep["macro_ndcg@10"] == 0.0  # d3 never read
+
+
 def _fake_checkpoint(d: Path, weights: bytes) -> Path:
     """A folder with what the weights fingerprint reads (no model loads: the store is keyed before scoring)."""
     d.mkdir(parents=True, exist_ok=True)

@@ -36,14 +36,15 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     """Build a reranker from a name, path or URL.
 
     - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
-    - ``"fast"``: speed first: what the fast bundle recommends (a depth ``"default@M"``, chosen on held-out queries; how its
-      quality compares with the default's is measured in that bundle's model card);
+    - ``"fast"``: speed first: what the fast bundle recommends (a cascade ``"fast-student>default@M:rrf"``, chosen on
+      held-out queries; how its quality compares with the default's is measured in that bundle's model card);
     - ``"fast-student"``: the bundled 2-layer student distilled from the default, alone;
     - ``"B@M"``: B with a recommended ``rerank_depth`` of M: pipelines and evaluations rerank only the first
       stage's top M with it, the rest follow in first-stage order (e.g. ``"default@20"``);
     - ``"A>B@M"``: a :class:`crossrank.rerank.cascade.CascadeReranker`, A scores every text and B rescores A's
       top M (e.g. ``"fast-student>default@20"``; ``options`` go to both); ``"A>B@M:rrf"`` picks those M by
-      A's order fused with the input order;
+      A's order fused with the input order; ``"A@S>B@M"`` recommends a ``rerank_depth`` of S (pipelines hand
+      the cascade only the first stage's top S);
     - ``http://...`` / ``https://...``: :class:`crossrank.rerank.remote.RemoteReranker` (``options`` go to it);
     - a directory holding a crossrank bundle (``crossrank_bundle.json``): that bundle;
     - anything else: :class:`CrossEncoderReranker` on a Hugging Face id or local checkpoint directory.

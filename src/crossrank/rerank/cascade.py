@@ -3,7 +3,9 @@
 Spec ``"A>B@M"`` in :func:`crossrank.load_reranker`, for example ``"fast-student>default@20"``. Which M texts
 B rescores (:func:`cascade_head`): A's best M by default, or with ``"A>B@M:rrf"`` the best M by reciprocal-rank
 fusion of A's order with the input order (the first stage's, when the pipeline calls it), which keeps
-candidates both agree on when A alone is a weak judge. The result's scores are the second model's for the top M
+candidates both agree on when A alone is a weak judge. ``"A@S>B@M"`` gives A a depth: the cascade recommends
+``rerank_depth`` S, so pipelines and evaluations hand it only the first stage's top S (the rest follow in
+first-stage order); called directly, it scores every text it is sent. The result's scores are the second model's for the top M
 and the first model's for the rest, so both models must score on the same scale: the bundled ``fast-student``
 and ``default`` both return calibrated relevance probabilities (``activation="sigmoid"`` with their own Platt
 calibrations), which is what makes the mixed list comparable. The top M, among themselves, are in exactly the
@@ -132,7 +134,10 @@ class CascadeReranker:
             raise InputError(f"unknown cascade head rule {head!r}: use one of {', '.join(HEADS)}")
         self.first, self.second = as_reranker(first), as_reranker(second)
         self.top_m, self.head = int(top_m), head
-        self.name = f"{first.name}>{second.name}@{self.top_m}" + ("" if head == "score" else f":{head}")
+        # "A@S>B@M": A's own depth S is the cascade's (a pipeline hands the cascade the first stage's top S)
+        self.depth = _recommended(self.first).get("rerank_depth")
+        first_name = first.name if self.depth is None else f"{first.name}@{self.depth}"
+        self.name = f"{first_name}>{second.name}@{self.top_m}" + ("" if head == "score" else f":{head}")
 
     @property
     def takes_instruction(self) -> bool:
@@ -184,11 +189,17 @@ class CascadeReranker:
             "cascade": {"first": dict(self.first.info()), "second": second, "top_m": self.top_m, "head": self.head},
             "activation": second.get("activation"),
             "max_length": second.get("max_length"),
-            "recommended": dict(second.get("recommended") or {}),
+            "recommended": {**(second.get("recommended") or {}),
+                            **({} if self.depth is None else {"rerank_depth": self.depth})},
         }
 
     def __repr__(self) -> str:
         return f"CascadeReranker({self.name!r})"
+
+
+def _recommended(reranker: Reranker) -> dict[str, Any]:
+    rec = reranker.info().get("recommended")
+    return rec if isinstance(rec, dict) else {}
 
 
 def _score(reranker: Reranker, query: str, texts: list[str], timeout_s: float | None,

@@ -347,7 +347,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "cascade", None) and len(rerankers) > 1:
         report["cascade"] = cascade_report(sets, probs[cand], probs[base], args.cascade,
                                            args.baseline_fusion or best, tables[base], f"{cand}>{base}",
-                                           getattr(args, "cascade_heads", None) or ("score",))
+                                           getattr(args, "cascade_heads", None) or ("score",),
+                                           getattr(args, "cascade_depths", None) or (None,))
     (out / "heldout.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "heldout.md").write_text(render_markdown(report), encoding="utf-8")
     return report
@@ -488,33 +489,42 @@ CASCADE_HEADS = ("score", "rrf", "order")
 
 
 def cascade_report(sets, first, second, ms: Sequence[int], fusion: str, second_tables, label: str,
-                   heads: Sequence[str] = ("score",)) -> dict[str, Any]:
-    """For each head rule and M: the held-out nDCG@10 under ``fusion`` (BEIR sources; macro mean, and paired
-    against the second model alone with the same fusion) and CE MAP on the answer-selection sources. Head rules:
-    ``score`` and ``rrf`` are the cascade's (:func:`crossrank.rerank.cascade.cascade_head`); ``order`` is no first
-    model at all: the second reranks the first stage's top M."""
+                   heads: Sequence[str] = ("score",), depths: Sequence[int | None] = (None,)) -> dict[str, Any]:
+    """For each head rule, first-model depth and M: the held-out nDCG@10 under ``fusion`` (BEIR sources; macro
+    mean, and paired against the second model alone on all candidates with the same fusion) and CE MAP on the
+    answer-selection sources. Head rules: ``score`` and ``rrf`` are the cascade's
+    (:func:`crossrank.rerank.cascade.cascade_head`); ``order`` is no first model at all: the second reranks the
+    first stage's top M. A depth S (``None``: all candidates) is the cascade on the first stage's top S only, the
+    rest after them in first-stage order (``A@S>B@M``, as a pipeline reranks at a depth)."""
     out: dict[str, Any] = {"fusion": fusion, "second_alone_macro": None, "by_head": {}}
     beir = [ho for ho in sets if ho.kind == "beir"]
     out["second_alone_macro"] = float(np.mean([_mean(second_tables[ho.name][fusion]) for ho in beir]))
     for head in heads:
-        by_m = out["by_head"].setdefault(head, {})
-        for m in ms:
-            rows = {ho.name: _cascade_row(ho, first[ho.name], second[ho.name], m, head, fusion,
-                                          second_tables.get(ho.name)) for ho in sets}
-            macro = float(np.mean([rows[ho.name]["ndcg@10"] for ho in beir]))
-            name = f"{label}@{m}" + ("" if head == "score" else f":{head}")
-            by_m[str(m)] = {"label": name if head != "order" else f"{label.split('>')[-1]} at depth {m}",
-                            "macro_ndcg@10": macro, "vs_second_alone": macro - out["second_alone_macro"],
-                            "per_source": rows}
+        for depth in depths if head != "order" else (None,):
+            by_m = out["by_head"].setdefault(head if depth is None else f"{head}, first {depth}", {})
+            for m in ms:
+                rows = {ho.name: _cascade_row(ho, first[ho.name], second[ho.name], m, head, fusion,
+                                              second_tables.get(ho.name), depth) for ho in sets}
+                macro = float(np.mean([rows[ho.name]["ndcg@10"] for ho in beir]))
+                a, b = label.split(">", 1)
+                name = (f"{a}@{depth}" if depth else a) + f">{b}@{m}" + ("" if head == "score" else f":{head}")
+                by_m[str(m)] = {"label": name if head != "order" else f"{b} at depth {m}",
+                                "macro_ndcg@10": macro, "vs_second_alone": macro - out["second_alone_macro"],
+                                "per_source": rows}
     return out
 
 
-def _cascade_row(ho: HeldOut, first, second, m: int, head: str, fusion: str, second_table) -> dict[str, Any]:
-    if head == "order":
-        if ho.kind != "beir":  # no first stage to take a top M of
+def _cascade_row(ho: HeldOut, first, second, m: int, head: str, fusion: str, second_table,
+                 depth: int | None = None) -> dict[str, Any]:
+    if head == "order" or depth is not None:
+        if ho.kind != "beir":  # no first stage to take a top M (or S) of
             return {"map": float("nan")}
-        ho = _depth(ho, m)
-        mixed = {q: s[:m] for q, s in second.items()}
+        cut = m if head == "order" else depth
+        ho = _depth(ho, cut)
+        first = {q: s[:cut] for q, s in first.items()}
+        second = {q: s[:cut] for q, s in second.items()}
+    if head == "order":
+        mixed = second
     else:
         mixed = cascade_scores(first, second, m, head)
     if ho.kind != "beir":
@@ -609,6 +619,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "by the baseline, --baseline-fusion applied); needs --baseline-calibration")
     p.add_argument("--cascade-heads", default="score", metavar="HEAD,...",
                    help=f"head rules to score the cascades with: {', '.join(CASCADE_HEADS)} (default: score)")
+    p.add_argument("--cascade-depths", default=None, metavar="S,S,...",
+                   help="also score each cascade with the candidate on the first stage's top S only (the rest "
+                        "after them in first-stage order); 'all' is every candidate (default: all)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     args.cascade_heads = [h.strip() for h in args.cascade_heads.split(",") if h.strip()]
@@ -618,6 +631,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cascade and not args.baseline_calibration:
         p.error("--cascade needs --baseline-calibration (both models' scores must be calibrated to be mixed)")
     args.cascade = [int(m) for m in args.cascade.split(",")] if args.cascade else None
+    try:
+        args.cascade_depths = [None if d.strip() == "all" else int(d) for d in (args.cascade_depths or "all").split(",")]
+    except ValueError:
+        p.error(f"--cascade-depths takes numbers or 'all', not {args.cascade_depths!r}")
+    if any(d is not None and d < 1 for d in args.cascade_depths):
+        p.error("--cascade-depths must be >= 1")
     args.max_length = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.max_length)}
     args.backend = dict(kv.split("=", 1) for kv in args.backend)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
