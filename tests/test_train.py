@@ -378,4 +378,6 @@ def test_weights_fingerprint_covers_cascades_and_refuses_urls(tmp_path):
     b = _fake_checkpoint(tmp_path / "b", b"B")
     assert weights_fingerprint(str(a)) != weights_fingerprint(str(b))
     assert weights_fingerprint(f"{a}>{b}@5") not in (weights_fingerprint(f"{b}>{a}@5"), weights_fingerprint(f"{a}>{b}@6"))
+    deep = weights_fingerprint(f"{a}@40>{b}@5")  # the first model's depth: A's weights, a shape of its own
+    assert deep is not None and deep not in (weights_fingerprint(f"{a}>{b}@5"), weights_fingerprint(f"{a}@50>{b}@5"))
     assert weights_fingerprint("http://localhost:1/rerank") is None
