@@ -5,15 +5,17 @@ B rescores (:func:`cascade_head`): A's best M by default, or with ``"A>B@M:rrf"`
 fusion of A's order with the input order (the first stage's, when the pipeline calls it), which keeps
 candidates both agree on when A alone is a weak judge. ``"A@S>B@M"`` gives A a depth: the cascade recommends
 ``rerank_depth`` S, so pipelines and evaluations hand it only the first stage's top S (the rest follow in
-first-stage order); called directly, it scores every text it is sent. The result's scores are the second model's for the top M
-and the first model's for the rest, so both models must score on the same scale: the bundled ``fast-student``
-and ``default`` both return calibrated relevance probabilities (``activation="sigmoid"`` with their own Platt
-calibrations), which is what makes the mixed list comparable. The top M, among themselves, are in exactly the
-second model's order. Recommendations (fusion, ``min_score``) are the second model's: its scores decide the head
-of the ranking.
+first-stage order); called directly, it scores every text it is sent.
+
+The result's scores are the second model's for the top M and the first model's for the rest, so both models
+must score on the same scale: the bundled ``fast-student`` and ``default`` both return calibrated relevance
+probabilities (``activation="sigmoid"`` with their own Platt calibrations), which is what makes the mixed list
+comparable. The top M, among themselves, are in exactly the second model's order. Recommendations (fusion,
+``min_score``) are the second model's: its scores decide the head of the ranking. The spec ``fast`` is a cascade
+(``fast-student>default@M:rrf``, M chosen on held-out queries).
 
 The degenerate cascade whose first model is the first stage itself is a depth: ``"B@M"`` (:func:`parse_depth_spec`),
-B on the first stage's top M. The spec ``fast`` is one (``default@M``, M chosen on held-out queries).
+B on the first stage's top M.
 """
 
 from __future__ import annotations
