@@ -108,8 +108,13 @@ def spec_models(spec: str) -> SpecModels:
     cascade = parse_cascade_spec(spec)
     if cascade is not None:
         return SpecModels((cascade.first, cascade.second), cascade.top_m, cascade.head)
-    depth = None if os.path.exists(spec) else parse_depth_spec(spec)
+    depth = model_depth(spec)
     return SpecModels((spec,)) if depth is None else SpecModels((depth[0],), depth[1])
+
+
+def model_depth(name: str) -> tuple[str, int] | None:
+    """``(name, M)`` when one model name of a spec is a depth ``"B@M"``, unless a path of that name exists."""
+    return None if os.path.exists(name) else parse_depth_spec(name)
 
 
 def cascade_head(first_scores: Sequence[float], top_m: int, head: str = "score") -> list[int]:
@@ -137,7 +142,9 @@ class CascadeReranker:
         self.first, self.second = as_reranker(first), as_reranker(second)
         self.top_m, self.head = int(top_m), head
         # "A@S>B@M": A's own depth S is the cascade's (a pipeline hands the cascade the first stage's top S)
-        self.depth = _recommended(self.first).get("rerank_depth")
+        from crossrank.rerank import recommendation  # the package imports this module lazily
+
+        self.depth = recommendation(self.first).get("rerank_depth")
         first_name = first.name if self.depth is None else f"{first.name}@{self.depth}"
         self.name = f"{first_name}>{second.name}@{self.top_m}" + ("" if head == "score" else f":{head}")
 
@@ -197,11 +204,6 @@ class CascadeReranker:
 
     def __repr__(self) -> str:
         return f"CascadeReranker({self.name!r})"
-
-
-def _recommended(reranker: Reranker) -> dict[str, Any]:
-    rec = reranker.info().get("recommended")
-    return rec if isinstance(rec, dict) else {}
 
 
 def _score(reranker: Reranker, query: str, texts: list[str], timeout_s: float | None,

@@ -59,11 +59,11 @@ def model_folder(name: str) -> Path | None:
 def weights_fingerprint(spec: str) -> str | None:
     """A sha256 naming the weights ``spec`` scores with (every model of a cascade, in order, with its M and head
     rule); None when one of them cannot be fingerprinted without loading it (a URL, an uncached hub id)."""
-    from crossrank.rerank.cascade import parse_depth_spec, spec_models
+    from crossrank.rerank.cascade import model_depth, spec_models
 
     parts = spec_models(spec)
     # a cascade's first model may carry a depth ("A@S>B@M"): the folder is A's, the depth part of the shape
-    depths = [parse_depth_spec(n) if parts.cascade and not os.path.exists(n) else None for n in parts.names]
+    depths = [model_depth(n) if parts.cascade else None for n in parts.names]
     folders = [model_folder(d[0] if d else name) for name, d in zip(parts.names, depths, strict=True)]
     if any(f is None for f in folders):
         return None

@@ -499,6 +499,7 @@ def cascade_report(sets, first, second, ms: Sequence[int], fusion: str, second_t
     out: dict[str, Any] = {"fusion": fusion, "second_alone_macro": None, "by_head": {}}
     beir = [ho for ho in sets if ho.kind == "beir"]
     out["second_alone_macro"] = float(np.mean([_mean(second_tables[ho.name][fusion]) for ho in beir]))
+    a, b = label.split(">", 1)
     for head in heads:
         for depth in depths if head != "order" else (None,):
             by_m = out["by_head"].setdefault(head if depth is None else f"{head}, first {depth}", {})
@@ -506,7 +507,6 @@ def cascade_report(sets, first, second, ms: Sequence[int], fusion: str, second_t
                 rows = {ho.name: _cascade_row(ho, first[ho.name], second[ho.name], m, head, fusion,
                                               second_tables.get(ho.name), depth) for ho in sets}
                 macro = float(np.mean([rows[ho.name]["ndcg@10"] for ho in beir]))
-                a, b = label.split(">", 1)
                 name = (f"{a}@{depth}" if depth else a) + f">{b}@{m}" + ("" if head == "score" else f":{head}")
                 by_m[str(m)] = {"label": name if head != "order" else f"{b} at depth {m}",
                                 "macro_ndcg@10": macro, "vs_second_alone": macro - out["second_alone_macro"],
