@@ -23,10 +23,12 @@ On native-bf16 CPUs ``openvino`` was measured against ``torch`` bf16 on the same
 (``benchmarks/bench_rerank.py``; results in ``benchmarks/results/bench_openvino_amx.md``): faster, and closer to
 the fp32 scores.
 
-``auto`` comes from measurements on a 2-core AMD EPYC (Zen 3, AVX2 only) with the bundled MiniLM-L6 on SciFact
-(``benchmarks/README.md``): ``onnx`` ~1.1-1.2x ``torch`` fp32 (1.3-1.45x sentence-transformers) with identical
-rankings; ``onnx-int8`` ~1.4-1.6x and ``torch-int8`` ~1.3-1.4x ``torch``, but both move nDCG@10 by 0.01-0.09
-and change every query's top-10 order, so they are opt-in only.
+``auto`` off native bf16 comes from measurements on a 2-core AMD EPYC (Zen 3, AVX2 only) with the bundled
+MiniLM-L6 on SciFact (``benchmarks/README.md``): ``onnx`` is faster than ``torch`` fp32 and sentence-transformers
+with identical rankings, and faster than ``openvino`` fp32 for both the default and the 2-layer ``fast`` student
+(``benchmarks/results/bench_openvino_avx2.md``, ``bench_student_avx2.md``); ``onnx-int8`` and ``torch-int8`` are
+faster still, but both move nDCG@10 and change the top-10 order of most queries, so they are opt-in only (a
+bundle may choose one for itself on held-out queries: ``cpu_backend``).
 
 ONNX graphs are cached on disk (``$CROSSRANK_CACHE_DIR``, else ``$XDG_CACHE_HOME/crossrank``, else
 ``~/.cache/crossrank``) under ``onnx/``, keyed by a sha256 of the model's config and weights plus the build recipe
