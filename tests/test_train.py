@@ -381,3 +381,33 @@ def test_weights_fingerprint_covers_cascades_and_refuses_urls(tmp_path):
     deep = weights_fingerprint(f"{a}@40>{b}@5")  # the first model's depth: A's weights, a shape of its own
     assert deep is not None and deep not in (weights_fingerprint(f"{a}>{b}@5"), weights_fingerprint(f"{a}@50>{b}@5"))
     assert weights_fingerprint("http://localhost:1/rerank") is None
+
+
+def test_checkpoint_holds_no_pickle_and_refuses_old_pickle_checkpoints(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = _config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "r", select=False, eval_every=0, stop_after_step=1)
+    train(cfg)
+    last = tmp_path / "r" / "checkpoints" / "last"
+    names = {p.name for p in last.iterdir()}
+    assert {"trainer_state.safetensors", "trainer_state.json", "state.json", "model.safetensors"} <= names
+    assert not [n for n in names if n.endswith((".pt", ".bin", ".pkl"))]
+    moments = load_file(str(last / "trainer_state.safetensors"))
+    assert any(k.endswith(".exp_avg_sq") for k in moments) and "rng.torch" in moments
+    # a checkpoint from before this format: refused with a message, its pickle never opened
+    (last / "trainer_state.safetensors").unlink()
+    (last / "trainer_state.pt").write_bytes(b"\x80\x04not a pickle crossrank should ever read")
+    with pytest.raises(InputError, match="pickle"):
+        train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "r", select=False, eval_every=0, resume=True))
+
+
+def test_training_checkpoint_does_not_change_the_weights_fingerprint(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    import shutil
+
+    from crossrank.rerank.weights import folder_fingerprint
+
+    train(_config(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path / "r", select=False, eval_every=0, stop_after_step=1))
+    last = tmp_path / "r" / "checkpoints" / "last"
+    bare = tmp_path / "bare"
+    shutil.copytree(last, bare, ignore=shutil.ignore_patterns("trainer_state.*", "state.json"))
+    assert folder_fingerprint(last) == folder_fingerprint(bare)

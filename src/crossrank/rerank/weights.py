@@ -20,7 +20,8 @@ from crossrank.files import file_sha256
 # Files that decide scores: weights, config, tokenizer (vocab.txt, merges.txt, sentencepiece .model), a bundle's
 # manifest. Model cards and trainer state do not; a file kept here that does not matter costs a cache miss only.
 _SCORING_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-_NOT_SCORING = frozenset({"state.json", "results.json", "trainer_state.json"})
+# (a training checkpoint's own files: crossrank.train.checkpoint.TRAINER_FILES)
+_NOT_SCORING = frozenset({"state.json", "results.json", "trainer_state.json", "trainer_state.safetensors"})
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str:

@@ -5,7 +5,8 @@ Output layout under ``config.output_dir``::
     config.json            the TrainConfig of the run
     train.log              the progress log (also on stderr)
     data/                  mined first-stage candidates (cached), a mining index when none was given
-    checkpoints/last/      model + optimizer + scheduler + RNG + step (every --save-every steps; --resume reads it)
+    checkpoints/last/      model + optimizer + scheduler + RNG + step, no pickle (:mod:`crossrank.train.checkpoint`;
+                           every --save-every steps; --resume reads it)
     best/                  the best checkpoint on the dev queries (HF format)
     model/                 the result: HF sequence-classification checkpoint (safetensors) + tokenizer + README.md
     results.json           dev curve, timings, selection table
@@ -31,6 +32,7 @@ import torch
 from crossrank.errors import InputError, ModelLoadError
 from crossrank.files import staged_dir
 from crossrank.hardware import cpu_flags
+from crossrank.train.checkpoint import TRAINER_FILES, load_checkpoint, save_checkpoint
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe, interleave
 from crossrank.train.losses import compute_loss
@@ -185,42 +187,6 @@ def _save_hf(model, tokenizer, path: Path) -> None:
     with staged_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-
-
-def _save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, scaler, state: dict[str, Any]) -> None:
-    with staged_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        torch.save({
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }, tmp / "trainer_state.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    real_missing = [k for k in missing if not k.endswith("position_ids")]
-    if real_missing:
-        raise ModelLoadError(f"checkpoint {path} lacks weights: {real_missing[:5]}")
-    blob = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    if scaler is not None and blob.get("scaler"):
-        scaler.load_state_dict(blob["scaler"])
-    rng = blob["rng"]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -398,7 +364,7 @@ def _load_models(config: TrainConfig, out: Path, device: torch.device) -> tuple[
 def _resume(run: _Run) -> None:
     """Weights, optimizer, scheduler, RNG and ``state`` from ``checkpoints/last`` when resuming."""
     if run.resuming:
-        run.state = _load_checkpoint(run.last_dir, run.model, run.optimizer, run.scheduler, run.scaler)
+        run.state = load_checkpoint(run.last_dir, run.model, run.optimizer, run.scheduler, run.scaler)
         log.info("resumed from %s at step %d", run.last_dir, run.state["step"])
 
 
@@ -459,7 +425,7 @@ def _evaluate(run: _Run, step: int) -> None:
 
 def _checkpoint(run: _Run) -> None:
     """``checkpoints/last``: what ``--resume`` continues from."""
-    _save_checkpoint(run.last_dir, run.model, run.tokenizer, run.optimizer, run.scheduler, run.scaler, run.state)
+    save_checkpoint(run.last_dir, run.model, run.tokenizer, run.optimizer, run.scheduler, run.scaler, run.state)
 
 
 class _Window:
@@ -553,7 +519,7 @@ def _export_final(run: _Run) -> tuple[Path, bool]:
     src_dir = run.out / "best" if from_best else run.last_dir
     with staged_dir(final) as tmp:
         for f in src_dir.iterdir():
-            if f.name not in ("trainer_state.pt", "state.json"):
+            if f.name not in TRAINER_FILES:
                 shutil.copy2(f, tmp / f.name)
     return final, from_best
 
