@@ -33,14 +33,19 @@ TRAINER_FILES = frozenset({TENSORS_FILE, JSON_FILE, STATE_FILE, LEGACY_PICKLE_FI
 FORMAT = 1
 
 
+def save_model(model, tokenizer, path: Path) -> None:
+    """Write model and tokenizer alone (a Hugging Face folder, safetensors) to ``path`` atomically."""
+    with staged_dir(path) as tmp:
+        _write_model(model, tokenizer, tmp)
+
+
 def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, scaler, state: dict[str, Any]) -> None:
     """Write model, tokenizer, trainer state and ``state`` to ``path`` atomically."""
     from safetensors.torch import save_file
 
     tensors, meta = _trainer_state(optimizer, scheduler, scaler)
     with staged_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        _write_model(model, tokenizer, tmp)
         save_file(tensors, str(tmp / TENSORS_FILE))
         (tmp / JSON_FILE).write_text(json.dumps(meta), encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -73,6 +78,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict[str
 # ---------------------------------------------------------------------------------------------------- encoding
 
 
+def _write_model(model, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
 def _trainer_state(optimizer, scheduler, scaler) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split the trainer's state into named tensors and a JSON document."""
     opt = optimizer.state_dict()
@@ -93,9 +103,7 @@ def _trainer_state(optimizer, scheduler, scaler) -> tuple[dict[str, torch.Tensor
     py_version, py_state, py_gauss = random.getstate()
     meta = {
         "format": FORMAT,
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars,
-                      "tensor_state": {str(i): sorted(k for k, v in e.items() if isinstance(v, torch.Tensor))
-                                       for i, e in opt["state"].items()}},
+        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {"numpy": [np_name, int(np_pos), int(np_has_gauss), float(np_gauss)],
@@ -107,11 +115,11 @@ def _trainer_state(optimizer, scheduler, scaler) -> tuple[dict[str, torch.Tensor
 def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], optimizer, scheduler, scaler) -> None:
     """The inverse of :func:`_trainer_state`."""
     o = meta["optimizer"]
-    state: dict[int, dict[str, Any]] = {}
-    for idx in set(o["tensor_state"]) | set(o["scalars"]):
-        entry = {k: tensors[f"optimizer.{idx}.{k}"] for k in o["tensor_state"].get(idx, [])}
-        entry.update(o["scalars"].get(idx, {}))
-        state[int(idx)] = entry
+    state: dict[int, dict[str, Any]] = {int(idx): dict(values) for idx, values in o["scalars"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": o["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta.get("scaler"):

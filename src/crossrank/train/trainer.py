@@ -32,7 +32,7 @@ import torch
 from crossrank.errors import InputError, ModelLoadError
 from crossrank.files import staged_dir
 from crossrank.hardware import cpu_flags
-from crossrank.train.checkpoint import TRAINER_FILES, load_checkpoint, save_checkpoint
+from crossrank.train.checkpoint import TRAINER_FILES, load_checkpoint, save_checkpoint, save_model
 from crossrank.train.config import TrainConfig
 from crossrank.train.data import DevQuery, Item, Source, build_schedule, build_sources, describe, interleave
 from crossrank.train.losses import compute_loss
@@ -178,15 +178,6 @@ def _encode(tokenizer, queries: Sequence[str], texts: Sequence[str], max_length:
     enc = tokenizer(list(queries), list(texts), truncation="longest_first", max_length=max_length,
                     padding=True, return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items()}
-
-
-# ---------------------------------------------------------------------------------------------------- checkpoints
-
-
-def _save_hf(model, tokenizer, path: Path) -> None:
-    with staged_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -417,7 +408,7 @@ def _evaluate(run: _Run, step: int) -> None:
     improved = state["best_dev"] is None or val > state["best_dev"]
     if improved:
         state["best_dev"], state["best_step"] = val, step
-        _save_hf(run.model, run.tokenizer, run.out / "best")
+        save_model(run.model, run.tokenizer, run.out / "best")
     log.info("dev step %d: nDCG@10 (CE over top-%d, %d queries) = %.4f%s [%.0fs]", step, run.config.dev_k,
              len(run.dev_eval), val, " *best*" if improved else f" (best {state['best_dev']:.4f} @ {state['best_step']})",
              time.time() - t0)
