@@ -48,6 +48,9 @@ def _data_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--skip-top", type=int, default=d.skip_top,
                    help="ignore the first N mined ranks (false-negative guard; default: %(default)s)")
     g.add_argument("--negatives", type=int, default=d.negatives, help="negatives per group (default: %(default)s)")
+    g.add_argument("--swap-negatives", type=int, default=d.swap_negatives,
+                   help="of those, up to N are the group's positives with the entity they share with the query "
+                        "swapped for another (counterfactual negatives; default: %(default)s)")
     g.add_argument("--dev-fraction", type=float, default=d.dev_fraction,
                    help="held-out share of BEIR train queries for dev/selection (default: %(default)s)")
     g.add_argument("--split-seed", type=int, default=d.split_seed,
@@ -140,7 +143,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
         except ValueError as e:
             raise InputError(f"--init-layers takes layer numbers like 0,1, not {args.init_layers!r}") from e
     for name in ("output_dir", "init_model", "loss", "negatives", "groups_per_batch", "grad_accum", "max_length",
-                 "qa_max_length", "mine_retriever", "mine_k", "skip_top", "dev_fraction", "split_seed", "max_steps", "lr",
+                 "qa_max_length", "mine_retriever", "mine_k", "skip_top", "swap_negatives", "dev_fraction", "split_seed", "max_steps", "lr",
                  "head_lr_mult", "warmup_ratio", "weight_decay", "max_grad_norm", "pairwise_margin", "autocast",
                  "seed", "threads", "eval_every", "dev_queries", "dev_k", "save_every", "log_every", "resume",
                  "stop_after_step", "select", "select_k", "select_queries", "eval_batch_size", "pack_to",

@@ -81,6 +81,8 @@ class TrainConfig:
     mine_retriever: str = "hybrid"
     mine_k: int = 30
     skip_top: int = 0  # ignore the first N mined ranks (false-negative guard)
+    # of the negatives per group, up to this many are the group's entity-swapped positives (counterfactual.py)
+    swap_negatives: int = 0
     dev_fraction: float = 0.1  # held-out share of BEIR train queries (dev/selection), seeded
     # Seeds the held-out split apart from the training seed: a run that continues from another run's checkpoint
     # with a new training seed must hold out the same queries, or its dev/selection scores include training data.
@@ -142,6 +144,8 @@ class TrainConfig:
                 raise InputError(f"training source not found: {s.path}")
         if self.negatives < 1 or self.groups_per_batch < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise InputError("negatives, groups_per_batch, grad_accum and max_steps must be >= 1")
+        if self.swap_negatives < 0:
+            raise InputError(f"swap_negatives must be >= 0, not {self.swap_negatives}")
         if not 0.0 <= self.dev_fraction < 1.0:
             raise InputError("dev_fraction must be in [0, 1)")
         if self.seed < 0 or self.split_seed < 0:

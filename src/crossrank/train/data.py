@@ -33,6 +33,8 @@ class Group:
     query: str
     positives: list[str]
     negatives: list[str]
+    # positives with the query's entity swapped for another (crossrank.train.counterfactual): sure negatives
+    counterfactuals: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -217,6 +219,7 @@ def build_sources(config: TrainConfig, cache_dir: Path) -> list[Source]:
             held = set(dev_q)
             dev = [_tsv_dev_query(g, config.split_seed) for g in groups if g.qid in held]
             groups = [g for g in groups if g.qid not in held]
+            _add_counterfactuals(spec, groups, config)
             sources.append(Source(spec=spec, groups=groups, max_length=spec.max_length or config.qa_max_length,
                                   dev=dev))
             log.info("source %s: %d questions (tsv), %d held out", spec.name, len(groups), len(dev))
@@ -240,10 +243,27 @@ def build_sources(config: TrainConfig, cache_dir: Path) -> list[Source]:
         dev = _dev_queries(dev_q, mined, corpus, queries, qrels)
         if not groups:
             raise InputError(f"{path}: no training query has both a positive and a mined negative")
+        _add_counterfactuals(spec, groups, config)
         sources.append(Source(spec=spec, groups=groups, max_length=spec.max_length or config.max_length, dev=dev))
         log.info("source %s: %d train queries, %d held out (%s top-%d mining, skip %d)", spec.name, len(groups),
                  len(dev), config.mine_retriever, config.mine_k, config.skip_top)
     return sources
+
+
+def _add_counterfactuals(spec: SourceSpec, groups: list[Group], config: TrainConfig) -> None:
+    """With ``config.swap_negatives``: each group's entity-swapped positives, names drawn from the source's own
+    positives (seeded by the source's name, so a rerun or a resume builds the same texts)."""
+    if not config.swap_negatives:
+        return
+    from crossrank.train.counterfactual import entity_pool, swap_entity
+
+    pool = entity_pool(p for g in groups for p in g.positives)
+    rng = np.random.default_rng([config.seed, int(hashlib.sha256(spec.name.encode()).hexdigest()[:8], 16)])
+    for g in groups:
+        swapped = (swap_entity(g.query, p, pool, rng) for p in g.positives)
+        g.counterfactuals = [t for t in swapped if t is not None]
+    log.info("source %s: %d of %d groups have a counterfactual negative", spec.name,
+             sum(bool(g.counterfactuals) for g in groups), len(groups))
 
 
 def _dev_queries(dev_q, mined, corpus, queries, qrels) -> list[DevQuery]:
@@ -297,12 +317,14 @@ def selection_queries(config: TrainConfig, sources: list[Source], cache_dir: Pat
 
 @dataclass
 class Item:
-    """One group in a batch: source, group index, chosen positive, chosen negatives."""
+    """One group in a batch: source, group index, chosen positive, chosen negatives (mined, and counterfactual:
+    indexes into the group's ``counterfactuals``)."""
 
     source: int
     group: int
     pos: int
     negs: list[int]
+    swaps: list[int] = field(default_factory=list)
 
 
 def build_schedule(sources: list[Source], config: TrainConfig) -> list[list[list[Item]]]:
@@ -325,12 +347,20 @@ def build_schedule(sources: list[Source], config: TrainConfig) -> list[list[list
                 gi = perms[si].pop()
                 g = src.groups[gi]
                 pos = int(rng.integers(len(g.positives)))
-                n = min(config.negatives, len(g.negatives))
+                swaps = _draw(rng, len(g.counterfactuals), min(config.swap_negatives, config.negatives - 1))
+                n = min(config.negatives - len(swaps), len(g.negatives))
                 negs = [int(i) for i in rng.choice(len(g.negatives), size=n, replace=False)]
-                items.append(Item(si, gi, pos, negs))
+                items.append(Item(si, gi, pos, negs, swaps))
             micro_batches.append(items)
         schedule.append(micro_batches)
     return schedule
+
+
+def _draw(rng: np.random.Generator, available: int, wanted: int) -> list[int]:
+    """Up to ``wanted`` of ``available`` indexes; no draw at all when none is wanted or available, so that runs
+    without counterfactual negatives keep the schedule they always had."""
+    k = min(available, wanted)
+    return [int(i) for i in rng.choice(available, size=k, replace=False)] if k > 0 else []
 
 
 def describe(sources: list[Source], schedule: list[list[list[Item]]]) -> dict[str, Any]:

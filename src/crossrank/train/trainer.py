@@ -186,11 +186,11 @@ def _encode(tokenizer, queries: Sequence[str], texts: Sequence[str], max_length:
 def _micro_batch(sources: list[Source], items: list[Item]) -> tuple[list[str], list[str], torch.Tensor, int]:
     """Flattened (queries, texts), the [G, 1+n] mask, and n."""
     src = sources[items[0].source]
-    n = max(len(it.negs) for it in items)
+    n = max(len(it.negs) + len(it.swaps) for it in items)
     queries, texts, mask = [], [], torch.zeros(len(items), 1 + n, dtype=torch.bool)
     for gi, it in enumerate(items):
         g = src.groups[it.group]
-        docs = [g.positives[it.pos]] + [g.negatives[j] for j in it.negs]
+        docs = [g.positives[it.pos]] + [g.counterfactuals[j] for j in it.swaps] + [g.negatives[j] for j in it.negs]
         for di, d in enumerate(docs):
             queries.append(g.query)
             texts.append(d)
