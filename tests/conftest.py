@@ -120,6 +120,16 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
         assert needle.lower() in proc.stderr.lower(), proc.stderr
 
 
+def write_beir(root: Path, docs: list[dict], queries: list[dict], qrels: list[str], split: str = "train") -> Path:
+    """A BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/SPLIT.tsv`` (rows ``qid\tdoc_id\tscore``)."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    (root / "qrels" / f"{split}.tsv").write_text("\n".join(["query-id\tcorpus-id\tscore", *qrels]) + "\n",
+                                                 encoding="utf-8")
+    return root
+
+
 def shared_dataset(name: str) -> Path:
     """Path to ``../shared/data/<name>``, or skip the test saying why."""
     path = SHARED_DATA / name

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_beir
 from crossrank.errors import InputError
 from crossrank.train import SourceSpec, TrainConfig, train
 from crossrank.train.data import build_sources, read_tsv_groups, split_dev
@@ -18,18 +19,13 @@ TOPICS = ["photosynthesis", "mitochondria", "volcano", "glacier", "insulin", "te
 
 @pytest.fixture()
 def tiny_beir(tmp_path) -> Path:
-    root = tmp_path / "beir"
-    (root / "qrels").mkdir(parents=True)
-    docs, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    docs, queries, qrels = [], [], []
     for i, t in enumerate(TOPICS):
         docs.append({"_id": f"d{i}", "title": t.title(), "text": f"{t} is studied a lot; facts about {t} and more {t}."})
         docs.append({"_id": f"x{i}", "title": "Other", "text": f"an unrelated note that mentions {t} once."})
         queries.append({"_id": f"q{i}", "text": f"what is known about {t}?"})
         qrels.append(f"q{i}\td{i}\t1")
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    (root / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
-    return root
+    return write_beir(tmp_path / "beir", docs, queries, qrels)
 
 
 @pytest.fixture()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import write_beir
 from crossrank.errors import InputError
 from crossrank.train import SourceSpec, TrainConfig
 from crossrank.train.counterfactual import entities, entity_pool, shared_entity, swap_entity
@@ -54,18 +54,13 @@ CITIES = [("Paris", "France"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Rom
 
 @pytest.fixture()
 def capitals(tmp_path) -> Path:
-    root = tmp_path / "capitals"
-    (root / "qrels").mkdir(parents=True)
-    docs, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    docs, queries, qrels = [], [], []
     for i, (city, country) in enumerate(CITIES):
         docs.append({"_id": f"d{i}", "title": city, "text": f"{city} is the capital and largest city of {country}."})
         docs.append({"_id": f"n{i}", "title": "Trade", "text": f"{country} exports wine and cheese to its neighbours."})
         queries.append({"_id": f"q{i}", "text": f"what is the capital of {country.lower()}"})
         qrels.append(f"q{i}\td{i}\t1")
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
-    (root / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
-    return root
+    return write_beir(tmp_path / "capitals", docs, queries, qrels)
 
 
 def _config(root: Path, tmp_path: Path, **kw) -> TrainConfig:
