@@ -235,27 +235,49 @@ def test_default_gives_the_cohere_example_a_usable_calibrated_spread():
 
 def test_fast_loads_offline_and_ranks_the_toy_example():
     """``fast`` ships in the package (no download): what its bundle recommends (held-out rule v2, re-applied to the
-    default's confidence fusion: the student on every candidate, the default on a head of 20 chosen by the
-    student's order fused with the first stage's); the right passages come first, the head carries the default's
-    own scores in the default's order, and a pipeline reranks every candidate through the cascade."""
+    third default: the default reranking the first stage's top 20, ``default@20``); the right passages come first,
+    and a pipeline reranks only that head."""
     from crossrank.pipeline import Pipeline
     from crossrank.rerank.bundled import FAST_BUNDLE_DIR, fast_spec
-    from crossrank.rerank.cascade import CascadeReranker, cascade_head
     from crossrank.retrieve import BM25Retriever
 
     assert bundle_available(FAST_BUNDLE_DIR), f"the bundled fast reranker is missing from {FAST_BUNDLE_DIR}"
-    assert fast_spec() == "fast-student>default@20:rrf"
+    assert fast_spec() == "default@20"
     rr = load_reranker("fast", cache_size=0)
+    default = load_reranker("default", cache_size=0)
+    assert rr.name == default.name and rr.info()["recommended"] == {**default.info()["recommended"], "rerank_depth": 20}
+    scores = rr.score(QUERY, DOCS).scores
+    assert scores == pytest.approx(default.score(QUERY, DOCS).scores)
+    assert min(scores[0], scores[2]) > scores[1]  # both cell-biology passages above the volcano
+    scores = rr.score(COHERE_QUERY, COHERE_DOCS).scores
+    assert scores[2] > max(scores[1], scores[3], scores[4])  # Washington above the three non-answers
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    from crossrank.corpus import chunk_documents
+    from crossrank.types import Document
+
+    docs = [Document(id=f"d{i}", title="", text=f"{t} How cells make energy, note {i}.")
+            for i, t in enumerate(DOCS * 8)]  # all match the query
+    with Pipeline(BM25Retriever(chunk_documents(docs, max_tokens=0)), rr, k=30, n=30) as pipe:
+        result = pipe.search(QUERY)
+    assert result.n_candidates > 20 and result.n_reranked == 20 and result.reason is None
+
+
+def test_the_student_cascade_rescores_its_head_with_the_default():
+    """``fast-student>default@20:rrf`` (``fast`` before the third default): the student scores every candidate,
+    the default rescores a head of 20 chosen by the student's order fused with the first stage's; the head carries
+    the default's own scores in the default's order, the tail the student's, and a pipeline reranks every
+    candidate through the cascade."""
+    from crossrank.pipeline import Pipeline
+    from crossrank.rerank.cascade import CascadeReranker, cascade_head
+    from crossrank.retrieve import BM25Retriever
+
+    rr = load_reranker("fast-student>default@20:rrf", cache_size=0)
     default = load_reranker("default", cache_size=0)
     student = load_reranker("fast-student", cache_size=0)
     assert isinstance(rr, CascadeReranker) and rr.top_m == 20
     assert rr.info()["recommended"] == default.info()["recommended"]
     scores = rr.score(QUERY, DOCS).scores
     assert scores == pytest.approx(default.score(QUERY, DOCS).scores)  # 3 texts: all in the head
-    assert min(scores[0], scores[2]) > scores[1]  # both cell-biology passages above the volcano
-    scores = rr.score(COHERE_QUERY, COHERE_DOCS).scores
-    assert scores[2] > max(scores[1], scores[3], scores[4])  # Washington above the three non-answers
-    assert all(0.0 <= s <= 1.0 for s in scores)
     texts = [f"{t} Note {i} on cells and energy." for i, t in enumerate(DOCS * 10)]  # 30 texts: a head of 20
     mixed = rr.score(QUERY, texts).scores
     head = cascade_head(student.score(QUERY, texts).scores, 20, "rrf")
