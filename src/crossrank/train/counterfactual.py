@@ -60,8 +60,9 @@ def entity_pool(texts: Iterable[str]) -> dict[int, list[str]]:
 
 def swap_entity(query: str, passage: str, pool: dict[int, list[str]], rng: np.random.Generator,
                 tries: int = 8) -> str | None:
-    """``passage`` with every mention (in any case) of its entity shared with ``query`` replaced by another name of the same
-    word count from ``pool`` that neither text mentions; None when there is no shared entity or no such name."""
+    """``passage`` with every mention (in any case) of its entity shared with ``query`` replaced by another name of
+    the same word count from ``pool`` that neither text mentions; None when there is no shared entity or no such
+    name."""
     name = shared_entity(query, passage)
     candidates = pool.get(len(name.split()), []) if name else []
     if not candidates:
@@ -70,5 +71,6 @@ def swap_entity(query: str, passage: str, pool: dict[int, list[str]], rng: np.ra
     for _ in range(tries):
         other = candidates[int(rng.integers(len(candidates)))]
         if not _mentions(q, other) and not _mentions(p, other) and other.lower() not in name.lower():
-            return re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", lambda _m, name=other: name, passage, flags=re.IGNORECASE)
+            mention = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
+            return mention.sub(lambda _m, other=other: other, passage)
     return None

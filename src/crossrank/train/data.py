@@ -252,7 +252,7 @@ def build_sources(config: TrainConfig, cache_dir: Path) -> list[Source]:
 
 def _add_counterfactuals(spec: SourceSpec, groups: list[Group], config: TrainConfig) -> None:
     """With ``config.swap_negatives``: each group's entity-swapped positives, names drawn from the source's own
-    positives (seeded by the source's name, so a rerun or a resume builds the same texts)."""
+    positives (seeded by the training seed and the source's name, so a rerun or a resume builds the same texts)."""
     if not config.swap_negatives:
         return
     from crossrank.train.counterfactual import entity_pool, swap_entity
