@@ -121,7 +121,7 @@ def test_the_servers_limits_are_in_the_document(spec):
     # the tiny cross-encoder has no prompt: an instruction is a 400, so the document allows only null
     for name in ("TEIRerankRequest", "CohereRerankRequest", "JinaRerankRequest", "SearchRequest"):
         assert schemas[name]["properties"]["instruction"]["type"] == "null"
-    assert [b["enum"] for b in tei["long_documents"]["anyOf"] if "enum" in b] == [["truncate", "chunk"]]
+    assert [b["enum"] for b in tei["long_documents"]["anyOf"] if "enum" in b] == [["truncate", "chunk", "focus"]]
 
 
 def test_blank_query_pattern_is_pythons_white_space():

@@ -9,6 +9,10 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequ
 
 from crossrank.errors import InputError
 
+# How a local engine scores a document longer than its pair: cut it, score every window and keep the best, or one
+# window of its query-focused sentences (crossrank.rerank.focus). The server and its dialects offer the same.
+LONG_DOCUMENT_MODES = ("truncate", "chunk", "focus")
+
 
 @dataclass(slots=True)
 class RerankScores:

@@ -8,7 +8,8 @@ What it does on each call:
    ``sentence_transformers.CrossEncoder`` would feed it;
 2. truncates the document first and never drops the query (a query longer than about half of ``max_length`` is
    cut to that and reported); with ``long_documents="chunk"`` a long document is split into windows that each
-   carry the full query and its score is the best window's;
+   carry the full query and its score is the best window's; with ``long_documents="focus"`` it is one window of
+   its first sentence and the sentences that share the most query terms (:mod:`crossrank.rerank.focus`);
 3. sorts pairs by length and packs batches under a token budget (padded length x batch size; on CPU at most
    ``CPU_PASS_TOKENS`` = 1024 per pass, which keeps activations cache-resident and measured 1.1-1.3x faster than
    16384-token passes, and at most 64 MB of attention scores per batch), pads per batch, runs the batch through
@@ -52,6 +53,7 @@ import torch
 
 from crossrank.errors import InputError, ModelLoadError, RerankTimeout, check_query, first_line
 from crossrank.rerank.base import (
+    LONG_DOCUMENT_MODES,
     InputCount,
     RankedText,
     Reranker,
@@ -62,6 +64,7 @@ from crossrank.rerank.base import (
 )
 from crossrank.rerank.calibration import Calibration
 from crossrank.rerank.device import DTYPE_NAMES, cpu_has_fast_bf16, dtype_name, resolve_device, resolve_dtype
+from crossrank.rerank.focus import SentenceFocus
 from crossrank.rerank.loading import load_reranker_model
 from crossrank.rerank.prompts import PromptFormat
 from crossrank.rerank.template import PairTemplate
@@ -69,7 +72,6 @@ from crossrank.rerank.template import PairTemplate
 log = logging.getLogger(__name__)
 
 _ACTIVATIONS = ("auto", "sigmoid", "raw")
-_LONG_DOCUMENTS = ("truncate", "chunk")
 _VARIANT_OPTIONS = ("long_documents", "chunk_overlap", "max_chunks")  # what with_options can change
 # A document longer than this many characters per token of budget is cut (at whitespace) before tokenising;
 # if the cut text turns out to have too few tokens it is re-tokenised whole, so the result is exact. Tokenising
@@ -200,6 +202,7 @@ class CrossEncoderReranker:
         # set by the bundle loader, shown in info()
         self.recommended: dict[str, Any] = {}
         self.long_documents = long_documents
+        self._focus: SentenceFocus | None = None
         self.batch_tokens = int(batch_tokens)
         self.max_batch_size = int(max_batch_size)
         self.max_chunks = max(1, int(max_chunks))
@@ -319,7 +322,7 @@ class CrossEncoderReranker:
         cut at whitespace first when that changes nothing we keep."""
         if self.prompt is not None:
             texts = [self.prompt.document_text(t) for t in texts]
-        if self.long_documents == "chunk":
+        if self.long_documents in ("chunk", "focus"):  # focus picks sentences from as much text as chunk scores
             need = self._avail + (self.max_chunks - 1) * max(1, self._avail - self.chunk_overlap)
         else:
             need = self._avail
@@ -429,7 +432,7 @@ class CrossEncoderReranker:
         check_query(query)
         q, _ = self._prepare_query(query, self._instruction(instruction))
         d = self._encode_docs(check_texts([text]))[0]
-        windows, _ = self._windows(d, self._avail - len(q))
+        windows, _ = self._windows(q, d, self._avail - len(q))
         return [dict(zip(("input_ids", "token_type_ids"), self.template.build(q, w), strict=True)) for w in windows]
 
     def info(self) -> dict[str, Any]:
@@ -481,12 +484,14 @@ class CrossEncoderReranker:
 
     # ---------------------------------------------------------------- core
 
-    def _windows(self, d: list[int], budget: int) -> tuple[list[list[int]], bool]:
+    def _windows(self, q: list[int], d: list[int], budget: int) -> tuple[list[list[int]], bool]:
         """The document pieces to score and whether any of the document was left out."""
         if len(d) <= budget:
             return [d], False
         if self.long_documents == "truncate":
             return [d[:budget]], True
+        if self.long_documents == "focus":
+            return [self._sentence_focus().window(q, d, budget)], True
         stride = max(1, budget - min(self.chunk_overlap, budget // 2))
         starts = list(range(0, len(d) - budget + 1, stride))
         if starts[-1] + budget < len(d):
@@ -494,12 +499,17 @@ class CrossEncoderReranker:
         dropped = len(starts) > self.max_chunks
         return [d[s : s + budget] for s in starts[: self.max_chunks]], dropped
 
+    def _sentence_focus(self) -> SentenceFocus:
+        if self._focus is None:  # built on first use: it scans the vocabulary once
+            self._focus = SentenceFocus(self.tokenizer)
+        return self._focus
+
     def _plan(self, q_ids: list[list[int]], q_cut: list[bool], docs: list[list[int]]) -> "_Plan":
         """The (query, window) sequences to run for these pairs: what :meth:`_score_ids` scores and what
         :meth:`count_inputs` counts (one function, so the two cannot disagree)."""
         plan = _Plan([], [], [])
         for i, (q, cut, d) in enumerate(zip(q_ids, q_cut, docs, strict=True)):
-            windows, dropped = self._windows(d, self._avail - len(q))
+            windows, dropped = self._windows(q, d, self._avail - len(q))
             plan.truncated.append(cut or dropped)
             for w in windows:
                 plan.windows.append((q, w))
@@ -614,8 +624,8 @@ def _length_limit(config: Any, tokenizer: Any, name: str, max_length: int | None
 
 
 def _check_long_documents(mode: str, prompt: PromptFormat | None) -> None:
-    if mode not in _LONG_DOCUMENTS:
-        raise InputError(f"long_documents must be truncate or chunk, not {mode!r}")
+    if mode not in LONG_DOCUMENT_MODES:
+        raise InputError(f"long_documents must be one of {', '.join(LONG_DOCUMENT_MODES)}, not {mode!r}")
     if prompt is not None and mode == "chunk":
         # a window after the first would lose the document part's own opening ("<Document>: ")
         raise InputError("long_documents='chunk' is not supported for causal-LM rerankers; use truncate")

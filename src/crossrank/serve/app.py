@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from crossrank.rerank.base import takes_instruction
+from crossrank.rerank.base import LONG_DOCUMENT_MODES, takes_instruction
 from crossrank.serve import routes, search, service
 from crossrank.serve.batcher import BatchedReranker, DynamicBatcher
 from crossrank.serve.config import ServeConfig
@@ -120,7 +120,7 @@ def _state(reranker: Any, config: ServeConfig) -> State:
 def _install_openapi(app: FastAPI, state: State) -> None:
     """The OpenAPI document with this server's limits, modes, retrievers and key (``openapi.py``)."""
     config, engines = state.config, state.engines
-    modes = [mode for mode in ("truncate", "chunk") if engines.supports(mode)]
+    modes = [mode for mode in LONG_DOCUMENT_MODES if engines.supports(mode)]
     fixed = state.search.fixed if state.search is not None else None
     install_openapi(
         app, api_key=bool(config.api_key), open_paths=OPEN_PATHS, max_query_chars=config.max_query_chars,

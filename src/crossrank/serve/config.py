@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from crossrank.errors import InputError
+from crossrank.rerank.base import LONG_DOCUMENT_MODES
 
 
 @dataclass(slots=True)
@@ -60,8 +61,9 @@ class ServeConfig:
       (``/search`` included). Counted in ``crossrank_dropped_requests_total{reason}``.
     Long documents
       ``long_documents``: None (whatever the engine was loaded with), "truncate" (cut to the model's maximum
-      length; counted in ``X-Crossrank-Truncated`` and the ``crossrank_truncated_pairs_total`` metric) or "chunk"
-      (score windows that each carry the query, keep the maximum). Requests may ask for either per call. ``auto_truncate``: what TEI's ``truncate`` means when the request leaves it out.
+      length; counted in ``X-Crossrank-Truncated`` and the ``crossrank_truncated_pairs_total`` metric), "chunk"
+      (score windows that each carry the query, keep the maximum) or "focus" (one window: the first sentence and
+      the sentences sharing the most query terms). Requests may ask for any of them per call. ``auto_truncate``: what TEI's ``truncate`` means when the request leaves it out.
     Search (``/search``, served over an index)
       ``search_k``: the first-stage candidates K of a search that names no ``k``. ``search_n``: the results N of
       one that names no ``n``; None (default): 10, or K when K is smaller. A request's own ``k`` is bounded by
@@ -141,8 +143,9 @@ class ServeConfig:
             raise InputError(f"serve option admission_safety must be in (0, 1], got {self.admission_safety!r}")
         if self.default_deadline_ms <= 0:
             raise InputError(f"serve option default_deadline_ms must be > 0, got {self.default_deadline_ms!r}")
-        if self.long_documents not in (None, "truncate", "chunk"):
-            raise InputError(f"long_documents must be 'truncate' or 'chunk', got {self.long_documents!r}")
+        if self.long_documents is not None and self.long_documents not in LONG_DOCUMENT_MODES:
+            raise InputError(f"long_documents must be one of {', '.join(LONG_DOCUMENT_MODES)}, "
+                             f"got {self.long_documents!r}")
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"serve option {name} must be > 0, got {getattr(self, name)!r}")
@@ -280,8 +283,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache", "Score cache: memory (default), none, or redis://HOST:PORT/DB (shared by replicas; "
             "?ttl_s=, ?timeout_ms=).", field="cache", type=str, envvar="CROSSRANK_CACHE"),
     # how a local model is loaded, and so what the server does by default (a remote reranker keeps its own)
-    Setting("long_documents", "truncate or chunk (max-score over windows).", default="truncate",
-            choices=("truncate", "chunk")),
+    Setting("long_documents", "truncate, chunk (max-score over windows) or focus (query-focused sentences).",
+            default="truncate", choices=LONG_DOCUMENT_MODES),
     Setting("k", "Default K for /search.", field="search_k"),
     Setting("n", "Default N for /search (default: 10, or K when K is smaller).", field="search_n", type=int),
     # unset: the field's 30 s for requests, and no deadline for /search's pipeline (server.build_app)

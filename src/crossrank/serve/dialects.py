@@ -28,7 +28,7 @@ the provider's. A body with none of the marker fields is Jina's. Token usage in 
 
 Every rerank body also takes ``deadline_ms`` (a time budget; the ``X-Crossrank-Deadline-Ms`` header does the
 same, and is what the gate's screen sees before the body is read) and ``long_documents`` ("truncate" |
-"chunk"). Unknown fields are ignored (Cohere's SDK sends ``priority`` and ``relevant_spans``). Types are strict: ``"yes"`` is not a boolean and ``1`` is not a string (an
+"chunk" | "focus"). Unknown fields are ignored (Cohere's SDK sends ``priority`` and ``relevant_spans``). Types are strict: ``"yes"`` is not a boolean and ``1`` is not a string (an
 integer may be written ``2.0``, as JSON Schema's ``integer`` allows). Bounds are JSON Schema's in the OpenAPI
 document, those the routes check themselves included (``Documented``), and the server's limits are written into
 it by ``serve/openapi.py``.
@@ -61,6 +61,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from crossrank.rerank.base import LONG_DOCUMENT_MODES
 from crossrank.retrieve.base import KINDS
 from crossrank.wire import COHERE, JINA, RERANK_PATHS, TEI
 
@@ -187,7 +188,7 @@ def parse_deadline_header(raw: str) -> float:
     if not (0 < value <= MAX_DEADLINE_MS):  # NaN fails this too
         raise ValueError(f"{DEADLINE_HEADER} must be in (0, {MAX_DEADLINE_MS}], got {raw!r}")
     return value
-LongDocuments = Literal["truncate", "chunk"]
+LongDocuments = Literal[LONG_DOCUMENT_MODES]  # type: ignore[valid-type]
 
 
 def _integral(value: Any) -> Any:
@@ -209,7 +210,8 @@ class _Body(BaseModel):
         default=None, description="crossrank extension: time budget in ms; queued past it, the request gets 504."
     )
     long_documents: LongDocuments | None = Field(
-        default=None, description="crossrank extension: 'truncate' or 'chunk' (max score over windows)."
+        default=None, description="crossrank extension: 'truncate', 'chunk' (max score over windows) or 'focus' (the first "
+                    "sentence and those sharing the most query terms, in one window)."
     )
     instruction: Instruction | None = Field(
         default=None, description="Task instruction for LLM rerankers whose prompt takes one (vLLM's field; "
