@@ -267,6 +267,16 @@ def test_beir_sweep_outputs_schema_cache_and_topk(tmp_path, tiny_reranker, share
             assert c["wins"] + c["losses"] + c["ties"] == 6
             assert c["latency_ms"]["rerank"]["n"] == 2
         assert c["answer_in_top_n"]["3"] is not None or c["k"] < 3
+    # per-question answer positions: what answer_in_top_n counts, and what compare --answer-top pairs
+    hits = json.loads((out / "per_query.json").read_text())["answer_first_hit"]
+    for c in data["configs"]:
+        h = hits[c["id"]]
+        assert all(f is None or 0 <= f < c["k"] for f in h.values())
+        assert c["answer_in_top_n"]["1"] == pytest.approx(sum(f == 0 for f in h.values()) / len(h), abs=1e-6)
+    from crossrank.evaluate.compare import main as compare_main
+
+    assert compare_main([str(out), "bm25|none|none|8", "hybrid|none|none|8", "--answer-top", "3"]) == 0
+    assert compare_main([str(out), "bm25|none|none|8", "hybrid|none|none|8", "--answer-top", "0"]) == 2
     rr = data["rerankers"][counting.name]
     assert set(rr["latency_ms"]) == {"2", "4", "8"}
     assert rr["latency_sample"]["pairs_recomputed_for_timing"] == 0

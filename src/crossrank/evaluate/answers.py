@@ -76,15 +76,27 @@ def answer_in_top_n(
     matcher: PassageMatcher | None = None,
 ) -> dict[int, float]:
     """Share of questions (those with gold answers) whose first N passages ``(id, title, text)`` hold an answer."""
-    matcher = matcher or PassageMatcher()
-    qids = [q for q in lists if answers.get(q)]
-    if not qids:
+    return share_in_top_n(answer_first_hits(lists, answers, max(ns), matcher), ns)
+
+
+def share_in_top_n(first_hits: Mapping[str, int | None], ns: Sequence[int]) -> dict[int, float]:
+    """Share of questions whose first answer-holding passage (:func:`answer_first_hits`) is among the first N."""
+    if not first_hits:
         return {n: 0.0 for n in ns}
-    firsts = []
-    for q in qids:
-        golds = [normalize_answer(a) for a in answers[q]]
-        firsts.append(matcher.first_hit(golds, lists[q][: max(ns)]))
-    return {n: sum(1 for f in firsts if f is not None and f < n) / len(qids) for n in ns}
+    return {n: sum(1 for f in first_hits.values() if f is not None and f < n) / len(first_hits) for n in ns}
+
+
+def answer_first_hits(
+    lists: Mapping[str, Sequence[tuple[str, str, str]]],
+    answers: Mapping[str, Sequence[str]],
+    depth: int,
+    matcher: PassageMatcher | None = None,
+) -> dict[str, int | None]:
+    """Per question with gold answers: the 0-based position of the first of its first ``depth`` passages that holds
+    an answer, None when none does (what paired answer-in-top-N comparisons are made from)."""
+    matcher = matcher or PassageMatcher()
+    return {q: matcher.first_hit([normalize_answer(a) for a in answers[q]], lists[q][:depth])
+            for q in lists if answers.get(q)}
 
 
 # ---------------------------------------------------------------------------------------------- LLM client

@@ -383,6 +383,7 @@ class _Rows:
     configs: list[dict[str, Any]] = field(default_factory=list)
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)
     lists: dict[str, dict[str, list[Candidate]]] = field(default_factory=dict)
+    answer_hits: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
 
 def _prepare(dataset_dir: str | os.PathLike, *, split: str, retrievers: Any, rerankers: Any, ks: Any, ns: Any,
@@ -672,14 +673,15 @@ def _answers(sweep: _Sweep, rows: _Rows, llm: Any) -> dict[str, Any] | None:
     """Answer-in-top-N on every row (datasets whose queries carry answers), and LLM answer accuracy if asked."""
     if not sweep.has_answers:
         return None
-    from crossrank.evaluate.answers import PassageMatcher, answer_in_top_n
+    from crossrank.evaluate.answers import PassageMatcher, answer_first_hits, share_in_top_n
 
     matcher = PassageMatcher()
     for c in rows.configs:
         lists = rows.lists[c["id"]]
         valid = [n for n in sweep.ns if n <= c["k"]]
         passages = {q: [(x.id, x.title, x.text) for x in v] for q, v in lists.items()}
-        acc = answer_in_top_n(passages, sweep.answers, valid, matcher) if valid else {}
+        hits = rows.answer_hits[c["id"]] = answer_first_hits(passages, sweep.answers, c["k"], matcher)
+        acc = share_in_top_n(hits, valid) if valid else {}
         c["answer_in_top_n"] = {str(n): (r6(acc[n]) if n in acc else None) for n in sweep.ns}
     info: dict[str, Any] = {
         "questions_with_answers": sum(1 for q in sweep.qids if sweep.answers[q]), "ns": sweep.ns,
@@ -730,7 +732,10 @@ def _write(sweep: _Sweep, data: dict[str, Any], rows: _Rows, *, save_runs: bool,
             write_trec_run(out_dir / "runs" / f"{slug(cid.replace('|', '__'), 120)}.trec", lists, slug(cid, 120))
     data["duration_s"] = round(time.perf_counter() - sweep.t_start, 3)
     write_json(out_dir / "results.json", data)
-    write_json(out_dir / "per_query.json", {"metric": "ndcg@10", "per_query": rows.per_query})
+    per_query: dict[str, Any] = {"metric": "ndcg@10", "per_query": rows.per_query}
+    if rows.answer_hits:
+        per_query["answer_first_hit"] = rows.answer_hits
+    write_json(out_dir / "per_query.json", per_query)
     results = EvalResults(data=data, out_dir=out_dir)
     if write_reports:
         from crossrank.evaluate.report import write_reports as _write_reports

@@ -6,6 +6,9 @@ won / lost, the figures a quality claim needs::
 
     python -m crossrank.evaluate.compare out/eval "hybrid|none|none|100" "hybrid|default|interpolate:0.3|100"
     python -m crossrank.evaluate.compare out/old "hybrid|default|none|100" --other out/new "hybrid|new|none|100"
+    python -m crossrank.evaluate.compare out/nq "hybrid|none|none|20" "hybrid|default|none|20" --answer-top 5
+
+``--answer-top N`` compares answer-in-top-N (1 or 0 per question) instead, on datasets with answers.
 
 With no configuration ids it lists the ones the folder holds.
 """
@@ -22,11 +25,19 @@ from crossrank.errors import InputError
 from crossrank.evaluate.metrics import paired_bootstrap
 
 
-def load_per_query(folder: str | Path) -> dict[str, dict[str, float]]:
+def load_per_query(folder: str | Path, answer_top: int | None = None) -> dict[str, dict[str, float]]:
+    """nDCG@10 per configuration and query; with ``answer_top`` N, 1.0 or 0.0 per question: an answer in the
+    first N."""
     path = Path(folder) / "per_query.json"
     if not path.is_file():
         raise InputError(f"{path} not found: run 'crossrank eval ... --out {folder}' first")
-    return json.loads(path.read_text(encoding="utf-8"))["per_query"]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if answer_top is None:
+        return data["per_query"]
+    if "answer_first_hit" not in data:
+        raise InputError(f"{path} has no answer positions: the dataset has no answers, or crossrank eval predates them")
+    return {cid: {q: float(f is not None and f < answer_top) for q, f in hits.items()}
+            for cid, hits in data["answer_first_hit"].items()}
 
 
 def compare(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -42,13 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("before", nargs="?", help="configuration id, e.g. 'hybrid|none|none|100'")
     p.add_argument("after", nargs="?", help="configuration id to compare with (in --other's folder if given)")
     p.add_argument("--other", help="second evaluation folder holding AFTER")
+    p.add_argument("--answer-top", type=int, default=None, metavar="N", help="compare answer-in-top-N, not nDCG@10")
     args = p.parse_args(argv)
     try:
-        runs = load_per_query(args.folder)
+        if args.answer_top is not None and args.answer_top < 1:
+            raise InputError("--answer-top must be >= 1")
+        runs = load_per_query(args.folder, args.answer_top)
         if not args.before:
             print("\n".join(sorted(runs)))
             return 0
-        other = load_per_query(args.other) if args.other else runs
+        other = load_per_query(args.other, args.answer_top) if args.other else runs
         missing = [c for c, r in ((args.before, runs), (args.after, other)) if c not in r]
         if not args.after or missing:
             raise InputError(f"unknown configuration {missing[0] if missing else '(none given)'}; "

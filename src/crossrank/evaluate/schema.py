@@ -42,7 +42,9 @@ kind == "beir":
       answer_in_top_n        (answer datasets) {"N": share of questions with a gold answer in the first N
                               passages, null when N > K}
       llm_answer_accuracy    (with an LLM) {"N": {exact, contains, errors, n_questions}}
-per_query.json: {"metric": "ndcg@10", "per_query": {config id: {qid: value}}}
+per_query.json: {"metric": "ndcg@10", "per_query": {config id: {qid: value}},
+                 answer_first_hit?: (answer datasets) {config id: {qid: 0-based position of the first passage
+                                    holding a gold answer within K, or null}}}
 
 kind == "answer_selection":
   dataset   {name, path, split, n_questions, n_questions_evaluated, n_questions_excluded_no_positive,
