@@ -19,6 +19,7 @@ reports peak RSS (``resource.getrusage``) above the loaded model.
     python benchmarks/bench_rerank.py --k 20 100 --queries 10 --runs 2 --backends torch,onnx-int8,st,hf
     python benchmarks/bench_rerank.py --rss --k 100 --queries 5      # plus the K=1000 x 512-token memory run
     python benchmarks/bench_rerank.py --k 100 --backends onnx,st --rerankers fast,fast-student>default@20 --tag bench_fast
+    python benchmarks/bench_rerank.py --k 100 --backends st --rerankers "fast,default@15|max_length=128|long_documents=focus"
 
 Results: ``benchmarks/results/bench_rerank.json`` and ``.md`` (``--out`` to change).
 """
@@ -247,10 +248,16 @@ class SpecScorer(Scorer):
     such as ``fast-student>default@20``): the speed-first models, timed against the same peers on the same candidates."""
 
     def __init__(self, spec: str, threads: int | None):
+        """``spec`` may carry engine options after ``|``: ``default@15|max_length=128|long_documents=focus``."""
         import crossrank
 
+        name, *pairs = spec.split("|")
+        opts: dict[str, Any] = {"num_threads": threads} if threads else {}
+        for kv in pairs:
+            key, _, value = kv.partition("=")
+            opts[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
         t0 = time.perf_counter()
-        self.reranker = crossrank.load_reranker(spec, cache_size=0, **({"num_threads": threads} if threads else {}))
+        self.reranker = crossrank.load_reranker(name, cache_size=0, **opts)
         self.setup_s = time.perf_counter() - t0
         self.name = spec
 
@@ -372,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default=",".join(ALL_BACKENDS))
     ap.add_argument("--rerankers", default="",
                     help="also time these reranker specs as they load by default, e.g. fast,fast-student>default@20 "
-                         "(ratios against sentence-transformers on --model)")
+                         "(ratios against sentence-transformers on --model); engine options may follow a spec after "
+                         "'|', e.g. 'default@15|max_length=128'")
     ap.add_argument("--agreement-queries", type=int, default=0, help="extra K=100 queries scored once for nDCG")
     ap.add_argument("--max-length", type=int, default=None, help="default: the model's recommended / engine's")
     ap.add_argument("--threads", type=int, default=None)
