@@ -5,7 +5,7 @@ evaluation folders and prints the mean of each, their difference with a 95% boot
 won / lost, the figures a quality claim needs::
 
     python -m crossrank.evaluate.compare out/eval "hybrid|none|none|100" "hybrid|default|interpolate:0.3|100"
-    python -m crossrank.evaluate.compare out/old "hybrid|default|none|100" --other out/new "hybrid|new|none|100"
+    python -m crossrank.evaluate.compare out/old "hybrid|default|none|100" "hybrid|new|none|100" --other out/new
     python -m crossrank.evaluate.compare out/nq "hybrid|none|none|20" "hybrid|default|none|20" --answer-top 5
 
 ``--answer-top N`` compares answer-in-top-N (1 or 0 per question) instead, on datasets with answers.
