@@ -36,8 +36,7 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
     """Build a reranker from a name, path or URL.
 
     - ``"default"``: the bundled MiniLM-L6 cross-encoder (ModelLoadError when it is not in this build);
-    - ``"fast"``: speed first: what the fast bundle recommends (``"default@M"`` or a cascade
-      ``"fast-student>default@M:rrf"``, and the head model's pair length and long-document mode, chosen on
+    - ``"fast"``: speed first: what the fast bundle recommends (a cascade ``"fast-student>default@M:rrf"``, chosen on
       held-out queries; how its quality compares with the default's is measured in that bundle's model card);
     - ``"fast-student"``: the bundled 2-layer student distilled from the default, alone;
     - ``"B@M"``: B with a recommended ``rerank_depth`` of M: pipelines and evaluations rerank only the first
@@ -67,23 +66,21 @@ def load_reranker(name_or_path: str | os.PathLike, *, cache_size: int = DEFAULT_
         raise InputError("cache_size must be >= 0")
     make_store = cache_store(cache, cache_size)  # checked before seconds of model loading
 
-    from crossrank.rerank.bundled import bundled_dir, fast_head_options
+    from crossrank.rerank.bundled import bundled_dir
     from crossrank.rerank.cascade import spec_models
 
-    head_options = {**fast_head_options(), **options} if spec == "fast" else options
     parts = spec_models(spec)
     spec = parts.names[0]
     inner: Reranker
     if parts.cascade:
         from crossrank.rerank.cascade import CascadeReranker
 
-        first = load_reranker(parts.names[0], cache_size=0, **options)
-        second = load_reranker(parts.names[1], cache_size=0, **head_options)
+        first, second = (load_reranker(name, cache_size=0, **options) for name in parts.names)
         inner = CascadeReranker(first, second, parts.top_m, parts.head)
     elif parts.top_m is not None:
         from crossrank.rerank.engine import CrossEncoderReranker
 
-        inner = load_reranker(spec, cache_size=0, **head_options)
+        inner = load_reranker(spec, cache_size=0, **options)
         if not isinstance(inner, CrossEncoderReranker):
             raise InputError(f"{spec + '@' + str(parts.top_m)!r}: a rerank depth applies to a local reranker, "
                              f"not {spec!r}")

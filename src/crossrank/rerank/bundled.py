@@ -51,18 +51,6 @@ def fast_spec() -> str:
             return f"{second}@{m}"
         return f"fast-student>{second}@{m}" + ("" if head == "score" else f":{head}")
     return "fast-student"
-
-
-# engine options settings.cascade may recommend for the model that decides fast's head
-HEAD_OPTIONS = ("max_length", "long_documents")
-
-
-def fast_head_options() -> dict[str, Any]:
-    """The engine options the fast bundle recommends for the model that reranks its head (``settings.cascade``'s
-    ``max_length`` and ``long_documents``, chosen with M on held-out queries): ``load_reranker("fast")`` gives
-    them to that model unless the caller passes its own."""
-    cascade = read_manifest(FAST_BUNDLE_DIR).get("settings", {}).get("cascade")
-    return {k: cascade[k] for k in HEAD_OPTIONS if k in cascade} if isinstance(cascade, dict) else {}
 MANIFEST = "crossrank_bundle.json"
 DELTA = "delta.safetensors"
 FORMAT = "crossrank-bundle"
