@@ -407,3 +407,36 @@ def test_training_checkpoint_does_not_change_the_weights_fingerprint(tiny_model_
     bare = tmp_path / "bare"
     shutil.copytree(last, bare, ignore=shutil.ignore_patterns("trainer_state.*", "state.json"))
     assert folder_fingerprint(last) == folder_fingerprint(bare)
+
+
+@pytest.mark.slow
+def test_heldout_depth_reports_every_setting_and_reuses_its_scores(tiny_model_dir, tiny_beir, tiny_tsv, tmp_path):
+    """``crossrank.train.heldout_depth`` on a run's held-out queries: one row per (mode, length, depth); the
+    setting that is the reference (all K, its length, truncate) scores the same; a second run scores nothing."""
+    import json
+
+    from crossrank.retrieve import build_index
+    from crossrank.train.heldout_depth import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = _config(tiny_model_dir, tiny_beir, tiny_tsv, run, dev_fraction=0.5, dev_queries=6)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
+    build_index(tiny_beir / "corpus.jsonl", tmp_path / "idx", chunk_tokens=0, progress=False)
+    cal = tmp_path / "heldout.json"
+    cal.write_text(json.dumps({"calibration": {"fitted": {"method": "platt", "scale": 1.0, "shift": 0.0}}}))
+    argv = ["--run", str(run), "--reranker", str(tiny_model_dir), "--index", f"beir={tmp_path / 'idx'}",
+            "--k", "6", "--calibration", str(cal), "--depths", "3,6", "--max-lengths", "24,64",
+            "--long-documents", "truncate,focus", "--reference-max-length", "64", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "heldout_depth.json").read_text())
+    assert report["sources"] == {"beir": 6}
+    rows = {(r["long_documents"], r["max_length"], r["depth"]): r for r in report["settings"]}
+    assert len(rows) == 8
+    assert rows[("truncate", 64, 6)]["vs_reference"] == pytest.approx(0.0, abs=1e-9)
+    scores = sorted((tmp_path / "out" / "scores").glob("*.json"))
+    assert len(scores) == 5  # the reference and one file per (mode, length), the deepest M only
+    written = [p.stat().st_mtime_ns for p in scores]
+    assert main(argv) == 0 and sorted((tmp_path / "out" / "scores").glob("*.json")) == scores
+    assert [p.stat().st_mtime_ns for p in scores] == written  # read back, not scored and written again
+    assert main([*argv[:-2], "--long-documents", "sentences", "--out", str(tmp_path / "out")]) == 2
