@@ -314,8 +314,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         opts = {"activation": "raw", "cache_size": 0, "dtype": "fp32"}
         if label in args.max_length:
             opts["max_length"] = args.max_length[label]
-        if label in getattr(args, "long_documents", {}):
-            opts["long_documents"] = args.long_documents[label]
         if label in getattr(args, "backend", {}):
             opts["backend"] = args.backend[label]
             opts.pop("dtype")  # int8 backends take the engine's default dtype
@@ -336,9 +334,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "baseline_calibration", None):  # the baseline's own fit (its heldout.json): its shipped scale
         fitted = json.loads(Path(args.baseline_calibration).read_text(encoding="utf-8"))["calibration"]["fitted"]
         cals.setdefault(base, Calibration.parse(fitted))
-    same = bool(getattr(args, "baseline_settings", False))
-    if same:  # the candidate is the baseline's weights run another way: judged on the baseline's scale and fusion
-        cals[cand] = cals[base]
     probs = {label: {src: {q: [cals[label].prob(x) for x in v] for q, v in per.items()} if label in cals else per
                      for src, per in raw[label].items()} for label in raw}
     report["threshold"] = _threshold(sets, probs[cand], noans)
@@ -348,8 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["fusion"] = {"chosen": best, "settings": fusion_spec(best), "macro_ndcg@10": macro,
                         "per_source": {src: {s: float(np.mean(list(v.values()))) for s, v in t.items()}
                                        for src, t in tables[cand].items()}}
-    report["comparison"] = _compare(sets, rerankers, tables, probs, args.baseline_fusion,
-                                    args.baseline_fusion if same else best)
+    report["comparison"] = _compare(sets, rerankers, tables, probs, args.baseline_fusion, best)
     if getattr(args, "cascade", None) and len(rerankers) > 1:
         report["cascade"] = cascade_report(sets, probs[cand], probs[base], args.cascade,
                                            args.baseline_fusion or best, tables[base], f"{cand}>{base}",
@@ -620,11 +614,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baseline-calibration", default=None, metavar="HELDOUT_JSON",
                    help="the baseline's own fitted calibration (the heldout.json of its decision run): its scores "
                         "are then compared, and fused, on its shipped probability scale")
-    p.add_argument("--long-documents", action="append", default=[], metavar="LABEL=MODE",
-                   help="long-document mode of a reranker: truncate, chunk or focus (default: the engine's)")
-    p.add_argument("--baseline-settings", action="store_true",
-                   help="compare the candidate under the baseline's calibration and fusion (the same weights run "
-                        "another way); needs --baseline-calibration and --baseline-fusion")
     p.add_argument("--cascade", default=None, metavar="M,M,...",
                    help="also score the cascade CANDIDATE>BASELINE@M for these M (the candidate's top M rescored "
                         "by the baseline, --baseline-fusion applied); needs --baseline-calibration")
@@ -641,8 +630,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown --cascade-heads {', '.join(bad)}: use {', '.join(CASCADE_HEADS)}")
     if args.cascade and not args.baseline_calibration:
         p.error("--cascade needs --baseline-calibration (both models' scores must be calibrated to be mixed)")
-    if args.baseline_settings and not (args.baseline_calibration and args.baseline_fusion):
-        p.error("--baseline-settings needs --baseline-calibration and --baseline-fusion")
     args.cascade = [int(m) for m in args.cascade.split(",")] if args.cascade else None
     try:
         args.cascade_depths = [None if d.strip() == "all" else int(d) for d in (args.cascade_depths or "all").split(",")]
@@ -652,7 +639,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--cascade-depths must be >= 1")
     args.max_length = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.max_length)}
     args.backend = dict(kv.split("=", 1) for kv in args.backend)
-    args.long_documents = dict(kv.split("=", 1) for kv in args.long_documents)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         run(args)
